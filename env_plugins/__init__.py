@@ -1,0 +1,37 @@
+"""Environment plugins: the protocol, the registry and the built-in environments."""
+
+from gymux.env_plugins.parsing import parse_react_action
+from gymux.env_plugins.protocol import (
+    ActionParseError,
+    Env,
+    EnvError,
+    EnvPlugin,
+    EnvSpec,
+    Execution,
+    Observation,
+    StepResult,
+    SuccessRule,
+    SyncEnv,
+    Task,
+    TaskSplit,
+    TransientEnvError,
+    splits_from,
+)
+
+__all__ = [
+    "ActionParseError",
+    "Env",
+    "EnvError",
+    "EnvPlugin",
+    "EnvSpec",
+    "Execution",
+    "Observation",
+    "StepResult",
+    "SuccessRule",
+    "SyncEnv",
+    "Task",
+    "TaskSplit",
+    "TransientEnvError",
+    "parse_react_action",
+    "splits_from",
+]

@@ -1,0 +1,226 @@
+"""The environment protocol: what a gymux environment is and what it publishes.
+
+An environment is anything with ``reset(task)``, ``step(action)`` and ``close()``.
+Two flavours are first-class:
+
+* :class:`Env` -- ``async`` methods, run on the event loop (must never block it).
+* :class:`SyncEnv` -- ordinary blocking methods; the runtime runs them in a worker
+  thread or in a dedicated worker process (see :class:`Execution`).
+
+Each plugin publishes one :class:`EnvPlugin`: its :class:`EnvSpec` (id, version,
+task splits, instruction, action format, turn budget, reward range and success rule),
+a factory that makes fresh instances, the action parser, and optionally an oracle
+policy factory.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import msgspec
+
+if TYPE_CHECKING:
+    from gymux.policies.protocol import Policy
+
+__all__ = [
+    "ActionParseError",
+    "Env",
+    "EnvError",
+    "EnvPlugin",
+    "EnvSpec",
+    "Execution",
+    "Observation",
+    "StepResult",
+    "SuccessRule",
+    "SyncEnv",
+    "Task",
+    "TaskSplit",
+    "TransientEnvError",
+]
+
+#: JSON-compatible scalar values allowed in ``info`` mappings.
+InfoValue = str | int | float | bool | None | list[Any] | dict[str, Any]
+
+
+class EnvError(Exception):
+    """An environment failed. The episode ends with finish reason ``env_error``."""
+
+
+class TransientEnvError(EnvError):
+    """An environment failure worth retrying (a flaky backend, a busy resource).
+
+    The scheduler reruns the whole episode on a fresh instance, with backoff, up to
+    ``RuntimeConfig.env_retries`` times.
+    """
+
+
+class ActionParseError(ValueError):
+    """The model's output holds no valid action.
+
+    The message is shown to the model as a corrective observation; the episode goes on.
+    """
+
+
+class Observation(msgspec.Struct, frozen=True, kw_only=True):
+    """What the agent sees after ``reset`` or ``step``."""
+
+    text: str
+    #: Actions the environment accepts right now, where it can enumerate them.
+    admissible_actions: list[str] | None = None
+
+
+class StepResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of one ``step``."""
+
+    observation: Observation
+    reward: float
+    done: bool
+    info: dict[str, InfoValue] = msgspec.field(default_factory=dict)
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """One task of an environment: an integer id, unique within the env, and its split."""
+
+    id: int
+    split: str = ""
+
+
+class TaskSplit(msgspec.Struct, frozen=True, kw_only=True):
+    """A named set of task ids (``train``, ``test``, ...)."""
+
+    name: str
+    ids: list[int]
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+
+class SuccessRule(msgspec.Struct, frozen=True, kw_only=True):
+    """How an episode's final reward becomes success: ``reward >= threshold``."""
+
+    threshold: float = 1.0
+
+    def is_success(self, reward: float) -> bool:
+        return reward >= self.threshold
+
+
+class Execution(enum.StrEnum):
+    """Where an environment's methods run."""
+
+    #: ``async`` env, awaited on the event loop.
+    ASYNC = "async"
+    #: blocking env, each call in a worker thread.
+    THREAD = "thread"
+    #: blocking env, each instance in its own worker process (CPU-bound or crash-prone code).
+    PROCESS = "process"
+
+
+class EnvSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the runtime and a policy need to know about an environment."""
+
+    id: str
+    version: str
+    #: Opening instruction of an episode (AgentGym style: instruction turn, then observation).
+    instruction: str
+    #: Human-readable description of the action format, e.g. ``"Action: move <dir>"``.
+    action_format: str
+    splits: dict[str, TaskSplit]
+    max_turns: int
+    reward_range: tuple[float, float] = (0.0, 1.0)
+    success: SuccessRule = msgspec.field(default_factory=SuccessRule)
+    #: A few valid actions; the random policy samples from them when the env gives none.
+    example_actions: list[str] = msgspec.field(default_factory=list)
+    description: str = ""
+
+    def split(self, name: str) -> TaskSplit:
+        try:
+            return self.splits[name]
+        except KeyError:
+            known = ", ".join(sorted(self.splits)) or "none"
+            raise KeyError(f"env {self.id!r} has no split {name!r} (known: {known})") from None
+
+
+@runtime_checkable
+class Env(Protocol):
+    """An asynchronous environment instance. Instances are reused across episodes."""
+
+    async def reset(self, task: Task) -> Observation: ...
+
+    async def step(self, action: str) -> StepResult: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SyncEnv(Protocol):
+    """A blocking environment instance; the runtime keeps its calls off the event loop."""
+
+    def reset(self, task: Task) -> Observation: ...
+
+    def step(self, action: str) -> StepResult: ...
+
+    def close(self) -> None: ...
+
+
+def _default_parser(text: str) -> str:
+    from gymux.env_plugins.parsing import parse_react_action
+
+    return parse_react_action(text)
+
+
+class EnvPlugin:
+    """What a plugin's ``gymux.envs`` entry point resolves to.
+
+    Args:
+        spec: the environment's :class:`EnvSpec`.
+        factory: zero-argument callable returning a fresh :class:`Env` or :class:`SyncEnv`.
+            For :attr:`Execution.PROCESS` it must be importable as ``module:qualname``.
+        execution: where the instance's methods run.
+        parse_action: turns the model's raw output into an action string, raising
+            :class:`ActionParseError` if there is none. Defaults to ReAct
+            ``Thought: ... Action: ...`` parsing.
+        oracle: zero-argument callable returning a policy that solves the env using its
+            gold information, or ``None``.
+        max_instances: default cap on live instances of this env (the runtime config can
+            lower or raise it).
+    """
+
+    __slots__ = ("execution", "factory", "max_instances", "oracle", "parse_action", "spec")
+
+    def __init__(
+        self,
+        spec: EnvSpec,
+        factory: Callable[[], Env | SyncEnv],
+        *,
+        execution: Execution | str = Execution.ASYNC,
+        parse_action: Callable[[str], str] | None = None,
+        oracle: Callable[[], Policy] | None = None,
+        max_instances: int = 64,
+    ) -> None:
+        if not isinstance(spec, EnvSpec):
+            raise TypeError(f"spec must be an EnvSpec, got {type(spec).__name__}")
+        if not callable(factory):
+            raise TypeError("factory must be callable")
+        if max_instances < 1:
+            raise ValueError("max_instances must be >= 1")
+        self.spec = spec
+        self.factory = factory
+        self.execution = Execution(execution)
+        self.parse_action = parse_action or _default_parser
+        self.oracle = oracle
+        self.max_instances = max_instances
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def __repr__(self) -> str:
+        return f"EnvPlugin({self.spec.id!r}, version={self.spec.version!r}, {self.execution.value})"
+
+
+def splits_from(mapping: Mapping[str, list[int] | range]) -> dict[str, TaskSplit]:
+    """Build the ``splits`` field of an :class:`EnvSpec` from ``{"test": range(0, 26)}``."""
+    return {name: TaskSplit(name=name, ids=list(ids)) for name, ids in mapping.items()}

@@ -1,0 +1,148 @@
+"""Coalescing concurrent policy calls into batches.
+
+Every episode calls ``await policy.act(request)`` on its own. A :class:`BatchingPolicy`
+queues those calls; its dispatcher (a task owned by the policy's own task group, started
+by ``async with policy``) collects whatever is pending -- waiting at most ``window_s``
+for more when fewer than ``max_batch`` are queued -- and hands the batch to
+:meth:`BatchingPolicy.act_batch`. At most ``max_inflight_batches`` batches run at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+import anyio
+import anyio.abc
+
+from gymux.policies.protocol import PolicyError, PolicyRequest, PolicyResponse
+
+__all__ = ["BatchingPolicy"]
+
+
+class _Pending:
+    __slots__ = ("cancelled", "done", "error", "request", "response")
+
+    def __init__(self, request: PolicyRequest) -> None:
+        self.request = request
+        self.done = anyio.Event()
+        self.response: PolicyResponse | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+
+class BatchingPolicy:
+    """Base class: implement :meth:`act_batch`; episodes call :meth:`act`."""
+
+    name: str = "batching"
+    version: str = "0"
+
+    def __init__(
+        self, *, max_batch: int = 64, window_s: float = 0.002, max_inflight_batches: int = 4
+    ) -> None:
+        if max_batch < 1 or max_inflight_batches < 1 or window_s < 0:
+            raise ValueError("max_batch and max_inflight_batches must be >= 1, window_s >= 0")
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self.max_inflight_batches = max_inflight_batches
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._slots = anyio.Semaphore(max_inflight_batches)
+        self.batches = 0
+        self.batched_requests = 0
+
+    async def act_batch(
+        self, requests: Sequence[PolicyRequest]
+    ) -> Sequence[PolicyResponse | BaseException]:
+        """Answer ``requests`` in order: one response (or exception) per request."""
+        raise NotImplementedError
+
+    async def act(self, request: PolicyRequest) -> PolicyResponse:
+        if self._tg is None:
+            raise PolicyError(f"policy {self.name!r} is not running (use 'async with policy')")
+        pending = _Pending(request)
+        self._queue.append(pending)
+        self._wakeup.set()
+        try:
+            await pending.done.wait()
+        except BaseException:
+            pending.cancelled = True
+            raise
+        if pending.error is not None:
+            raise pending.error
+        assert pending.response is not None
+        return pending.response
+
+    async def __aenter__(self) -> Self:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._dispatch)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tg, self._tg = self._tg, None
+        if tg is None:
+            return
+        tg.cancel_scope.cancel()
+        await tg.__aexit__(None, None, None)
+        while self._queue:
+            pending = self._queue.popleft()
+            pending.error = PolicyError(f"policy {self.name!r} shut down")
+            pending.done.set()
+
+    async def _dispatch(self) -> None:
+        assert self._tg is not None
+        while True:
+            await self._wakeup.wait()
+            if len(self._queue) < self.max_batch and self.window_s > 0:
+                await anyio.sleep(self.window_s)
+            self._wakeup = anyio.Event()
+            while self._queue:
+                batch: list[_Pending] = []
+                while self._queue and len(batch) < self.max_batch:
+                    pending = self._queue.popleft()
+                    if not pending.cancelled:
+                        batch.append(pending)
+                if not batch:
+                    continue
+                await self._slots.acquire()
+                self._tg.start_soon(self._run_batch, batch)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        try:
+            self.batches += 1
+            self.batched_requests += len(batch)
+            try:
+                results = await self.act_batch([p.request for p in batch])
+                if len(results) != len(batch):
+                    raise PolicyError(
+                        f"{self.name}: batch of {len(batch)} got {len(results)} answers"
+                    )
+            except Exception as exc:
+                error = exc if isinstance(exc, PolicyError) else PolicyError(repr(exc))
+                results = [error] * len(batch)
+            for pending, result in zip(batch, results, strict=True):
+                if isinstance(result, PolicyResponse):
+                    pending.response = result
+                elif isinstance(result, BaseException):
+                    pending.error = result
+                else:
+                    pending.error = PolicyError(
+                        f"{self.name}: act_batch returned {type(result).__name__}"
+                    )
+                pending.done.set()
+        finally:
+            for pending in batch:
+                if not pending.done.is_set():
+                    pending.error = PolicyError(f"policy {self.name!r} shut down mid-batch")
+                    pending.done.set()
+            self._slots.release()

@@ -1,0 +1,315 @@
+"""The embedding API: ``async with Runtime(config) as rt: ...``.
+
+::
+
+    async with Runtime(RuntimeConfig(max_concurrent_episodes=512), out="runs/x") as rt:
+        handle = await rt.submit(Workload(env="maze", tasks="test", policy="oracle"))
+        async for trajectory in handle:          # as episodes finish
+            ...
+        result = await handle.wait()             # RunResult: trajectories + summary
+
+Leaving the ``async with`` block normally waits for submitted runs; leaving it with an
+exception (or being cancelled) cancels them. Either way every instance, policy and sink
+is closed before the block exits.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import msgspec
+import structlog
+
+from gymux.config import RuntimeConfig, Workload
+from gymux.env_plugins.registry import Registry, default_registry
+from gymux.events import EpisodeFinished, Event, EventBus, RunFinished, RunStarted
+from gymux.log import LogSubscriber, configure_logging
+from gymux.metrics import Metrics, RunSummary
+from gymux.policies.protocol import Policy
+from gymux.policies.registry import make_policy
+from gymux.scheduler import Scheduler, plan_jobs
+from gymux.sinks import JsonlSink, Sink
+from gymux.trajectory import Trajectory
+
+__all__ = ["RunHandle", "RunResult", "Runtime", "new_run_id"]
+
+_log = structlog.get_logger("gymux.runtime")
+
+#: How often buffered sinks are flushed while runs are going.
+FLUSH_INTERVAL_S = 1.0
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class RunResult(msgspec.Struct, kw_only=True):
+    """A finished run: its trajectories in finishing order and the summary."""
+
+    run_id: str
+    workload: Workload
+    policy: str
+    trajectories: list[Trajectory]
+    summary: RunSummary
+    planned: int
+
+
+class RunHandle:
+    """A submitted run. Iterate it for trajectories as they finish; await :meth:`wait`."""
+
+    def __init__(self, run_id: str, workload: Workload, policy: Policy, planned: int) -> None:
+        self.run_id = run_id
+        self.workload = workload
+        self.policy = policy
+        self.planned = planned
+        self.metrics = Metrics()
+        self.trajectories: list[Trajectory] = []
+        self._changed = anyio.Event()
+        self._done = anyio.Event()
+        self._error: BaseException | None = None
+        self._scope = anyio.CancelScope()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """Cancel the run: running episodes end as ``cancelled``, queued ones never start."""
+        self._scope.cancel()
+
+    def _add(self, trajectory: Trajectory) -> None:
+        self.trajectories.append(trajectory)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        self._error = error
+        self._done.set()
+        self._changed.set()
+
+    async def wait(self) -> RunResult:
+        """Wait for the run to end; raises what stopped it, if anything did."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self.result()
+
+    def result(self) -> RunResult:
+        return RunResult(
+            run_id=self.run_id,
+            workload=self.workload,
+            policy=self.policy.name,
+            trajectories=list(self.trajectories),
+            summary=self.metrics.summary(),
+            planned=self.planned,
+        )
+
+    async def __aiter__(self) -> AsyncIterator[Trajectory]:
+        index = 0
+        while True:
+            while index < len(self.trajectories):
+                yield self.trajectories[index]
+                index += 1
+            if self._done.is_set():
+                if self._error is not None:
+                    raise self._error
+                return
+            await self._changed.wait()
+
+
+class Runtime:
+    """Runs workloads. Use as ``async with Runtime(config) as rt``.
+
+    Args:
+        config: runtime limits (:class:`RuntimeConfig`).
+        registry: where env ids are looked up (default: installed plugins).
+        sinks: where finished trajectories go, in addition to the run handles.
+        out: a directory; adds a :class:`JsonlSink` writing ``out/trajectories.jsonl``.
+        configure_logs: set up structlog output at ``config.log_level`` (stderr).
+    """
+
+    def __init__(
+        self,
+        config: RuntimeConfig | None = None,
+        *,
+        registry: Registry | None = None,
+        sinks: list[Sink] | None = None,
+        out: str | os.PathLike[str] | None = None,
+        configure_logs: bool = False,
+    ) -> None:
+        self.config = config or RuntimeConfig()
+        self.registry = registry or default_registry()
+        self.bus = EventBus()
+        self.scheduler = Scheduler(self.config, self.bus)
+        self.sinks: list[Sink] = list(sinks or [])
+        self.out = Path(out) if out is not None else None
+        if self.out is not None:
+            self.sinks.append(JsonlSink(self.out / "trajectories.jsonl"))
+        self._configure_logs = configure_logs
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stop = anyio.Event()
+        self._policies: dict[int, Policy] = {}
+        self._policy_lock = anyio.Lock()
+        self._handles: list[RunHandle] = []
+        self.bus.subscribe(LogSubscriber(self.config.log_level))
+
+    def subscribe(self, subscriber: Callable[[Event], None]) -> Callable[[], None]:
+        """Receive every event; returns an unsubscribe function."""
+        return self.bus.subscribe(subscriber)
+
+    async def __aenter__(self) -> Self:
+        if self._configure_logs:
+            configure_logging(self.config.log_level)
+        stack = AsyncExitStack()
+        try:
+            for sink in self.sinks:
+                await sink.open()
+                stack.push_async_callback(sink.aclose)
+            stack.push_async_callback(self.scheduler.aclose)
+            tg = anyio.create_task_group()
+            await tg.__aenter__()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            raise
+        self._tg = tg
+        tg.start_soon(self._flusher)
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        tg, self._tg = self._tg, None
+        if stack is None or tg is None:
+            return None
+        try:
+            if exc_type is None:
+                for handle in list(self._handles):
+                    await handle._done.wait()
+            else:
+                for handle in self._handles:
+                    handle.cancel()
+        except BaseException:
+            for handle in self._handles:
+                handle.cancel()
+            raise
+        finally:
+            self._stop.set()
+            try:
+                await tg.__aexit__(exc_type, exc, tb)
+            finally:
+                # Pools, then sinks (the stack unwinds in reverse order of entry).
+                with anyio.CancelScope(shield=True):
+                    await stack.aclose()
+        return None
+
+    async def _flusher(self) -> None:
+        while not self._stop.is_set():
+            with anyio.move_on_after(FLUSH_INTERVAL_S):
+                await self._stop.wait()
+            await self._flush_sinks()
+
+    async def _flush_sinks(self) -> None:
+        for sink in self.sinks:
+            try:
+                await sink.flush()
+            except Exception as exc:
+                _log.error("sink flush failed", sink=repr(sink), error=repr(exc))
+
+    async def _host_policy(
+        self, policy: Policy, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with policy:
+            task_status.started()
+            await self._stop.wait()
+
+    async def _ensure_policy(self, policy: Policy) -> None:
+        async with self._policy_lock:
+            if id(policy) in self._policies:
+                return
+            assert self._tg is not None
+            await self._tg.start(self._host_policy, policy)
+            self._policies[id(policy)] = policy
+
+    async def submit(
+        self, workload: Workload, *, policy: Policy | None = None, run_id: str | None = None
+    ) -> RunHandle:
+        """Start a run; returns at once with its :class:`RunHandle`.
+
+        Raises ``PluginError`` for an unknown or broken env, ``KeyError`` for an unknown
+        split, ``ValueError`` for unknown task ids or policy names.
+        """
+        if self._tg is None:
+            raise RuntimeError("Runtime is not running; use 'async with Runtime(...)'")
+        plugin = self.registry.get(workload.env)
+        run_id = run_id or new_run_id()
+        jobs = plan_jobs(run_id, workload, plugin)
+        self.scheduler.pool_for(plugin)
+        if policy is None:
+            policy = make_policy(workload.policy, plugin, seed=workload.seed)
+        await self._ensure_policy(policy)
+        handle = RunHandle(run_id, workload, policy, len(jobs))
+        self._handles.append(handle)
+        self._tg.start_soon(self._execute, handle, plugin, jobs, name=f"run {run_id}")
+        return handle
+
+    async def run(self, workload: Workload, *, policy: Policy | None = None) -> RunResult:
+        """Submit ``workload`` and wait for its result."""
+        handle = await self.submit(workload, policy=policy)
+        return await handle.wait()
+
+    async def _execute(self, handle: RunHandle, plugin: Any, jobs: list[Any]) -> None:
+        metrics = handle.metrics
+        run_id = handle.run_id
+
+        def feed(event: Event) -> None:
+            if event.run_id == run_id:
+                metrics(event)
+
+        unsubscribe = self.bus.subscribe(feed)
+        sinks = self.sinks
+
+        async def record(trajectory: Trajectory) -> None:
+            for sink in sinks:
+                await sink.write(trajectory)
+            handle._add(trajectory)
+            self.bus.publish(EpisodeFinished(run_id=run_id, trajectory=trajectory))
+
+        started = time.perf_counter()
+        error: BaseException | None = None
+        self.bus.publish(
+            RunStarted(run_id=run_id, env_id=plugin.id, policy=handle.policy.name, episodes=len(jobs))
+        )
+        try:
+            with handle._scope:
+                await self.scheduler.run_jobs(jobs, plugin, handle.policy, record)
+        except Exception as exc:
+            error = exc
+            _log.error("run failed", run_id=run_id, error=repr(exc))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._flush_sinks()
+            self.bus.publish(
+                RunFinished(
+                    run_id=run_id,
+                    episodes=len(handle.trajectories),
+                    wall_s=time.perf_counter() - started,
+                )
+            )
+            unsubscribe()
+            handle._finish(error)

@@ -1,0 +1,1 @@
+"""Trajectory stores (the append-only store arrives in its own issue)."""

@@ -1,0 +1,269 @@
+"""The ``gymux`` command line: ``gymux run`` and ``gymux envs``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import anyio
+import msgspec
+
+from gymux import __version__
+from gymux.config import ConfigError, RuntimeConfig, Workload, load_config
+from gymux.env_plugins.registry import PluginError, Registry, default_registry
+from gymux.log import configure_logging
+from gymux.policies.registry import POLICY_NAMES, UnknownPolicyError
+from gymux.progress import ProgressDisplay
+from gymux.service import RunResult, Runtime
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad arguments: one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _parse_tasks(text: str) -> str | list[int]:
+    """``test`` / ``train`` / ``0,3,5`` / ``0-9`` / ``0-9,20``."""
+    if not text or not any(ch.isdigit() for ch in text[:1]):
+        return text
+    ids: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.partition("-")
+            if sep:
+                ids.extend(range(int(lo), int(hi) + 1))
+            else:
+                ids.append(int(part))
+    except ValueError:
+        raise UsageError(f"--tasks: cannot read {text!r} (use a split name, 0,1,2 or 0-9)") from None
+    return ids
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gymux", description="Run LLM agents over text environments.")
+    parser.add_argument("--version", action="version", version=f"gymux {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a workload and write its trajectories")
+    run.add_argument("--env", help="environment id (see 'gymux envs')")
+    run.add_argument("--policy", default="oracle", help=f"policy: {', '.join(POLICY_NAMES)}")
+    run.add_argument("--tasks", default="test", help="split name, or ids like 0,1,2 or 0-9")
+    run.add_argument("--samples", type=_positive, default=1, help="episodes per task")
+    run.add_argument("--limit", type=_positive, help="only the first N tasks")
+    run.add_argument("--max-turns", type=_positive, help="turn budget (default: the env's)")
+    run.add_argument("--concurrency", type=_positive, help="max concurrent episodes")
+    run.add_argument("--step-timeout", type=_positive_float, help="seconds per env call")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", help="output folder (default runs/<env>-<policy>-<time>)")
+    run.add_argument("--config", help="TOML config ([runtime] and [[workloads]])")
+    run.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    envs = sub.add_parser("envs", help="list installed environments and their splits")
+    envs.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _cmd_envs(args: argparse.Namespace, registry: Registry) -> int:
+    rows = registry.status()
+    if args.json:
+        _out(msgspec.json.encode(rows).decode())
+        return EXIT_OK if all(r.ok for r in rows) else EXIT_FAILED
+    _out(f"{'env':<12} {'version':<8} {'exec':<8} {'oracle':<7} splits")
+    for row in rows:
+        if row.ok:
+            splits = ", ".join(f"{name}={count}" for name, count in row.splits.items())
+            oracle = "yes" if row.has_oracle else "no"
+            _out(f"{row.id:<12} {row.version:<8} {row.execution:<8} {oracle:<7} {splits}")
+        else:
+            _out(f"{row.id:<12} BROKEN   {row.error}")
+    return EXIT_OK if all(r.ok for r in rows) else EXIT_FAILED
+
+
+def _workloads(args: argparse.Namespace, file_workloads: list[Workload]) -> list[Workload]:
+    if args.env:
+        return [
+            Workload(
+                env=args.env,
+                tasks=_parse_tasks(args.tasks),
+                samples=args.samples,
+                policy=args.policy,
+                max_turns=args.max_turns,
+                limit=args.limit,
+                seed=args.seed,
+            )
+        ]
+    if not file_workloads:
+        raise UsageError("--env is required (or a --config with [[workloads]])")
+    return file_workloads
+
+
+def _runtime_config(args: argparse.Namespace, base: RuntimeConfig) -> RuntimeConfig:
+    changes: dict[str, object] = {}
+    if args.concurrency:
+        changes["max_concurrent_episodes"] = args.concurrency
+    if args.step_timeout:
+        changes["step_timeout_s"] = args.step_timeout
+    if args.log_level:
+        changes["log_level"] = args.log_level
+    return msgspec.structs.replace(base, **changes) if changes else base
+
+
+def _summary_table(results: list[RunResult]) -> list[str]:
+    header = (
+        f"{'env':<10} {'policy':<10} {'episodes':>8} {'success':>8} {'mean reward':>11} "
+        f"{'mean turns':>10} {'invalid':>7} {'wall s':>7} {'turns/s':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for result in results:
+        s = result.summary
+        lines.append(
+            f"{result.workload.env:<10} {result.policy:<10} {s.episodes:>8} "
+            f"{s.success_rate * 100:>7.1f}% {s.mean_reward:>11.3f} {s.mean_turns:>10.2f} "
+            f"{s.invalid_actions:>7} {s.wall_s:>7.2f} {s.turns_per_s:>8.0f}"
+        )
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(s.finish_reasons.items()))
+        lines.append(f"  finish reasons: {reasons or 'none'}")
+    return lines
+
+
+async def _run_async(
+    args: argparse.Namespace,
+    config: RuntimeConfig,
+    workloads: list[Workload],
+    out: Path,
+    registry: Registry,
+) -> tuple[list[RunResult], bool]:
+    show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+    label = ",".join(f"{w.env}/{w.policy}" for w in workloads)
+    progress = ProgressDisplay(sys.stderr, label=label) if show else None
+    interrupted = False
+    handles = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch_signals)
+        try:
+            async with Runtime(config, registry=registry, out=out) as rt:
+                if progress is not None:
+                    rt.subscribe(progress)
+                for workload in workloads:
+                    handles.append(await rt.submit(workload))
+                for handle in handles:
+                    await handle.wait()
+        finally:
+            if progress is not None:
+                progress.close()
+        tg.cancel_scope.cancel()
+    return [handle.result() for handle in handles], interrupted
+
+
+def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
+    file_config = load_config(args.config) if args.config else None
+    config = _runtime_config(args, file_config.runtime if file_config else RuntimeConfig())
+    configure_logging(config.log_level)
+    workloads = _workloads(args, file_config.workloads if file_config else [])
+    # Check everything that can be checked before starting anything.
+    for workload in workloads:
+        plugin = registry.get(workload.env)
+        if isinstance(workload.tasks, str):
+            plugin.spec.split(workload.tasks)
+        if workload.policy not in POLICY_NAMES:
+            raise UnknownPolicyError(
+                f"unknown policy {workload.policy!r} (choose from: {', '.join(POLICY_NAMES)})"
+            )
+    out_text = args.out or (file_config.out if file_config else None)
+    if out_text is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out_text = f"runs/{workloads[0].env}-{workloads[0].policy}-{stamp}"
+    out = Path(out_text)
+    results, interrupted = anyio.run(_run_async, args, config, workloads, out, registry)
+    for line in _summary_table(results):
+        _out(line)
+    _out(f"trajectories: {out / 'trajectories.jsonl'}")
+    summary = [
+        {"run_id": r.run_id, "env": r.workload.env, "policy": r.policy, "planned": r.planned,
+         **msgspec.to_builtins(r.summary)}
+        for r in results
+    ]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if interrupted:
+        _err("gymux: interrupted; finished episodes were saved")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None) -> int:
+    """Entry point of the ``gymux`` console script; returns the exit code."""
+    parser = build_parser()
+    registry = registry or default_registry()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "envs":
+            return _cmd_envs(args, registry)
+        return _cmd_run(args, registry)
+    except UsageError as exc:
+        _err(f"gymux: error: {exc}")
+        return EXIT_USAGE
+    except (ConfigError, PluginError, UnknownPolicyError, ValueError) as exc:
+        _err(f"gymux: error: {exc}")
+        return EXIT_USAGE
+    except KeyError as exc:
+        _err(f"gymux: error: {exc.args[0] if exc.args else exc}")
+        return EXIT_USAGE
+
+
+def console_main() -> NoReturn:
+    sys.exit(main())

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 from typing import Any
@@ -108,11 +109,16 @@ class ProcessEnv:
 
     @classmethod
     async def start(cls, plugin: EnvPlugin, ref: str) -> ProcessEnv:
+        # The worker sees the parent's import path, so any factory importable here is
+        # importable there.
+        env_vars = dict(os.environ)
+        env_vars["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         process = await anyio.open_process(
             [sys.executable, "-m", "gymux.env_plugins._worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,
+            env=env_vars,
         )
         env = cls(plugin.id, process)
         try:

@@ -104,7 +104,7 @@ class EventBus:
                 _log.error(
                     "subscriber failed; removed",
                     subscriber=repr(subscriber),
-                    event=type(event).__name__,
+                    event_type=type(event).__name__,
                     error=repr(exc),
                 )
                 if subscriber in self._subscribers:

@@ -210,8 +210,12 @@ class Runtime:
             raise
         finally:
             self._stop.set()
+            if exc_type is not None:
+                tg.cancel_scope.cancel()
             try:
-                await tg.__aexit__(exc_type, exc, tb)
+                # The caller's exception propagates by itself; passing it in would wrap it
+                # in an ExceptionGroup.
+                await tg.__aexit__(None, None, None)
             finally:
                 # Pools, then sinks (the stack unwinds in reverse order of entry).
                 with anyio.CancelScope(shield=True):

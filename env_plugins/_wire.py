@@ -6,7 +6,6 @@ import struct
 from typing import Literal
 
 import msgspec
-
 from gymux.env_plugins.protocol import Observation, StepResult, Task
 
 WIRE_VERSION = 1

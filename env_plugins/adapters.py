@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
-
 from gymux.env_plugins import _wire as w
 from gymux.env_plugins.protocol import (
     Env,
@@ -147,7 +146,7 @@ class ProcessEnv:
                 (size,) = w.HEADER.unpack(header)
                 if size > w.MAX_FRAME:
                     raise EnvError(f"worker for {self._env_id!r} sent an oversized frame")
-                reply = w.reply_decoder.decode(await self._recv.receive_exactly(size))
+                reply: w.Reply = w.reply_decoder.decode(await self._recv.receive_exactly(size))
                 ok = True
             except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
                 code = await self._exit_code()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import anyio
 import msgspec
-
 from gymux.env_plugins.adapters import factory_ref, make_instance
 from gymux.env_plugins.protocol import (
     ActionParseError,
@@ -86,23 +85,35 @@ async def check_plugin(
             for split in spec.splits.values():
                 for task_id in split.ids[:tasks_per_split]:
                     obs = await env.reset(Task(id=task_id, split=split.name))
-                    if not check(f"reset({task_id}) returns Observation",
-                                 isinstance(obs, Observation), repr(type(obs))):
+                    if not check(
+                        f"reset({task_id}) returns Observation",
+                        isinstance(obs, Observation),
+                        repr(type(obs)),
+                    ):
                         continue
                     check(f"reset({task_id}) text non-empty", bool(obs.text.strip()))
                     first_text.setdefault(task_id, obs.text)
                     action = (obs.admissible_actions or spec.example_actions or ["noop"])[0]
                     result = await env.step(action)
-                    if check(f"step after reset({task_id}) returns StepResult",
-                             isinstance(result, StepResult), repr(type(result))):
+                    if check(
+                        f"step after reset({task_id}) returns StepResult",
+                        isinstance(result, StepResult),
+                        repr(type(result)),
+                    ):
                         lo, hi = spec.reward_range
-                        check(f"reward of task {task_id} in range",
-                              lo <= result.reward <= hi, f"{result.reward} not in {lo}..{hi}")
+                        check(
+                            f"reward of task {task_id} in range",
+                            lo <= result.reward <= hi,
+                            f"{result.reward} not in {lo}..{hi}",
+                        )
             # Same task id -> same start, on a reused instance.
             for task_id, text in first_text.items():
                 again = await env.reset(Task(id=task_id))
-                check(f"reset({task_id}) is deterministic", again.text == text,
-                      "a second reset of the same task gave a different observation")
+                check(
+                    f"reset({task_id}) is deterministic",
+                    again.text == text,
+                    "a second reset of the same task gave a different observation",
+                )
             try:
                 plugin.parse_action("no action here \x00")
                 check("parser rejects malformed output", False, "no ActionParseError raised")

@@ -8,9 +8,7 @@ from gymux.env_plugins.protocol import ActionParseError
 
 __all__ = ["parse_react_action"]
 
-_ACTION_RE = re.compile(
-    r"^[\s*_#>]*action[\s*_]*:[\s*_]*(.*)$", re.IGNORECASE | re.MULTILINE
-)
+_ACTION_RE = re.compile(r"^[\s*_#>]*action[\s*_]*:[\s*_]*(.*)$", re.IGNORECASE | re.MULTILINE)
 
 
 def parse_react_action(text: str) -> str:

@@ -22,7 +22,6 @@ from typing import Any
 
 import msgspec
 import structlog
-
 from gymux.env_plugins.protocol import EnvPlugin
 
 __all__ = [
@@ -102,7 +101,9 @@ class Registry:
         self, plugin: EnvPlugin | Callable[[], EnvPlugin], *, replace: bool = False
     ) -> EnvPlugin:
         """Add a plugin programmatically. Raises PluginError when it is malformed."""
-        env_id = plugin.spec.id if isinstance(plugin, EnvPlugin) else getattr(plugin, "__name__", "?")
+        env_id = (
+            plugin.spec.id if isinstance(plugin, EnvPlugin) else getattr(plugin, "__name__", "?")
+        )
         checked = validate_plugin(env_id, plugin)
         self._discover()
         if not replace and (checked.id in self._plugins or checked.id in self._pending):

@@ -16,7 +16,6 @@ from typing import Self
 
 import anyio
 import anyio.abc
-
 from gymux.policies.protocol import PolicyError, PolicyRequest, PolicyResponse
 
 __all__ = ["BatchingPolicy"]

@@ -23,6 +23,4 @@ def make_policy(name: str, plugin: EnvPlugin, *, seed: int = 0) -> Policy:
         return plugin.oracle()
     if name == "random":
         return RandomPolicy(plugin.spec.example_actions, seed=seed)
-    raise UnknownPolicyError(
-        f"unknown policy {name!r} (choose from: {', '.join(POLICY_NAMES)})"
-    )
+    raise UnknownPolicyError(f"unknown policy {name!r} (choose from: {', '.join(POLICY_NAMES)})")

@@ -13,7 +13,6 @@ from typing import NoReturn
 
 import anyio
 import msgspec
-
 from gymux import __version__
 from gymux.config import ConfigError, RuntimeConfig, Workload, load_config
 from gymux.env_plugins.registry import PluginError, Registry, default_registry
@@ -60,7 +59,9 @@ def _parse_tasks(text: str) -> str | list[int]:
             else:
                 ids.append(int(part))
     except ValueError:
-        raise UsageError(f"--tasks: cannot read {text!r} (use a split name, 0,1,2 or 0-9)") from None
+        raise UsageError(
+            f"--tasks: cannot read {text!r} (use a split name, 0,1,2 or 0-9)"
+        ) from None
     return ids
 
 
@@ -234,8 +235,13 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
         _out(line)
     _out(f"trajectories: {out / 'trajectories.jsonl'}")
     summary = [
-        {"run_id": r.run_id, "env": r.workload.env, "policy": r.policy, "planned": r.planned,
-         **msgspec.to_builtins(r.summary)}
+        {
+            "run_id": r.run_id,
+            "env": r.workload.env,
+            "policy": r.policy,
+            "planned": r.planned,
+            **msgspec.to_builtins(r.summary),
+        }
         for r in results
     ]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

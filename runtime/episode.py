@@ -14,11 +14,9 @@ from collections.abc import Awaitable, Callable
 import anyio
 import msgspec
 import structlog
-
 from gymux.config import RuntimeConfig
 from gymux.env_plugins.protocol import (
     ActionParseError,
-    EnvError,
     EnvPlugin,
     Observation,
     StepResult,
@@ -125,9 +123,7 @@ async def run_episode(
             await record(traj)
         raise
     traj.wall_s = _clock() - start
-    traj.success = traj.finish_reason is FinishReason.DONE and spec.success.is_success(
-        traj.reward
-    )
+    traj.success = traj.finish_reason is FinishReason.DONE and spec.success.is_success(traj.reward)
     await record(traj)
     return traj
 
@@ -332,14 +328,15 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
             traj.turns.append(turn)
             obs_text = f"Invalid action: {exc}"
             messages.append(Message(role="user", content=obs_text))
-            bus.publish(TurnFinished(run_id=job.run_id, episode_id=job.episode_id,
-                                     env_id=job.env_id, turn=turn))
+            bus.publish(
+                TurnFinished(
+                    run_id=job.run_id, episode_id=job.episode_id, env_id=job.env_id, turn=turn
+                )
+            )
             continue
         except Exception as exc:
             traj.turns.append(turn)
-            raise _End(
-                FinishReason.ENV_ERROR, f"action parser crashed: {_describe(exc)}"
-            ) from None
+            raise _End(FinishReason.ENV_ERROR, f"action parser crashed: {_describe(exc)}") from None
         turn.action = action
         t = _clock()
         try:
@@ -350,8 +347,9 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
         turn.reward = result.reward
         turn.done = result.done
         traj.reward = result.reward
-        bus.publish(TurnFinished(run_id=job.run_id, episode_id=job.episode_id,
-                                 env_id=job.env_id, turn=turn))
+        bus.publish(
+            TurnFinished(run_id=job.run_id, episode_id=job.episode_id, env_id=job.env_id, turn=turn)
+        )
         if result.done:
             return FinishReason.DONE
         obs_text = result.observation.text

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import msgspec
 import structlog
-
 from gymux.trajectory import FinishReason, Trajectory, Turn
 
 __all__ = [

@@ -6,13 +6,16 @@ import logging
 import sys
 
 import structlog
-
 from gymux.events import EpisodeError, EpisodeFinished, Event, RunFinished, RunStarted, TurnFinished
 
 __all__ = ["LogSubscriber", "configure_logging"]
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure_logging(level: str = "warning") -> None:
@@ -46,26 +49,56 @@ class LogSubscriber:
         level = self._level
         if isinstance(event, EpisodeError):
             if level <= logging.WARNING:
-                log.warning("episode error", run_id=event.run_id, episode_id=event.episode_id,
-                            env=event.env_id, reason=event.reason.value, error=event.message,
-                            attempt=event.attempt, will_retry=event.will_retry)
+                log.warning(
+                    "episode error",
+                    run_id=event.run_id,
+                    episode_id=event.episode_id,
+                    env=event.env_id,
+                    reason=event.reason.value,
+                    error=event.message,
+                    attempt=event.attempt,
+                    will_retry=event.will_retry,
+                )
             return
         if level > logging.INFO:
             return
         if isinstance(event, TurnFinished):
             if level > logging.DEBUG:
                 return
-            log.debug("turn finished", run_id=event.run_id, episode_id=event.episode_id,
-                      env=event.env_id, turn=event.turn.index, action=event.turn.action,
-                      reward=event.turn.reward)
+            log.debug(
+                "turn finished",
+                run_id=event.run_id,
+                episode_id=event.episode_id,
+                env=event.env_id,
+                turn=event.turn.index,
+                action=event.turn.action,
+                reward=event.turn.reward,
+            )
         elif isinstance(event, EpisodeFinished):
             t = event.trajectory
-            log.info("episode finished", run_id=t.run_id, episode_id=t.episode_id,
-                     env=t.env_id, policy=t.policy, task=t.task_id,
-                     reason=t.finish_reason.value, reward=t.reward, turns=len(t.turns))
+            log.info(
+                "episode finished",
+                run_id=t.run_id,
+                episode_id=t.episode_id,
+                env=t.env_id,
+                policy=t.policy,
+                task=t.task_id,
+                reason=t.finish_reason.value,
+                reward=t.reward,
+                turns=len(t.turns),
+            )
         elif isinstance(event, RunStarted):
-            log.info("run started", run_id=event.run_id, env=event.env_id,
-                     policy=event.policy, episodes=event.episodes)
+            log.info(
+                "run started",
+                run_id=event.run_id,
+                env=event.env_id,
+                policy=event.policy,
+                episodes=event.episodes,
+            )
         elif isinstance(event, RunFinished):
-            log.info("run finished", run_id=event.run_id, episodes=event.episodes,
-                     wall_s=round(event.wall_s, 3))
+            log.info(
+                "run finished",
+                run_id=event.run_id,
+                episodes=event.episodes,
+                wall_s=round(event.wall_s, 3),
+            )

@@ -6,7 +6,6 @@ import time
 from collections import Counter
 
 import msgspec
-
 from gymux.events import (
     EpisodeError,
     EpisodeFinished,

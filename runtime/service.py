@@ -28,7 +28,6 @@ import anyio
 import anyio.abc
 import msgspec
 import structlog
-
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.registry import Registry, default_registry
 from gymux.events import EpisodeFinished, Event, EventBus, RunFinished, RunStarted
@@ -297,7 +296,9 @@ class Runtime:
         started = time.perf_counter()
         error: BaseException | None = None
         self.bus.publish(
-            RunStarted(run_id=run_id, env_id=plugin.id, policy=handle.policy.name, episodes=len(jobs))
+            RunStarted(
+                run_id=run_id, env_id=plugin.id, policy=handle.policy.name, episodes=len(jobs)
+            )
         )
         try:
             with handle._scope:

@@ -29,7 +29,6 @@ import time
 from collections import Counter
 
 import anyio
-
 from gymux.env_plugins import (
     EnvPlugin,
     EnvSpec,
@@ -102,7 +101,9 @@ class _Core:
             sys.stdout.flush()
         self.task = task.id
         self.steps = 0
-        return Observation(text=f"task {task.id} pid {os.getpid()}: say go", admissible_actions=["go"])
+        return Observation(
+            text=f"task {task.id} pid {os.getpid()}: say go", admissible_actions=["go"]
+        )
 
     def step(self, action: str) -> StepResult:
         if self.task == STEP_RAISES:
@@ -118,7 +119,7 @@ class _Core:
                 os.kill(os.getpid(), signal.SIGSEGV)
             raise RuntimeError("would segfault")
         if self.task == NOISY:
-            print("more junk")  # noqa: T201
+            print("more junk")
         self.steps += 1 if action == "go" else 0
         done = self.steps >= 3
         return StepResult(
@@ -204,11 +205,17 @@ class SaysGo(SimplePolicy):
         return PolicyResponse(text=react("go", "go"))
 
 
-def plugin(factory: object, execution: str = "async", *, env_id: str = "probe",
-           max_instances: int = 8) -> EnvPlugin:
+def plugin(
+    factory: object, execution: str = "async", *, env_id: str = "probe", max_instances: int = 8
+) -> EnvPlugin:
     spec = SPEC if env_id == "probe" else EnvSpec(**{**_spec_fields(), "id": env_id})
-    return EnvPlugin(spec, factory, execution=execution, max_instances=max_instances,  # type: ignore[arg-type]
-                     oracle=SaysGo)
+    return EnvPlugin(
+        spec,
+        factory,
+        execution=execution,
+        max_instances=max_instances,  # type: ignore[arg-type]
+        oracle=SaysGo,
+    )
 
 
 def _spec_fields() -> dict[str, object]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 
+import _envs as E
 import anyio
 import pytest
-
-import _envs as E
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.registry import PluginError, Registry
 from gymux.events import EpisodeError, EpisodeFinished, EpisodeStarted, TurnFinished
@@ -40,8 +39,14 @@ def registry_with(*plugins) -> Registry:
 
 
 def config(**kw) -> RuntimeConfig:
-    base = dict(step_timeout_s=3.0, policy_timeout_s=3.0, episode_timeout_s=30.0,
-                close_timeout_s=3.0, retry_backoff_s=0.01, retry_backoff_max_s=0.05)
+    base = dict(
+        step_timeout_s=3.0,
+        policy_timeout_s=3.0,
+        episode_timeout_s=30.0,
+        close_timeout_s=3.0,
+        retry_backoff_s=0.01,
+        retry_backoff_max_s=0.05,
+    )
     base.update(kw)
     return RuntimeConfig(**base)
 
@@ -97,7 +102,9 @@ async def test_failures_are_isolated_per_episode(mode):
 @pytest.mark.parametrize("mode", list(MODES))
 async def test_hung_reset_times_out(mode):
     plugin = E.plugin(MODES[mode], mode)
-    result, _ = await run_tasks(plugin, [E.HANG_RESET, 0], cfg=config(step_timeout_s=0.5 if mode != "process" else 2.0))
+    result, _ = await run_tasks(
+        plugin, [E.HANG_RESET, 0], cfg=config(step_timeout_s=0.5 if mode != "process" else 2.0)
+    )
     t = by_task(result)
     assert t[E.HANG_RESET].finish_reason is FinishReason.TIMEOUT
     assert "reset exceeded" in t[E.HANG_RESET].error
@@ -126,8 +133,11 @@ async def test_process_crash_and_segfault_are_env_errors_and_workers_are_reaped(
     assert t[0].success and t[1].success
     # stdout junk printed by the env does not corrupt the worker protocol
     assert t[E.NOISY].success
-    pids = {int(tr.turns[0].observation.split("pid ")[1].split(":")[0])
-            for tr in result.trajectories if tr.turns and "pid" in tr.turns[0].observation}
+    pids = {
+        int(tr.turns[0].observation.split("pid ")[1].split(":")[0])
+        for tr in result.trajectories
+        if tr.turns and "pid" in tr.turns[0].observation
+    }
     assert pids
     for pid in pids:
         with pytest.raises(ProcessLookupError):
@@ -138,8 +148,9 @@ async def test_process_crash_and_segfault_are_env_errors_and_workers_are_reaped(
 @pytest.mark.parametrize("mode", list(MODES))
 async def test_transient_errors_are_retried_with_backoff(mode):
     plugin = E.plugin(MODES[mode], mode)
-    result, _ = await run_tasks(plugin, [E.FLAKY_RESET, E.ALWAYS_TRANSIENT],
-                                cfg=config(env_retries=2))
+    result, _ = await run_tasks(
+        plugin, [E.FLAKY_RESET, E.ALWAYS_TRANSIENT], cfg=config(env_retries=2)
+    )
     t = by_task(result)
     if mode != "process":  # per-process counters: a fresh worker forgets earlier failures
         assert t[E.FLAKY_RESET].success
@@ -220,8 +231,9 @@ class Flaky(SimplePolicy):
 
 async def test_policy_failures_end_only_their_episode():
     plugin = E.plugin(E.AsyncProbe)
-    result, _ = await run_tasks(plugin, [0, 1, 2, 3, 4, 5], policy=Flaky(),
-                                cfg=config(policy_timeout_s=0.3))
+    result, _ = await run_tasks(
+        plugin, [0, 1, 2, 3, 4, 5], policy=Flaky(), cfg=config(policy_timeout_s=0.3)
+    )
     t = by_task(result)
     assert t[0].success and t[5].success
     assert t[1].finish_reason is FinishReason.POLICY_ERROR and "server said 500" in t[1].error
@@ -238,8 +250,7 @@ async def test_episode_timeout():
             await anyio.sleep(0.2)
             return PolicyResponse(text=react("go", "go"))
 
-    result, pool = await run_tasks(plugin, [0], policy=Slow(),
-                                   cfg=config(episode_timeout_s=0.3))
+    result, pool = await run_tasks(plugin, [0], policy=Slow(), cfg=config(episode_timeout_s=0.3))
     (traj,) = result.trajectories
     assert traj.finish_reason is FinishReason.TIMEOUT
     assert "episode exceeded" in traj.error
@@ -260,16 +271,18 @@ async def test_global_concurrency_cap_is_enforced():
             inflight -= 1
             return PolicyResponse(text=react("go", "go"))
 
-    result, _ = await run_tasks(plugin, E.HEALTHY, policy=Counting(), samples=5,
-                                cfg=config(max_concurrent_episodes=7))
+    result, _ = await run_tasks(
+        plugin, E.HEALTHY, policy=Counting(), samples=5, cfg=config(max_concurrent_episodes=7)
+    )
     assert len(result.trajectories) == 50
     assert peak == 7
 
 
 async def test_per_env_instance_cap_from_config_overrides_plugin_default():
     plugin = E.plugin(E.AsyncProbe, max_instances=50)
-    result, pool = await run_tasks(plugin, E.HEALTHY, samples=4,
-                                   cfg=config(env_instances={"probe": 2}))
+    result, pool = await run_tasks(
+        plugin, E.HEALTHY, samples=4, cfg=config(env_instances={"probe": 2})
+    )
     assert len(result.trajectories) == 40
     assert pool.cap == 2 and pool.created == 2 and E.Stats.max_live == 2
 
@@ -299,7 +312,9 @@ async def test_cancellation_records_cancelled_and_leaks_nothing(tmp_path):
     from gymux.sinks import read_jsonl
 
     on_disk = list(read_jsonl(tmp_path / "trajectories.jsonl"))
-    assert sorted(t.episode_id for t in on_disk) == sorted(t.episode_id for t in result.trajectories)
+    assert sorted(t.episode_id for t in on_disk) == sorted(
+        t.episode_id for t in result.trajectories
+    )
 
 
 async def test_exiting_runtime_with_exception_cancels_runs():
@@ -340,8 +355,13 @@ async def test_events_arrive_in_order_and_a_bad_subscriber_is_dropped():
         elif isinstance(ev, EpisodeFinished):
             per_episode.setdefault(ev.trajectory.episode_id, []).append("EpisodeFinished")
     kinds = sorted(per_episode.values())
-    assert ["EpisodeStarted", "TurnFinished", "TurnFinished", "TurnFinished",
-            "EpisodeFinished"] in kinds
+    assert [
+        "EpisodeStarted",
+        "TurnFinished",
+        "TurnFinished",
+        "TurnFinished",
+        "EpisodeFinished",
+    ] in kinds
     assert ["EpisodeStarted", "EpisodeError", "EpisodeFinished"] in kinds
     assert any(isinstance(e, EpisodeError) and "env exploded" in e.message for e in seen)
     assert sum(isinstance(e, TurnFinished) for e in seen) == 3

@@ -208,7 +208,11 @@ class EnvPlugin:
             raise ValueError("max_instances must be >= 1")
         self.spec = spec
         self.factory = factory
-        self.execution = Execution(execution)
+        try:
+            self.execution = Execution(execution)
+        except ValueError:
+            choices = ", ".join(e.value for e in Execution)
+            raise ValueError(f"execution must be one of {choices}; got {execution!r}") from None
         self.parse_action = parse_action or _default_parser
         self.oracle = oracle
         self.max_instances = max_instances

@@ -106,14 +106,16 @@ class BatchingPolicy:
                 await anyio.sleep(self.window_s)
             self._wakeup = anyio.Event()
             while self._queue:
+                # Take a slot first, so that callers cancelled while we wait are skipped.
+                await self._slots.acquire()
                 batch: list[_Pending] = []
                 while self._queue and len(batch) < self.max_batch:
                     pending = self._queue.popleft()
                     if not pending.cancelled:
                         batch.append(pending)
                 if not batch:
+                    self._slots.release()
                     continue
-                await self._slots.acquire()
                 self._tg.start_soon(self._run_batch, batch)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:

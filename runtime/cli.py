@@ -19,6 +19,7 @@ from gymux.env_plugins.registry import PluginError, Registry, default_registry
 from gymux.log import configure_logging
 from gymux.policies.registry import POLICY_NAMES, UnknownPolicyError
 from gymux.progress import ProgressDisplay
+from gymux.scheduler import plan_jobs
 from gymux.service import RunResult, Runtime
 
 __all__ = ["main"]
@@ -218,9 +219,7 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     workloads = _workloads(args, file_config.workloads if file_config else [])
     # Check everything that can be checked before starting anything.
     for workload in workloads:
-        plugin = registry.get(workload.env)
-        if isinstance(workload.tasks, str):
-            plugin.spec.split(workload.tasks)
+        plan_jobs("check", workload, registry.get(workload.env))
         if workload.policy not in POLICY_NAMES:
             raise UnknownPolicyError(
                 f"unknown policy {workload.policy!r} (choose from: {', '.join(POLICY_NAMES)})"

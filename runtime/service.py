@@ -51,6 +51,13 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 class RunResult(msgspec.Struct, kw_only=True):
     """A finished run: its trajectories in finishing order and the summary."""
 
@@ -304,8 +311,8 @@ class Runtime:
             with handle._scope:
                 await self.scheduler.run_jobs(jobs, plugin, handle.policy, record)
         except Exception as exc:
-            error = exc
-            _log.error("run failed", run_id=run_id, error=repr(exc))
+            error = _first_leaf(exc)
+            _log.error("run failed", run_id=run_id, error=repr(error))
         finally:
             with anyio.CancelScope(shield=True):
                 await self._flush_sinks()

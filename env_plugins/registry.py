@@ -191,13 +191,13 @@ class Registry:
             where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
             cause = f"failed to import {ep.value}: {type(exc).__name__}: {exc}{where}"
             self._errors[env_id] = cause
-            _log.error("env plugin failed to load", env=env_id, error=cause)
+            _log.info("env plugin failed to load", env=env_id, error=cause)
             return
         try:
             self._plugins[env_id] = validate_plugin(env_id, obj)
         except PluginError as exc:
             self._errors[env_id] = exc.cause
-            _log.error("env plugin is invalid", env=env_id, error=exc.cause)
+            _log.info("env plugin is invalid", env=env_id, error=exc.cause)
 
 
 _DEFAULT: Registry | None = None

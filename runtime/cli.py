@@ -56,7 +56,10 @@ def _parse_tasks(text: str) -> str | list[int]:
         for part in text.split(","):
             lo, sep, hi = part.partition("-")
             if sep:
-                ids.extend(range(int(lo), int(hi) + 1))
+                first, last = int(lo), int(hi)
+                if last < first:
+                    raise UsageError(f"--tasks: empty range {part!r}")
+                ids.extend(range(first, last + 1))
             else:
                 ids.append(int(part))
     except ValueError:
@@ -254,8 +257,12 @@ def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None)
     """Entry point of the ``gymux`` console script; returns the exit code."""
     parser = build_parser()
     registry = registry or default_registry()
+    configure_logging("warning")
     try:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.command == "envs":
             return _cmd_envs(args, registry)
         return _cmd_run(args, registry)

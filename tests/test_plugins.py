@@ -7,10 +7,9 @@ import sys
 import textwrap
 from importlib.metadata import EntryPoint
 
+import _envs as E
 import anyio
 import pytest
-
-import _envs as E
 from gymux.env_plugins import EnvPlugin, EnvSpec, Task, splits_from
 from gymux.env_plugins.conformance import check_plugin
 from gymux.env_plugins.registry import ENTRY_POINT_GROUP, PluginError, Registry, default_registry
@@ -84,16 +83,23 @@ def test_programmatic_registration_and_validation():
     with pytest.raises(PluginError, match="no task splits"):
         reg.register(
             EnvPlugin(
-                EnvSpec(id="x", version="1", instruction="i", action_format="a", splits={},
-                        max_turns=3),
+                EnvSpec(
+                    id="x", version="1", instruction="i", action_format="a", splits={}, max_turns=3
+                ),
                 E.AsyncProbe,
             )
         )
     with pytest.raises(PluginError, match="duplicate task ids"):
         reg.register(
             EnvPlugin(
-                EnvSpec(id="y", version="1", instruction="i", action_format="a",
-                        splits=splits_from({"test": [1, 1]}), max_turns=3),
+                EnvSpec(
+                    id="y",
+                    version="1",
+                    instruction="i",
+                    action_format="a",
+                    splits=splits_from({"test": [1, 1]}),
+                    max_turns=3,
+                ),
                 E.AsyncProbe,
             )
         )
@@ -153,9 +159,15 @@ def test_external_plugin_package_installed_via_entry_points_is_discovered(tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert "echo" in proc.stdout and "100.0%" in proc.stdout
     envs = subprocess.run(
-        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(site)!r}); "
-         "from gymux.cli import main; sys.exit(main(['envs']))"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(site)!r}); "
+            "from gymux.cli import main; sys.exit(main(['envs']))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "echo" in envs.stdout and "test=3" in envs.stdout
 
@@ -168,8 +180,10 @@ def test_builtin_envs_pass_conformance(env_id):
     assert report.oracle_episodes == 3 and report.oracle_successes == 3
 
 
-@pytest.mark.parametrize(("factory", "mode"), [(E.AsyncProbe, "async"), (E.SyncProbe, "thread"),
-                                               (E.ProcessProbe, "process")])
+@pytest.mark.parametrize(
+    ("factory", "mode"),
+    [(E.AsyncProbe, "async"), (E.SyncProbe, "thread"), (E.ProcessProbe, "process")],
+)
 def test_probe_env_passes_conformance_in_every_execution_mode(factory, mode):
     report = anyio.run(
         lambda: check_plugin(E.plugin(factory, mode), oracle_tasks=[Task(id=0), Task(id=1)])

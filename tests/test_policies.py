@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import _envs as E
 import anyio
 import pytest
-
-import _envs as E
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.registry import Registry, default_registry
 from gymux.policies.base import react
@@ -20,8 +19,14 @@ pytestmark = pytest.mark.anyio
 
 
 def request(task_id: int = 0, turn: int = 0, admissible=None) -> PolicyRequest:
-    return PolicyRequest(episode_id=f"e{task_id}", env_id="probe", task_id=task_id, turn=turn,
-                         messages=[], admissible_actions=admissible)
+    return PolicyRequest(
+        episode_id=f"e{task_id}",
+        env_id="probe",
+        task_id=task_id,
+        turn=turn,
+        messages=[],
+        admissible_actions=admissible,
+    )
 
 
 class Recording(BatchingPolicy):
@@ -78,8 +83,12 @@ class Broken(BatchingPolicy):
         if self.mode == "short":
             return [PolicyResponse(text="x")] * (len(requests) - 1)
         # per-item errors: fail odd task ids only
-        return [PolicyError(f"bad item {r.task_id}") if r.task_id % 2 else
-                PolicyResponse(text=react("go", "go")) for r in requests]
+        return [
+            PolicyError(f"bad item {r.task_id}")
+            if r.task_id % 2
+            else PolicyResponse(text=react("go", "go"))
+            for r in requests
+        ]
 
 
 @pytest.mark.parametrize("mode", ["raise", "short", "per-item"])
@@ -120,23 +129,22 @@ async def test_cancelled_caller_is_skipped():
 
     policy = Gated()
     errors = []
-    async with policy:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(policy.act, request(0))
-            await anyio.sleep(0.01)
-            with anyio.move_on_after(0.01):
-                await policy.act(request(1))  # queued behind the busy slot, then cancelled
+    async with policy, anyio.create_task_group() as tg:
+        tg.start_soon(policy.act, request(0))
+        await anyio.sleep(0.01)
+        with anyio.move_on_after(0.01):
+            await policy.act(request(1))  # queued behind the busy slot, then cancelled
 
-            async def last():
-                try:
-                    await policy.act(request(2))
-                except PolicyError as exc:
-                    errors.append(str(exc))
+        async def last():
+            try:
+                await policy.act(request(2))
+            except PolicyError as exc:
+                errors.append(str(exc))
 
-            tg.start_soon(last)
-            await anyio.sleep(0.01)
-            gate.set()
-            await anyio.sleep(0.05)
+        tg.start_soon(last)
+        await anyio.sleep(0.01)
+        gate.set()
+        await anyio.sleep(0.05)
     assert policy.seen == [0, 2]  # the cancelled request never reached the server
     assert errors == []
 
@@ -158,18 +166,18 @@ async def test_shutdown_fails_requests_still_waiting():
         except PolicyError as exc:
             errors.append(str(exc))
 
-    async with anyio.create_task_group() as tg:
-        async with policy:
-            tg.start_soon(call)
-            await anyio.sleep(0.02)
+    async with anyio.create_task_group() as tg, policy:
+        tg.start_soon(call)
+        await anyio.sleep(0.02)
     assert errors and "shut down" in errors[0]
 
 
 async def test_random_policy_is_deterministic_and_uses_admissible_actions():
     policy = RandomPolicy(["a", "b", "c"], seed=7)
     texts = [(await policy.act(request(1, t))).text for t in range(20)]
-    again = [(await RandomPolicy(["a", "b", "c"], seed=7).act(request(1, t))).text
-             for t in range(20)]
+    again = [
+        (await RandomPolicy(["a", "b", "c"], seed=7).act(request(1, t))).text for t in range(20)
+    ]
     assert texts == again
     assert len(set(texts)) > 1
     out = await policy.act(request(1, 0, admissible=["only"]))

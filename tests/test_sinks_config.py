@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import _envs as E
 import anyio
 import msgspec
 import pytest
-
-import _envs as E
 from gymux.config import ConfigError, RuntimeConfig, Workload, load_config, parse_config
 from gymux.env_plugins.registry import Registry
 from gymux.service import Runtime
@@ -23,8 +22,9 @@ def registry() -> Registry:
 def test_jsonl_round_trips_every_field(tmp_path):
     async def main():
         async with Runtime(RuntimeConfig(), registry=registry(), out=tmp_path) as rt:
-            return await rt.run(Workload(env="probe", tasks=[0, 1, E.STEP_RAISES], samples=2),
-                                policy=E.SaysGo())
+            return await rt.run(
+                Workload(env="probe", tasks=[0, 1, E.STEP_RAISES], samples=2), policy=E.SaysGo()
+            )
 
     result = anyio.run(main)
     on_disk = list(read_jsonl(tmp_path / "trajectories.jsonl"))
@@ -44,8 +44,17 @@ def test_jsonl_round_trips_every_field(tmp_path):
 
 def test_read_jsonl_torn_tail_and_corruption(tmp_path):
     path = tmp_path / "t.jsonl"
-    traj = Trajectory(run_id="r", episode_id="e", env_id="probe", env_version="1", task_id=0,
-                      split="test", sample=0, policy="p", policy_version="1")
+    traj = Trajectory(
+        run_id="r",
+        episode_id="e",
+        env_id="probe",
+        env_version="1",
+        task_id=0,
+        split="test",
+        sample=0,
+        policy="p",
+        policy_version="1",
+    )
     line = msgspec.json.encode(traj)
     path.write_bytes(line + b"\n" + line + b"\n" + line[: len(line) // 2])
     with pytest.raises(ValueError, match=r"t.jsonl:3: torn last line"):
@@ -74,8 +83,9 @@ def test_failing_sink_fails_the_run_loudly_and_closes_everything(tmp_path):
             raise SinkError("disk full")
 
     async def main():
-        async with Runtime(RuntimeConfig(), registry=registry(),
-                           sinks=[Full(tmp_path / "x.jsonl")]) as rt:
+        async with Runtime(
+            RuntimeConfig(), registry=registry(), sinks=[Full(tmp_path / "x.jsonl")]
+        ) as rt:
             handle = await rt.submit(Workload(env="probe", tasks=[0, 1]), policy=E.SaysGo())
             with pytest.raises(SinkError, match="disk full"):
                 await handle.wait()

@@ -1,0 +1,64 @@
+"""Shared fixtures: the anyio backend and helpers that run the ``gymux`` CLI for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+#: The repository root (the folder holding pyproject.toml).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """os.environ without variables that could make a child import the wrong code."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH"}
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+RunGymux = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def child_env() -> Callable[..., dict[str, str]]:
+    """``child_env(**extra)``: an environment for subprocesses (see :func:`clean_env`)."""
+    return clean_env
+
+
+@pytest.fixture
+def run_gymux(tmp_path: Path) -> RunGymux:
+    """Run ``python -m gymux ARGS`` in a real subprocess (cwd: a temporary folder)."""
+
+    def run(
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        timeout: float = 60,
+        python: str = sys.executable,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [python, "-m", "gymux", *args],
+            cwd=cwd or tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run

@@ -6,6 +6,7 @@ import struct
 from typing import Literal
 
 import msgspec
+
 from gymux.env_plugins.protocol import Observation, StepResult, Task
 
 WIRE_VERSION = 1

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
+
 from gymux.env_plugins import _wire as w
 from gymux.env_plugins.protocol import (
     Env,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import anyio
 import msgspec
+
 from gymux.env_plugins.adapters import factory_ref, make_instance
 from gymux.env_plugins.protocol import (
     ActionParseError,

@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 import structlog
+
 from gymux.env_plugins.protocol import EnvPlugin
 
 __all__ = [

@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 
 import anyio.to_thread
+
 from gymux.env_plugins.parsing import parse_react_action
 from gymux.env_plugins.protocol import (
     ActionParseError,

@@ -16,6 +16,7 @@ from typing import Self
 
 import anyio
 import anyio.abc
+
 from gymux.policies.protocol import PolicyError, PolicyRequest, PolicyResponse
 
 __all__ = ["BatchingPolicy"]

@@ -13,6 +13,7 @@ from typing import NoReturn
 
 import anyio
 import msgspec
+
 from gymux import __version__
 from gymux.config import ConfigError, RuntimeConfig, Workload, load_config
 from gymux.env_plugins.registry import PluginError, Registry, default_registry

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import msgspec
 import structlog
+
 from gymux.config import RuntimeConfig
 from gymux.env_plugins.protocol import (
     ActionParseError,

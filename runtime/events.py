@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import msgspec
 import structlog
+
 from gymux.trajectory import FinishReason, Trajectory, Turn
 
 __all__ = [

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+
 from gymux.events import EpisodeError, EpisodeFinished, Event, RunFinished, RunStarted, TurnFinished
 
 __all__ = ["LogSubscriber", "configure_logging"]

@@ -6,6 +6,7 @@ import time
 from collections import Counter
 
 import msgspec
+
 from gymux.events import (
     EpisodeError,
     EpisodeFinished,

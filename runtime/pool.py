@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import structlog
+
 from gymux.env_plugins.adapters import factory_ref, make_instance
 from gymux.env_plugins.protocol import Env, EnvPlugin, Execution
 

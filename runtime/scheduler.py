@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import anyio
 import structlog
+
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.protocol import EnvPlugin
 from gymux.episode import EpisodeJob, run_episode

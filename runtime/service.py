@@ -28,6 +28,7 @@ import anyio
 import anyio.abc
 import msgspec
 import structlog
+
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.registry import Registry, default_registry
 from gymux.events import EpisodeFinished, Event, EventBus, RunFinished, RunStarted

@@ -16,6 +16,7 @@ from typing import IO, Protocol, runtime_checkable
 
 import anyio
 import msgspec
+
 from gymux.trajectory import Trajectory
 
 __all__ = ["JsonlSink", "Sink", "SinkError", "read_jsonl"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 
 import msgspec
+
 from gymux.policies.protocol import Message
 
 __all__ = ["SCHEMA_VERSION", "FinishReason", "Trajectory", "Turn"]

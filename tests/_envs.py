@@ -29,6 +29,7 @@ import time
 from collections import Counter
 
 import anyio
+
 from gymux.env_plugins import (
     EnvPlugin,
     EnvSpec,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+
 from gymux import __version__
 from gymux.cli import EXIT_INTERRUPTED, main
 from gymux.env_plugins.maze import MAZE_SPEC, TEST_IDS, TRAIN_IDS

@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 
 import anyio
 import pytest
+
 from gymux.env_plugins import ActionParseError, Env, EnvError, Execution, Task
 from gymux.env_plugins.maze import (
     ACTIONS,

@@ -20,6 +20,7 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
+
 from gymux.env_plugins.maze import MAZE_SPEC
 from gymux.env_plugins.wordle import WORDLE_SPEC
 from gymux.sinks import read_jsonl

@@ -7,12 +7,14 @@ import sys
 import textwrap
 from importlib.metadata import EntryPoint
 
-import _envs as E
 import anyio
 import pytest
+
 from gymux.env_plugins import EnvPlugin, EnvSpec, Task, splits_from
 from gymux.env_plugins.conformance import check_plugin
 from gymux.env_plugins.registry import ENTRY_POINT_GROUP, PluginError, Registry, default_registry
+
+import _envs as E
 
 
 def ep(name: str, value: str) -> EntryPoint:

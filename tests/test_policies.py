@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import _envs as E
 import anyio
 import pytest
+
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.registry import Registry, default_registry
 from gymux.policies.base import react
@@ -14,6 +14,8 @@ from gymux.policies.registry import UnknownPolicyError, make_policy
 from gymux.policies.scripted import RandomPolicy
 from gymux.service import Runtime
 from gymux.trajectory import FinishReason
+
+import _envs as E
 
 pytestmark = pytest.mark.anyio
 

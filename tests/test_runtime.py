@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 
-import _envs as E
 import anyio
 import pytest
+
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.registry import PluginError, Registry
 from gymux.events import EpisodeError, EpisodeFinished, EpisodeStarted, TurnFinished
@@ -15,6 +15,8 @@ from gymux.policies.base import SimplePolicy, react
 from gymux.policies.protocol import PolicyError, PolicyRequest, PolicyResponse
 from gymux.service import Runtime
 from gymux.trajectory import FinishReason
+
+import _envs as E
 
 pytestmark = pytest.mark.anyio
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import _envs as E
 import anyio
 import msgspec
 import pytest
+
 from gymux.config import ConfigError, RuntimeConfig, Workload, load_config, parse_config
 from gymux.env_plugins.registry import Registry
 from gymux.service import Runtime
 from gymux.sinks import JsonlSink, SinkError, read_jsonl
 from gymux.trajectory import SCHEMA_VERSION, FinishReason, Trajectory
+
+import _envs as E
 
 
 def registry() -> Registry:

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+
 from gymux.env_plugins import ActionParseError, EnvError, Execution, SyncEnv, Task
 from gymux.env_plugins.wordle import (
     MAX_GUESSES,

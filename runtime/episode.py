@@ -109,6 +109,7 @@ async def run_episode(
         sample=job.sample,
         policy=policy.name,
         policy_version=policy.version,
+        policy_step=getattr(policy, "step", None),
         started_at=time.time(),
     )
     start = _clock()
@@ -320,6 +321,7 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
             env_s=reset_s if index == 0 else 0.0,
             prompt_tokens=response.prompt_tokens,
             completion_tokens=response.completion_tokens,
+            policy_finish=response.finish_reason,
         )
         try:
             action = parse(response.text)

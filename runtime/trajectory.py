@@ -8,10 +8,11 @@ import msgspec
 
 from gymux.policies.protocol import Message
 
-__all__ = ["SCHEMA_VERSION", "FinishReason", "Trajectory", "Turn"]
+__all__ = ["SCHEMA_VERSION", "FinishReason", "TokenData", "Trajectory", "Turn"]
 
-#: Version of the :class:`Trajectory` layout. Bumped on any incompatible change.
-SCHEMA_VERSION = 1
+#: Version of the :class:`Trajectory` layout. Readers of version N read version N-1.
+#: 1: first release. 2: ``tokens``, ``policy_step``, ``Turn.policy_finish``.
+SCHEMA_VERSION = 2
 
 
 class FinishReason(enum.StrEnum):
@@ -44,6 +45,27 @@ class Turn(msgspec.Struct, kw_only=True):
     env_s: float = 0.0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: The policy's finish reason for this output (``stop``, ``length``, ...).
+    policy_finish: str = "stop"
+
+
+class TokenData(msgspec.Struct, frozen=True, kw_only=True):
+    """The exact token sequence of an episode, packed little-endian.
+
+    ``ids``: int32 per token; ``logprobs``: float32 per token (0 where unknown, e.g. prompt
+    tokens); ``loss_mask``: uint8 per token, 1 on model-generated tokens. Use
+    :func:`gymux.stores.codec.token_arrays` to view them as NumPy arrays without a copy.
+    """
+
+    ids: bytes
+    loss_mask: bytes
+    logprobs: bytes | None = None
+    #: Name or path of the tokenizer the ids belong to.
+    tokenizer: str = ""
+
+    @property
+    def length(self) -> int:
+        return len(self.ids) // 4
 
 
 class Trajectory(msgspec.Struct, kw_only=True):
@@ -72,6 +94,10 @@ class Trajectory(msgspec.Struct, kw_only=True):
     invalid_actions: int = 0
     started_at: float = 0.0
     wall_s: float = 0.0
+    #: The policy's training step (weights version), for RL staleness filters.
+    policy_step: int | None = None
+    #: Token-exact record, where the policy returned token ids; ``None`` means text only.
+    tokens: TokenData | None = None
 
     @property
     def num_turns(self) -> int:

@@ -173,7 +173,7 @@ def test_wheel_contents(wheel: Path) -> None:
         for r in metadata.get_all("Requires-Dist")
         if "extra ==" not in r
     }
-    assert requires == {"anyio", "aiohttp", "msgspec", "structlog"}
+    assert requires == {"anyio", "aiohttp", "msgspec", "structlog", "google-crc32c"}
 
 
 # -- the installed wheel ---------------------------------------------------------------

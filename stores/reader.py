@@ -1,0 +1,302 @@
+"""Reading a stream: from any position, up to the durable offset, or following a live writer.
+
+::
+
+    reader = StreamReader(path)
+    for record in reader.records():                       # everything written so far
+        ...
+    for record in reader.records(start=pos, follow=True): # tail: each record exactly once
+        ...
+
+A reader never modifies the stream. At the tail of the newest segment, an incomplete or
+damaged frame with nothing valid after it is where the data ends (the writer may still be
+writing it, or recovery will truncate it); in ``follow`` mode the reader waits there.
+Damage followed by valid data raises :class:`CorruptionError` unless ``salvage=True``,
+which skips it and counts the skipped bytes in :attr:`StreamReader.skipped_bytes`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import msgspec
+
+from gymux.stores.errors import CorruptionError, StoreError
+from gymux.stores.format import (
+    DEFAULT_MAX_RECORD,
+    FRAME,
+    SEGMENT_HEADER,
+    FrameStatus,
+    IndexData,
+    find_next_frame,
+    index_name,
+    list_segments,
+    parse_frame,
+    parse_index,
+    parse_segment_header,
+    segment_name,
+)
+from gymux.stores.scan import DEFAULT_INDEX_INTERVAL, scan_segment
+from gymux.stores.writer import read_commit
+
+__all__ = ["Position", "Record", "StreamReader", "iter_segment_records"]
+
+
+class Position(msgspec.Struct, frozen=True):
+    """Where the next record starts: segment (its first seq), byte offset, and its seq."""
+
+    segment: int
+    offset: int
+    seq: int
+
+
+class Record(NamedTuple):
+    seq: int
+    type: int
+    payload: bytes
+    #: Position of the record *after* this one (resume from here to continue).
+    next: Position
+
+
+def iter_segment_records(
+    path: Path, first: int, max_len: int, *, salvage: bool = False
+) -> Iterator[tuple[int, int, bytes]]:
+    """Every valid record of one segment file: ``(seq, type, payload)``."""
+    data = path.read_bytes()
+    reader = _SegmentCursor(data, str(path), max_len, salvage)
+    offset = SEGMENT_HEADER.size if parse_segment_header(data) else 0
+    if offset == 0:
+        nxt = find_next_frame(data, -1, len(data), max_len)
+        if nxt is None:
+            return
+        offset = nxt
+    del first
+    while True:
+        item = reader.next(offset, final=True)
+        if item is None:
+            return
+        seq, rtype, payload, offset = item
+        yield seq, rtype, payload
+
+
+class _SegmentCursor:
+    """Parses frames out of one segment's bytes."""
+
+    __slots__ = ("base", "data", "max_len", "path", "salvage", "skipped", "stop_status")
+
+    def __init__(self, data: bytes, path: str, max_len: int, salvage: bool, base: int = 0) -> None:
+        #: File offset of ``data[0]`` (for error messages).
+        self.base = base
+        self.data = data
+        self.path = path
+        self.max_len = max_len
+        self.salvage = salvage
+        self.skipped = 0
+        self.stop_status = FrameStatus.END
+
+    def next(self, offset: int, *, final: bool) -> tuple[int, int, bytes, int] | None:
+        """The record at ``offset`` as ``(seq, type, payload, next_offset)``, or ``None`` at
+        the end of valid data. ``final``: the segment is complete (sealed), so damage at the
+        tail is still damage, not an in-progress write."""
+        data = self.data
+        end = len(data)
+        while True:
+            status, seq, rtype, payload = parse_frame(data, offset, end, self.max_len)
+            if status is FrameStatus.OK:
+                return seq, rtype, payload, offset + FRAME.size + len(payload)
+            self.stop_status = status
+            if status is FrameStatus.END:
+                return None
+            nxt = find_next_frame(data, offset, end, self.max_len)
+            if nxt is None:
+                if final and self.salvage:
+                    self.skipped += end - offset
+                return None
+            if not self.salvage:
+                reason = status.name.lower().replace("_", " ")
+                raise CorruptionError(self.path, self.base + offset, reason, self.base + nxt)
+            self.skipped += nxt - offset
+            offset = nxt
+
+
+class StreamReader:
+    """Reads one stream directory. Safe to use while a writer appends."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD,
+        salvage: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise StoreError(f"no stream at {self.path}")
+        self.max_record_bytes = max_record_bytes
+        self.salvage = salvage
+        self.skipped_bytes = 0
+        self._indexes: dict[int, IndexData] = {}
+
+    def segments(self) -> list[int]:
+        return list_segments(self.path)
+
+    def committed(self) -> tuple[int, int, int] | None:
+        """The writer's durable position ``(next_seq, segment, offset)``, if published."""
+        return read_commit(self.path)
+
+    def index(self, first: int) -> IndexData:
+        """The sparse index of a segment (rebuilt from the segment when missing or bad)."""
+        cached = self._indexes.get(first)
+        if cached is not None:
+            return cached
+        idx_path = self.path / index_name(first)
+        index = None
+        if idx_path.exists():
+            index = parse_index(idx_path.read_bytes())
+        sealed = first != self.segments()[-1]
+        if index is None:
+            scan = scan_segment(
+                self.path / segment_name(first),
+                first_seq=first,
+                max_len=self.max_record_bytes,
+                salvage=self.salvage,
+                collect_all=False,
+                interval=DEFAULT_INDEX_INTERVAL,
+            )
+            index = scan.index(DEFAULT_INDEX_INTERVAL)
+        if sealed:
+            self._indexes[first] = index
+        return index
+
+    def seek(self, seq: int) -> Position:
+        """The position of the first record with sequence number ``>= seq``."""
+        firsts = self.segments()
+        if not firsts:
+            return Position(0, SEGMENT_HEADER.size, 0)
+        i = max(0, bisect.bisect_right(firsts, seq) - 1)
+        first = firsts[i]
+        idx_seq, offset = self.index(first).floor(seq)
+        prev = Position(first, offset, idx_seq)
+        for record in self.records(prev):
+            if record.seq >= seq:
+                return Position(prev.segment, prev.offset, record.seq)
+            prev = record.next
+        return prev
+
+    def start(self) -> Position:
+        firsts = self.segments()
+        first = firsts[0] if firsts else 0
+        return Position(first, SEGMENT_HEADER.size, first)
+
+    def end(self) -> Position:
+        """The position after the last valid record now on disk."""
+        pos = self.start()
+        for record in self.records(pos):
+            pos = record.next
+        return pos
+
+    def records(
+        self,
+        start: Position | int | None = None,
+        *,
+        committed_only: bool = False,
+        follow: bool = False,
+        poll_s: float = 0.02,
+        idle_timeout_s: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[Record]:
+        """Yield records from ``start`` (a :class:`Position`, a sequence number, or the
+        beginning). ``committed_only`` stops at the writer's durable offset; ``follow``
+        waits for new records (until ``idle_timeout_s`` passes without one, or ``stop`` is
+        set), yielding each exactly once."""
+        if start is None:
+            pos = self.start()
+        elif isinstance(start, int):
+            pos = self.seek(start)
+        else:
+            pos = start
+        last_progress = time.monotonic()
+        segment, offset = pos.segment, pos.offset
+        while True:
+            progressed = False
+            limit = None
+            if committed_only:
+                commit = self.committed()
+                limit = (commit[1], commit[2]) if commit is not None else (-1, 0)
+            for record in self._read_segment(segment, offset, limit):
+                progressed = True
+                segment, offset = record.next.segment, record.next.offset
+                yield record
+            # at the end of `segment`'s valid data: move on if a newer segment exists
+            moved = self._advance(segment, offset, limit)
+            if moved is not None:
+                segment, offset = moved
+                continue
+            if progressed:
+                last_progress = time.monotonic()
+            if not follow:
+                return
+            if stop is not None and stop.is_set():
+                return
+            if idle_timeout_s is not None and time.monotonic() - last_progress > idle_timeout_s:
+                return
+            time.sleep(poll_s)
+
+    def _advance(
+        self, segment: int, offset: int, limit: tuple[int, int] | None
+    ) -> tuple[int, int] | None:
+        if limit is not None and (segment, offset) >= limit:
+            return None
+        firsts = self.segments()
+        later = [f for f in firsts if f > segment]
+        if not later:
+            return None
+        # A newer segment exists, so `segment` is sealed: re-read it to its real end.
+        path = self.path / segment_name(segment)
+        size = path.stat().st_size if path.exists() else 0
+        if size > offset:
+            data = path.read_bytes()
+            cursor = _SegmentCursor(data, str(path), self.max_record_bytes, self.salvage)
+            item = cursor.next(offset, final=True)
+            self.skipped_bytes += cursor.skipped
+            if item is not None:
+                return segment, offset  # it grew: read on in the same segment
+            if cursor.stop_status is not FrameStatus.END and not self.salvage:
+                raise CorruptionError(
+                    str(path), offset, f"sealed segment ends with {cursor.stop_status.name.lower()}"
+                )
+        nxt = later[0]
+        return nxt, SEGMENT_HEADER.size
+
+    def _read_segment(
+        self, segment: int, offset: int, limit: tuple[int, int] | None
+    ) -> Iterator[Record]:
+        if limit is not None and segment > limit[0]:
+            return
+        path = self.path / segment_name(segment)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        # Parse relative to `offset`; frames don't depend on absolute position.
+        end = len(data)
+        if limit is not None and segment == limit[0]:
+            end = min(end, max(0, limit[1] - offset))
+            data = data[:end]
+        cursor = _SegmentCursor(data, str(path), self.max_record_bytes, self.salvage, offset)
+        rel = 0
+        while True:
+            item = cursor.next(rel, final=False)
+            if item is None:
+                break
+            seq, rtype, payload, rel = item
+            yield Record(seq, rtype, payload, Position(segment, offset + rel, seq + 1))
+        self.skipped_bytes += cursor.skipped

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", help="output folder (default runs/<env>-<policy>-<time>)")
     run.add_argument("--config", help="TOML config ([runtime] and [[workloads]])")
+    run.add_argument(
+        "--format",
+        choices=["store", "jsonl"],
+        default="store",
+        help="trajectory output: the append-only store (OUT/store) or OUT/trajectories.jsonl",
+    )
     run.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -202,7 +208,7 @@ async def _run_async(
 
         tg.start_soon(watch_signals)
         try:
-            async with Runtime(config, registry=registry, out=out) as rt:
+            async with Runtime(config, registry=registry, out=out, out_format=args.format) as rt:
                 if progress is not None:
                     rt.subscribe(progress)
                 for workload in workloads:
@@ -236,7 +242,8 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     results, interrupted = anyio.run(_run_async, args, config, workloads, out, registry)
     for line in _summary_table(results):
         _out(line)
-    _out(f"trajectories: {out / 'trajectories.jsonl'}")
+    where = out / "trajectories.jsonl" if args.format == "jsonl" else out / "store"
+    _out(f"trajectories: {where}")
     summary = [
         {
             "run_id": r.run_id,

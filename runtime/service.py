@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import anyio
 import anyio.abc
@@ -46,6 +46,17 @@ _log = structlog.get_logger("gymux.runtime")
 
 #: How often buffered sinks are flushed while runs are going.
 FLUSH_INTERVAL_S = 1.0
+
+
+def default_sink(out: Path, out_format: str = "store") -> Sink:
+    """The sink ``Runtime(out=...)`` adds: the store at ``out/store``, or JSONL."""
+    if out_format == "jsonl":
+        return JsonlSink(out / "trajectories.jsonl")
+    if out_format == "store":
+        from gymux.stores.sink import StoreSink
+
+        return StoreSink(out / "store")
+    raise ValueError(f"out_format must be 'store' or 'jsonl', got {out_format!r}")
 
 
 def new_run_id() -> str:
@@ -140,7 +151,10 @@ class Runtime:
         config: runtime limits (:class:`RuntimeConfig`).
         registry: where env ids are looked up (default: installed plugins).
         sinks: where finished trajectories go, in addition to the run handles.
-        out: a directory; adds a :class:`JsonlSink` writing ``out/trajectories.jsonl``.
+        out: a directory; adds the default sink there: the append-only store
+            ``out/store`` (stream ``trajectories``), or ``out/trajectories.jsonl`` when
+            ``out_format="jsonl"``.
+        out_format: ``"store"`` (default) or ``"jsonl"``.
         configure_logs: set up structlog output at ``config.log_level`` (stderr).
     """
 
@@ -151,6 +165,7 @@ class Runtime:
         registry: Registry | None = None,
         sinks: list[Sink] | None = None,
         out: str | os.PathLike[str] | None = None,
+        out_format: Literal["store", "jsonl"] = "store",
         configure_logs: bool = False,
     ) -> None:
         self.config = config or RuntimeConfig()
@@ -160,7 +175,7 @@ class Runtime:
         self.sinks: list[Sink] = list(sinks or [])
         self.out = Path(out) if out is not None else None
         if self.out is not None:
-            self.sinks.append(JsonlSink(self.out / "trajectories.jsonl"))
+            self.sinks.append(default_sink(self.out, out_format))
         self._configure_logs = configure_logs
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None

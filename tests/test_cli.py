@@ -1,8 +1,8 @@
 """Tests for the ``gymux`` command line (gymux.cli).
 
 The CLI runs both in-process (``gymux.cli.main`` returns the exit code) and as real
-``python -m gymux`` subprocesses; outputs are real files read back with
-``gymux.sinks.read_jsonl``.
+``python -m gymux`` subprocesses; outputs are real files read back with the store reader
+(``gymux.stores.Store``) or ``gymux.sinks.read_jsonl`` for ``--format jsonl``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from gymux.env_plugins.maze import plugin as maze_plugin
 from gymux.env_plugins.registry import Registry
 from gymux.env_plugins.wordle import WORDLE_SPEC
 from gymux.sinks import read_jsonl
+from gymux.stores import Store
 from gymux.trajectory import FinishReason, Trajectory
 
 MAZE_TEST = len(TEST_IDS)
@@ -81,7 +82,7 @@ def cli(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], run_
 
 
 def trajectories(out: Path) -> list[Trajectory]:
-    return list(read_jsonl(out / "trajectories.jsonl", strict=True))
+    return list(Store(out / "store", create=False).trajectories())
 
 
 def nonblank_lines(path: Path) -> int:
@@ -101,6 +102,30 @@ def table_row(stdout: str, env: str, policy: str) -> list[str]:
 # -- gymux run -------------------------------------------------------------------------
 
 
+def test_run_format_jsonl(cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = cli(
+        [
+            "run",
+            "--env",
+            "maze",
+            "--tasks",
+            "0-4",
+            "--format",
+            "jsonl",
+            "--out",
+            str(out),
+            "--progress",
+            "off",
+        ]
+    )
+    assert res.rc == 0, res.err
+    trajs = list(read_jsonl(out / "trajectories.jsonl", strict=True))
+    assert len(trajs) == nonblank_lines(out / "trajectories.jsonl") == 5
+    assert not (out / "store").exists()
+    assert f"trajectories: {out / 'trajectories.jsonl'}" in res.out.splitlines()
+
+
 def test_run_maze_oracle(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = cli(
@@ -110,7 +135,7 @@ def test_run_maze_oracle(cli: Cli, tmp_path: Path) -> None:
     assert res.err == ""
 
     trajs = trajectories(out)
-    assert len(trajs) == nonblank_lines(out / "trajectories.jsonl") == MAZE_TEST
+    assert len(trajs) == MAZE_TEST
     assert sorted(t.task_id for t in trajs) == sorted(TEST_IDS)
     assert len({t.episode_id for t in trajs}) == MAZE_TEST
     assert len({t.run_id for t in trajs}) == 1
@@ -145,7 +170,7 @@ def test_run_maze_oracle(cli: Cli, tmp_path: Path) -> None:
     assert row[2] == str(MAZE_TEST)
     assert row[3] == "100.0%"
     assert f"  finish reasons: done={MAZE_TEST}" in res.out.splitlines()
-    assert f"trajectories: {out / 'trajectories.jsonl'}" in res.out.splitlines()
+    assert f"trajectories: {out / 'store'}" in res.out.splitlines()
 
 
 @pytest.mark.parametrize(
@@ -535,7 +560,7 @@ def test_signal_stops_run_and_keeps_finished_episodes(
     tmp_path: Path, child_env, signum: int
 ) -> None:
     out = tmp_path / "out"
-    jsonl = out / "trajectories.jsonl"
+    segments = out / "store" / "trajectories"
     planned = WORDLE_SPEC.splits["train"].count
     proc = subprocess.Popen(
         [
@@ -565,7 +590,9 @@ def test_signal_stops_run_and_keeps_finished_episodes(
     try:
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline and proc.poll() is None:
-            if jsonl.exists() and jsonl.stat().st_size > 0:
+            if segments.exists() and any(
+                p.suffix == ".seg" and p.stat().st_size > 32 for p in segments.iterdir()
+            ):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before the signal was sent"
@@ -579,8 +606,10 @@ def test_signal_stops_run_and_keeps_finished_episodes(
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "interrupted" in stderr
     assert "Traceback" not in stderr
-    trajs = trajectories(out)  # strict: every line decodes
-    assert len(trajs) == nonblank_lines(jsonl)
+    trajs = trajectories(out)  # every record passes its checksum and decodes
+    reader = Store(out / "store", create=False).reader()
+    assert reader.skipped_bytes == 0
+    assert reader.committed()[0] == len(trajs)  # all of them durable: the writer closed cleanly
     assert 0 < len(trajs) < planned
     ids = [t.episode_id for t in trajs]
     assert len(ids) == len(set(ids))

@@ -23,7 +23,7 @@ import pytest
 
 from gymux.env_plugins.maze import MAZE_SPEC
 from gymux.env_plugins.wordle import WORDLE_SPEC
-from gymux.sinks import read_jsonl
+from gymux.stores import Store
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {
@@ -225,7 +225,7 @@ def _check_run(proc: subprocess.CompletedProcess[str], out: Path, env: str, epis
     assert rows[0][1:3] == ["oracle", str(episodes)]
     assert rows[0][3].endswith("%")
     assert "finish reasons:" in proc.stdout
-    trajs = list(read_jsonl(out / "trajectories.jsonl", strict=True))
+    trajs = list(Store(out / "store", create=False).trajectories())
     assert len(trajs) == episodes
     assert {t.env_id for t in trajs} == {env}
     summary = json.loads((out / "summary.json").read_text())

@@ -311,9 +311,9 @@ async def test_cancellation_records_cancelled_and_leaks_nothing(tmp_path):
     assert all(t.finish_reason is FinishReason.CANCELLED for t in result.trajectories)
     assert pool.live == 0 and E.Stats.live == 0 and E.Stats.closed == E.Stats.created
     assert set(asyncio.all_tasks()) <= before, "orphan tasks left behind"
-    from gymux.sinks import read_jsonl
+    from gymux.stores import Store
 
-    on_disk = list(read_jsonl(tmp_path / "trajectories.jsonl"))
+    on_disk = list(Store(tmp_path / "store").trajectories())
     assert sorted(t.episode_id for t in on_disk) == sorted(
         t.episode_id for t in result.trajectories
     )

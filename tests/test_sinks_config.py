@@ -23,7 +23,9 @@ def registry() -> Registry:
 
 def test_jsonl_round_trips_every_field(tmp_path):
     async def main():
-        async with Runtime(RuntimeConfig(), registry=registry(), out=tmp_path) as rt:
+        async with Runtime(
+            RuntimeConfig(), registry=registry(), out=tmp_path, out_format="jsonl"
+        ) as rt:
             return await rt.run(
                 Workload(env="probe", tasks=[0, 1, E.STEP_RAISES], samples=2), policy=E.SaysGo()
             )
@@ -109,7 +111,9 @@ def test_sink_flushes_periodically_while_running(tmp_path):
                     await gate.wait()
                 return await super().act(request)
 
-        async with Runtime(RuntimeConfig(), registry=registry(), out=tmp_path) as rt:
+        async with Runtime(
+            RuntimeConfig(), registry=registry(), out=tmp_path, out_format="jsonl"
+        ) as rt:
             handle = await rt.submit(Workload(env="probe", tasks=[0, 1]), policy=Waits())
             path = tmp_path / "trajectories.jsonl"
             with anyio.fail_after(5):

@@ -56,6 +56,10 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     retry_backoff_s: NonNegFloat = 0.5
     retry_backoff_max_s: NonNegFloat = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    #: While the runtime runs, Python's generation-0 GC threshold (default 700). Thousands
+    #: of in-flight episodes make frequent young collections expensive; ``None`` leaves
+    #: the interpreter's setting alone. Restored when the runtime exits.
+    gc_threshold: PositiveInt | None = 50_000
 
 
 class Workload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -3,6 +3,7 @@ closing everything on shutdown."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -37,7 +38,9 @@ class EnvPool:
         self._idle: list[Env] = []
         self._live = 0
         self._closed = False
-        self._cond = anyio.Condition()
+        # Episodes waiting for an instance, woken one at a time in arrival order. All pool
+        # state changes happen between awaits on the event loop, so no lock is needed.
+        self._waiters: deque[anyio.Event] = deque()
         # Threads for blocking envs: one per live instance, plus slack for calls that a
         # timeout abandoned and that are still running.
         self._limiter = anyio.CapacityLimiter(cap + 8)
@@ -69,24 +72,46 @@ class EnvPool:
             with anyio.CancelScope(shield=True):
                 await self._release(lease)
 
+    def _wake_one(self) -> None:
+        while self._waiters:
+            event = self._waiters.popleft()
+            if not event.is_set():
+                event.set()
+                return
+
     async def _acquire(self, create_timeout_s: float) -> Env:
-        async with self._cond:
-            while True:
-                if self._closed:
-                    raise RuntimeError(f"pool for env {self.plugin.id!r} is closed")
-                if self._idle:
-                    return self._idle.pop()
-                if self._live < self.cap:
-                    self._live += 1
-                    break
-                await self._cond.wait()
+        while True:
+            if self._closed:
+                raise RuntimeError(f"pool for env {self.plugin.id!r} is closed")
+            if self._idle and not self._waiters:
+                return self._idle.pop()
+            if self._live < self.cap and not self._waiters:
+                self._live += 1
+                break
+            event = anyio.Event()
+            self._waiters.append(event)
+            try:
+                await event.wait()
+            except BaseException:
+                if event.is_set():
+                    self._wake_one()  # pass the wake-up on
+                else:
+                    self._waiters.remove(event)
+                raise
+            # Woken: the resource is ours if still there; take it before anyone queued.
+            if self._closed:
+                continue
+            if self._idle:
+                return self._idle.pop()
+            if self._live < self.cap:
+                self._live += 1
+                break
         try:
             with anyio.fail_after(create_timeout_s):
                 env = await make_instance(self.plugin, self._limiter, self._process_ref)
         except BaseException:
-            async with self._cond:
-                self._live -= 1
-                self._cond.notify()
+            self._live -= 1
+            self._wake_one()
             raise
         self.created += 1
         return env
@@ -94,13 +119,10 @@ class EnvPool:
     async def _release(self, lease: Lease) -> None:
         if lease.broken or self._closed:
             await self._close_one(lease.env)
-            async with self._cond:
-                self._live -= 1
-                self._cond.notify()
+            self._live -= 1
         else:
-            async with self._cond:
-                self._idle.append(lease.env)
-                self._cond.notify()
+            self._idle.append(lease.env)
+        self._wake_one()
 
     async def _close_one(self, env: Env) -> None:
         try:
@@ -115,12 +137,12 @@ class EnvPool:
     async def aclose(self) -> None:
         """Close idle instances now; leased ones are closed when their episode returns them."""
         with anyio.CancelScope(shield=True):
-            async with self._cond:
-                self._closed = True
-                idle, self._idle = self._idle, []
-                self._cond.notify_all()
+            self._closed = True
+            idle, self._idle = self._idle, []
+            for event in self._waiters:
+                event.set()
+            self._waiters.clear()
             async with anyio.create_task_group() as tg:
                 for env in idle:
                     tg.start_soon(self._close_one, env)
-            async with self._cond:
-                self._live -= len(idle)
+            self._live -= len(idle)

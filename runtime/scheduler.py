@@ -61,7 +61,7 @@ class Scheduler:
     def __init__(self, config: RuntimeConfig, bus: EventBus) -> None:
         self.config = config
         self.bus = bus
-        self._slots = anyio.Semaphore(config.max_concurrent_episodes)
+        self._slots = anyio.Semaphore(config.max_concurrent_episodes, fast_acquire=True)
         self._pools: dict[str, EnvPool] = {}
         self.running = 0
 

@@ -15,6 +15,7 @@ is closed before the block exits.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import time
@@ -91,7 +92,8 @@ class RunHandle:
         self.planned = planned
         self.metrics = Metrics()
         self.trajectories: list[Trajectory] = []
-        self._changed = anyio.Event()
+        # Created only while an iterator waits, so finishing an episode costs no Event.
+        self._changed: anyio.Event | None = None
         self._done = anyio.Event()
         self._error: BaseException | None = None
         self._scope = anyio.CancelScope()
@@ -104,15 +106,19 @@ class RunHandle:
         """Cancel the run: running episodes end as ``cancelled``, queued ones never start."""
         self._scope.cancel()
 
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+
     def _add(self, trajectory: Trajectory) -> None:
         self.trajectories.append(trajectory)
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._notify()
 
     def _finish(self, error: BaseException | None = None) -> None:
         self._error = error
         self._done.set()
-        self._changed.set()
+        self._notify()
 
     async def wait(self) -> RunResult:
         """Wait for the run to end; raises what stopped it, if anything did."""
@@ -141,6 +147,8 @@ class RunHandle:
                 if self._error is not None:
                     raise self._error
                 return
+            if self._changed is None:
+                self._changed = anyio.Event()
             await self._changed.wait()
 
 
@@ -193,6 +201,9 @@ class Runtime:
         if self._configure_logs:
             configure_logging(self.config.log_level)
         stack = AsyncExitStack()
+        if self.config.gc_threshold is not None:
+            stack.callback(gc.set_threshold, *gc.get_threshold())
+            gc.set_threshold(self.config.gc_threshold, *gc.get_threshold()[1:])
         try:
             for sink in self.sinks:
                 await sink.open()

@@ -282,8 +282,14 @@ async def test_global_concurrency_cap_is_enforced():
 
 async def test_per_env_instance_cap_from_config_overrides_plugin_default():
     plugin = E.plugin(E.AsyncProbe, max_instances=50)
+
+    class Yields(SimplePolicy):  # episodes overlap, so more than 2 instances would be used
+        async def act(self, request):
+            await anyio.sleep(0.001)
+            return PolicyResponse(text=react("go", "go"))
+
     result, pool = await run_tasks(
-        plugin, E.HEALTHY, samples=4, cfg=config(env_instances={"probe": 2})
+        plugin, E.HEALTHY, samples=4, policy=Yields(), cfg=config(env_instances={"probe": 2})
     )
     assert len(result.trajectories) == 40
     assert pool.cap == 2 and pool.created == 2 and E.Stats.max_live == 2
@@ -413,3 +419,38 @@ async def test_submit_validates_before_running():
             await rt.submit(Workload(env="probe", policy="gpt-9"))
     with pytest.raises(RuntimeError, match="not running"):
         await Runtime(config(), registry=reg).submit(Workload(env="probe"))
+
+
+async def test_pool_waiters_are_served_in_order_and_a_cancelled_waiter_passes_its_turn():
+    from gymux.pool import EnvPool
+
+    pool = EnvPool(E.plugin(E.AsyncProbe), cap=1)
+    order = []
+    release_first = anyio.Event()
+
+    async def user(name, hold=None):
+        async with pool.lease(create_timeout_s=5) as lease:
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+            assert lease.env is not None
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(user, "a", release_first)
+        await anyio.sleep(0.01)
+        cancel_b = anyio.CancelScope()
+
+        async def b_cancellable():
+            with cancel_b:
+                await user("b")
+
+        tg.start_soon(b_cancellable)
+        await anyio.sleep(0.01)
+        tg.start_soon(user, "c")
+        await anyio.sleep(0.01)
+        cancel_b.cancel()  # b gives up while waiting
+        release_first.set()
+    assert order == ["a", "c"]
+    assert pool.created == 1 and pool.live == 1 and pool.idle == 1
+    await pool.aclose()
+    assert pool.live == 0 and E.Stats.live == 0

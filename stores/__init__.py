@@ -4,6 +4,7 @@ See docs/store-format.md for the on-disk format.
 """
 
 from gymux.stores.codec import decode_trajectory, encode_trajectory, make_filter
+from gymux.stores.dataset import TrajectoryDataset
 from gymux.stores.errors import (
     CorruptionError,
     RecordTooLargeError,
@@ -32,6 +33,7 @@ __all__ = [
     "StoreSink",
     "StreamReader",
     "StreamWriter",
+    "TrajectoryDataset",
     "decode_trajectory",
     "encode_trajectory",
     "make_filter",

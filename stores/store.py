@@ -18,7 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gymux.stores.codec import MetaFilter, decode_meta, decode_trajectory, make_filter
+from gymux.stores.codec import (
+    MetaFilter,
+    TrajectoryMeta,
+    decode_meta,
+    decode_trajectory,
+    make_filter,
+)
 from gymux.stores.errors import StoreError
 from gymux.stores.format import FORMAT_VERSION, RecordType
 from gymux.stores.reader import Position, StreamReader
@@ -91,7 +97,14 @@ class Store:
         """Decoded trajectories; ``filters`` are :func:`gymux.stores.codec.make_filter`
         keywords (``env``, ``success``, ``min_policy_step``, ...), checked on the record's
         metadata before the body is decoded."""
-        keep = where or make_filter(**filters)
+        by_keywords = make_filter(**filters)
+        keep: MetaFilter | None
+        if where is not None and by_keywords is not None:
+
+            def keep(meta: TrajectoryMeta) -> bool:
+                return where(meta) and by_keywords(meta)
+        else:
+            keep = where or by_keywords
         reader = self.reader(stream, salvage=salvage)
         for record in reader.records(
             start, committed_only=committed_only, follow=follow, idle_timeout_s=idle_timeout_s

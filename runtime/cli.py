@@ -22,6 +22,7 @@ from gymux.policies.registry import POLICY_NAMES, UnknownPolicyError
 from gymux.progress import ProgressDisplay
 from gymux.scheduler import plan_jobs
 from gymux.service import RunResult, Runtime
+from gymux.store_cli import add_store_parser, run_store
 
 __all__ = ["main"]
 
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     envs = sub.add_parser("envs", help="list installed environments and their splits")
     envs.add_argument("--json", action="store_true", help="print JSON")
+
+    add_store_parser(sub)
     return parser
 
 
@@ -273,6 +276,8 @@ def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None)
             return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.command == "envs":
             return _cmd_envs(args, registry)
+        if args.command == "store":
+            return run_store(args)
         return _cmd_run(args, registry)
     except UsageError as exc:
         _err(f"gymux: error: {exc}")

@@ -102,7 +102,7 @@ class FrameStatus(enum.IntEnum):
     END = 1
     #: The frame runs past the end of the data (a torn write, or still being written).
     TRUNCATED = 2
-    #: Length field exceeds the bound.
+    #: Length field exceeds the bound (and is not a complete, checksum-valid frame).
     BAD_LENGTH = 3
     #: Checksum mismatch.
     BAD_CRC = 4
@@ -117,22 +117,28 @@ def parse_frame(
 
     ``payload`` is only meaningful when the status is ``OK`` (it is ``b""`` otherwise).
     ``buf`` must be ``bytes`` (google-crc32c takes no memoryviews).
+
+    ``max_len`` bounds what a length field may claim before its bytes are there; a
+    complete frame with a valid checksum is ``OK`` even above it (it was written by a
+    writer with a larger ``max_record_bytes``: a durable record, never a torn tail).
     """
     if offset == end:
         return FrameStatus.END, 0, 0, b""
     if end - offset < FRAME.size:
         return FrameStatus.TRUNCATED, 0, 0, b""
     crc, length, seq, rtype = FRAME.unpack_from(buf, offset)
-    if length > max_len:
-        return FrameStatus.BAD_LENGTH, seq, rtype, b""
     start = offset + FRAME.size
     stop = start + length
+    if length > max_len and stop > end:
+        return FrameStatus.BAD_LENGTH, seq, rtype, b""
     if stop > end:
         return FrameStatus.TRUNCATED, seq, rtype, b""
     payload = buf[start:stop]
     actual = google_crc32c.extend(google_crc32c.value(buf[offset + 4 : start]), payload)
     if mask(actual) != crc:
-        return FrameStatus.BAD_CRC, seq, rtype, b""
+        # A complete frame over the bound that fails its checksum is a bad length field.
+        status = FrameStatus.BAD_LENGTH if length > max_len else FrameStatus.BAD_CRC
+        return status, seq, rtype, b""
     if rtype == 0:
         return FrameStatus.BAD_TYPE, seq, rtype, b""
     return FrameStatus.OK, seq, rtype, payload

@@ -76,19 +76,29 @@ def iter_segment_records(
         if nxt is None:
             return
         offset = nxt
-    del first
+    expected = first
     while True:
-        item = reader.next(offset, final=True)
+        item = reader.next(offset, final=True, min_seq=expected)
         if item is None:
             return
         seq, rtype, payload, offset = item
+        expected = seq + 1
         yield seq, rtype, payload
 
 
 class _SegmentCursor:
     """Parses frames out of one segment's bytes."""
 
-    __slots__ = ("base", "data", "max_len", "path", "salvage", "skipped", "stop_status")
+    __slots__ = (
+        "base",
+        "data",
+        "max_len",
+        "path",
+        "salvage",
+        "skipped",
+        "stop_reason",
+        "stop_status",
+    )
 
     def __init__(self, data: bytes, path: str, max_len: int, salvage: bool, base: int = 0) -> None:
         #: File offset of ``data[0]`` (for error messages).
@@ -99,27 +109,36 @@ class _SegmentCursor:
         self.salvage = salvage
         self.skipped = 0
         self.stop_status = FrameStatus.END
+        #: Why the valid data stopped before the end (``None``: it ran to the end).
+        self.stop_reason: str | None = None
 
-    def next(self, offset: int, *, final: bool) -> tuple[int, int, bytes, int] | None:
+    def next(
+        self, offset: int, *, final: bool, min_seq: int | None = None
+    ) -> tuple[int, int, bytes, int] | None:
         """The record at ``offset`` as ``(seq, type, payload, next_offset)``, or ``None`` at
         the end of valid data. ``final``: the segment is complete (sealed), so damage at the
-        tail is still damage, not an in-progress write."""
+        tail is still damage, not an in-progress write. A checksum-valid frame whose seq is
+        below ``min_seq`` (a replayed block) is damage too, as it is for writer recovery."""
         data = self.data
         end = len(data)
         while True:
             status, seq, rtype, payload = parse_frame(data, offset, end, self.max_len)
             if status is FrameStatus.OK:
-                return seq, rtype, payload, offset + FRAME.size + len(payload)
-            self.stop_status = status
-            if status is FrameStatus.END:
-                return None
+                if min_seq is None or seq >= min_seq:
+                    return seq, rtype, payload, offset + FRAME.size + len(payload)
+                reason = f"sequence {seq} not after {min_seq - 1}"
+            else:
+                self.stop_status = status
+                if status is FrameStatus.END:
+                    return None
+                reason = status.name.lower().replace("_", " ")
+            self.stop_reason = reason
             nxt = find_next_frame(data, offset, end, self.max_len)
             if nxt is None:
                 if final and self.salvage:
                     self.skipped += end - offset
                 return None
             if not self.salvage:
-                reason = status.name.lower().replace("_", " ")
                 raise CorruptionError(self.path, self.base + offset, reason, self.base + nxt)
             self.skipped += nxt - offset
             offset = nxt
@@ -215,31 +234,44 @@ class StreamReader:
         beginning). ``committed_only`` stops at the writer's durable offset; ``follow``
         waits for new records (until ``idle_timeout_s`` passes without one, or ``stop`` is
         set), yielding each exactly once."""
+        # A sequence number not written yet seeks to the current end: records before it
+        # that arrive meanwhile (follow) must not be yielded.
+        min_seq = None
         if start is None:
             pos = self.start()
         elif isinstance(start, int):
             pos = self.seek(start)
+            min_seq = start
         else:
             pos = start
         last_progress = time.monotonic()
         segment, offset = pos.segment, pos.offset
+        #: Lowest acceptable next seq: a valid frame below it is out of sequence (damage).
+        expected = pos.seq
         while True:
             progressed = False
             limit = None
             if committed_only:
                 commit = self.committed()
                 limit = (commit[1], commit[2]) if commit is not None else (-1, 0)
-            for record in self._read_segment(segment, offset, limit):
-                progressed = True
+            for record in self._read_segment(segment, offset, limit, expected):
                 segment, offset = record.next.segment, record.next.offset
+                expected = record.seq + 1
+                if min_seq is not None and record.seq < min_seq:
+                    continue
+                progressed = True
                 yield record
+            if progressed:
+                # before moving to the next segment: the idle time counts from the last
+                # record yielded, however long the consumer took with the previous ones
+                last_progress = time.monotonic()
             # at the end of `segment`'s valid data: move on if a newer segment exists
-            moved = self._advance(segment, offset, limit)
+            moved = self._advance(segment, offset, limit, expected)
             if moved is not None:
+                if moved[0] != segment:
+                    expected = max(expected, moved[0])  # a segment starts at its name's seq
                 segment, offset = moved
                 continue
-            if progressed:
-                last_progress = time.monotonic()
             if not follow:
                 return
             if stop is not None and stop.is_set():
@@ -249,7 +281,7 @@ class StreamReader:
             time.sleep(poll_s)
 
     def _advance(
-        self, segment: int, offset: int, limit: tuple[int, int] | None
+        self, segment: int, offset: int, limit: tuple[int, int] | None, min_seq: int | None = None
     ) -> tuple[int, int] | None:
         if limit is not None and (segment, offset) >= limit:
             return None
@@ -263,19 +295,23 @@ class StreamReader:
         if size > offset:
             data = path.read_bytes()
             cursor = _SegmentCursor(data, str(path), self.max_record_bytes, self.salvage)
-            item = cursor.next(offset, final=True)
+            item = cursor.next(offset, final=True, min_seq=min_seq)
             self.skipped_bytes += cursor.skipped
             if item is not None:
                 return segment, offset  # it grew: read on in the same segment
-            if cursor.stop_status is not FrameStatus.END and not self.salvage:
+            if cursor.stop_reason is not None and not self.salvage:
                 raise CorruptionError(
-                    str(path), offset, f"sealed segment ends with {cursor.stop_status.name.lower()}"
+                    str(path), offset, f"sealed segment ends with {cursor.stop_reason}"
                 )
         nxt = later[0]
         return nxt, SEGMENT_HEADER.size
 
     def _read_segment(
-        self, segment: int, offset: int, limit: tuple[int, int] | None
+        self,
+        segment: int,
+        offset: int,
+        limit: tuple[int, int] | None,
+        min_seq: int | None = None,
     ) -> Iterator[Record]:
         if limit is not None and segment > limit[0]:
             return
@@ -294,9 +330,10 @@ class StreamReader:
         cursor = _SegmentCursor(data, str(path), self.max_record_bytes, self.salvage, offset)
         rel = 0
         while True:
-            item = cursor.next(rel, final=False)
+            item = cursor.next(rel, final=False, min_seq=min_seq)
             if item is None:
                 break
             seq, rtype, payload, rel = item
+            min_seq = seq + 1
             yield Record(seq, rtype, payload, Position(segment, offset + rel, seq + 1))
         self.skipped_bytes += cursor.skipped

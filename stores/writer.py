@@ -37,9 +37,15 @@ from typing import Literal, Self
 
 import structlog
 
-from gymux.stores.errors import RecordTooLargeError, StoreClosedError, StoreLockedError
+from gymux.stores.errors import (
+    CorruptionError,
+    RecordTooLargeError,
+    StoreClosedError,
+    StoreLockedError,
+)
 from gymux.stores.format import (
     DEFAULT_MAX_RECORD,
+    FRAME,
     SEGMENT_HEADER,
     IndexData,
     RecordType,
@@ -230,11 +236,12 @@ class StreamWriter:
         self._thread = None
         try:
             if self._fd >= 0:
-                if self._failed is None:
-                    self._sync()
-                    self._write_commit()
-                os.close(self._fd)
-                self._fd = -1
+                try:
+                    if self._failed is None:
+                        self._sync()
+                finally:
+                    os.close(self._fd)
+                    self._fd = -1
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -262,6 +269,16 @@ class StreamWriter:
                     salvage=self.salvage,
                     interval=self.index_interval,
                 )
+                if scan.tail_bytes:
+                    # A sealed segment was complete and synced before the next one was
+                    # created: damage at its end is followed by valid data (the next
+                    # segment), so it is corruption, not a torn tail.
+                    reason = f"sealed segment ends with {scan.tail_reason}"
+                    if not self.salvage:
+                        raise CorruptionError(str(scan.path), scan.valid_end, reason)
+                    self.salvaged_bytes += scan.tail_bytes
+                    _log.warning("salvaged sealed segment", segment=scan.path, reason=reason)
+                self.salvaged_bytes += scan.skipped_bytes
                 index = scan.index(self.index_interval)
                 self._write_file_atomic(idx_path, encode_index(index))
                 _log.warning("rebuilt missing segment index", segment=str(idx_path))
@@ -372,8 +389,10 @@ class StreamWriter:
         self._seg_created = time.monotonic()
         self._next_seq = max(self._next_seq, first)
 
-    def _write_commit(self) -> None:
-        data = _encode_commit(self._durable_seq + 1, self._seg_first, self._seg_size)
+    def _write_commit(self, next_seq: int | None = None) -> None:
+        if next_seq is None:
+            next_seq = self._durable_seq + 1
+        data = _encode_commit(next_seq, self._seg_first, self._seg_size)
         fd = os.open(self.path / COMMIT_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             os.pwrite(fd, data, 0)
@@ -384,9 +403,10 @@ class StreamWriter:
 
     def _enqueue(self, payload: bytes, rtype: int) -> int:
         """Frame the payload, give it a sequence number and queue it. Blocks on backpressure."""
-        if len(payload) > self.max_record_bytes:
+        size = len(payload)
+        if size > self.max_record_bytes:
             raise RecordTooLargeError(
-                f"record of {len(payload):,} bytes exceeds max_record_bytes "
+                f"record of {size:,} bytes exceeds max_record_bytes "
                 f"({self.max_record_bytes:,}) of {self.path}"
             )
         with self._cond:
@@ -395,7 +415,9 @@ class StreamWriter:
                     raise StoreClosedError(f"writer of {self.path} failed: {self._failed}")
                 if self._closing or self._thread is None:
                     raise StoreClosedError(f"writer of {self.path} is closed")
-                if self._pending_bytes + len(payload) <= self.max_pending_bytes:
+                # the queue holds frames: count the frame header too, or the bound is
+                # overshot by up to FRAME.size bytes
+                if self._pending_bytes + size + FRAME.size <= self.max_pending_bytes:
                     break
                 self._cond.wait()
             seq = self._next_seq
@@ -492,12 +514,12 @@ class StreamWriter:
                 due = self._sync_due(now)
             if due:
                 self._sync()
-                self._write_commit()
             elif batch and self.durability == "os":
+                # publish COMMIT before waking anyone (as _sync does)
+                self._write_commit(self._written_seq + 1)
                 with self._cond:
                     self._durable_seq = self._written_seq
                     self._cond.notify_all()
-                self._write_commit()
                 self._wake_async()
             if closing:
                 with self._cond:
@@ -557,6 +579,11 @@ class StreamWriter:
         self.syncs += 1
         self._unsynced = 0
         self._last_sync = time.monotonic()
+        # Publish the durable position before waking waiters, so that once `append`
+        # (always) or `flush` returns, COMMIT and committed_only readers cover the record.
+        # Only this thread (or close, after joining it) writes, so `_seg_size` is exactly
+        # the end of record `target`.
+        self._write_commit(target + 1)
         with self._cond:
             self._durable_seq = max(self._durable_seq, target)
             self._cond.notify_all()
@@ -644,7 +671,7 @@ class AsyncStreamWriter:
 
     async def append(self, payload: bytes, rtype: int = RecordType.DATA) -> int:
         w = self.writer
-        if w._pending_bytes + len(payload) > w.max_pending_bytes:
+        if w._pending_bytes + len(payload) + FRAME.size > w.max_pending_bytes:
             seq = await asyncio.to_thread(w._enqueue, payload, rtype)
         else:
             seq = w._enqueue(payload, rtype)

@@ -27,6 +27,7 @@ from the segment alone)::
 from __future__ import annotations
 
 import enum
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "RecordType",
     "crc32c",
     "encode_frame",
+    "encode_frame_header",
     "encode_index",
     "encode_segment_header",
     "find_next_frame",
@@ -63,8 +65,8 @@ _FRAME_BODY = struct.Struct("<IQB")
 _INDEX_HEAD = struct.Struct("<8sHHQQQQII")
 _INDEX_ENTRY = struct.Struct("<QQ")
 _U32 = struct.Struct("<I")
-_MASK_DELTA = 0xA282EAD8
-_M32 = 0xFFFFFFFF
+MASK_DELTA = _MASK_DELTA = 0xA282EAD8
+M32 = _M32 = 0xFFFFFFFF
 
 #: Default upper bound on one record's payload.
 DEFAULT_MAX_RECORD = 64 * 1024 * 1024
@@ -96,6 +98,13 @@ def encode_frame(seq: int, rtype: int, payload: bytes) -> bytes:
     return _U32.pack(mask(crc)) + body + payload
 
 
+def encode_frame_header(seq: int, rtype: int, payload: bytes) -> bytes:
+    """The 17-byte frame header for ``payload`` (write it followed by the payload)."""
+    body = _FRAME_BODY.pack(len(payload), seq, rtype)
+    crc = google_crc32c.extend(google_crc32c.value(body), payload)
+    return _U32.pack(mask(crc)) + body
+
+
 class FrameStatus(enum.IntEnum):
     OK = 0
     #: Exactly at the end of the data.
@@ -111,7 +120,7 @@ class FrameStatus(enum.IntEnum):
 
 
 def parse_frame(
-    buf: bytes, offset: int, end: int, max_len: int
+    buf: bytes | mmap.mmap, offset: int, end: int, max_len: int
 ) -> tuple[FrameStatus, int, int, bytes]:
     """Parse the frame at ``offset``: ``(status, seq, type, payload)``.
 
@@ -144,7 +153,7 @@ def parse_frame(
     return FrameStatus.OK, seq, rtype, payload
 
 
-def find_next_frame(buf: bytes, offset: int, end: int, max_len: int) -> int | None:
+def find_next_frame(buf: bytes | mmap.mmap, offset: int, end: int, max_len: int) -> int | None:
     """The first offset after ``offset`` holding a checksum-valid frame, or ``None``."""
     pos = offset + 1
     limit = end - FRAME.size

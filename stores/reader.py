@@ -18,6 +18,7 @@ which skips it and counts the skipped bytes in :attr:`StreamReader.skipped_bytes
 from __future__ import annotations
 
 import bisect
+import mmap
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import google_crc32c
 import msgspec
 
 from gymux.stores.errors import CorruptionError, StoreError
@@ -42,13 +44,19 @@ from gymux.stores.format import (
     parse_segment_header,
     segment_name,
 )
+from gymux.stores.format import (
+    M32 as _M32,
+)
+from gymux.stores.format import (
+    MASK_DELTA as _MASK_DELTA,
+)
 from gymux.stores.scan import DEFAULT_INDEX_INTERVAL, scan_segment
 from gymux.stores.writer import read_commit
 
 __all__ = ["Position", "Record", "StreamReader", "iter_segment_records"]
 
 
-class Position(msgspec.Struct, frozen=True):
+class Position(msgspec.Struct, frozen=True, gc=False):
     """Where the next record starts: segment (its first seq), byte offset, and its seq."""
 
     segment: int
@@ -60,8 +68,14 @@ class Record(NamedTuple):
     seq: int
     type: int
     payload: bytes
-    #: Position of the record *after* this one (resume from here to continue).
-    next: Position
+    #: Segment (first seq) holding the record, and the byte offset just past it.
+    segment: int
+    end_offset: int
+
+    @property
+    def next(self) -> Position:
+        """Position of the record *after* this one (resume from here to continue)."""
+        return Position(self.segment, self.end_offset, self.seq + 1)
 
 
 def iter_segment_records(
@@ -92,6 +106,7 @@ class _SegmentCursor:
     __slots__ = (
         "base",
         "data",
+        "end",
         "max_len",
         "path",
         "salvage",
@@ -100,10 +115,20 @@ class _SegmentCursor:
         "stop_status",
     )
 
-    def __init__(self, data: bytes, path: str, max_len: int, salvage: bool, base: int = 0) -> None:
+    def __init__(
+        self,
+        data: bytes | mmap.mmap,
+        path: str,
+        max_len: int,
+        salvage: bool,
+        base: int = 0,
+        end: int | None = None,
+    ) -> None:
         #: File offset of ``data[0]`` (for error messages).
         self.base = base
         self.data = data
+        #: Where the data to parse ends (``len(data)`` by default).
+        self.end = len(data) if end is None else end
         self.path = path
         self.max_len = max_len
         self.salvage = salvage
@@ -120,7 +145,7 @@ class _SegmentCursor:
         tail is still damage, not an in-progress write. A checksum-valid frame whose seq is
         below ``min_seq`` (a replayed block) is damage too, as it is for writer recovery."""
         data = self.data
-        end = len(data)
+        end = self.end
         while True:
             status, seq, rtype, payload = parse_frame(data, offset, end, self.max_len)
             if status is FrameStatus.OK:
@@ -161,6 +186,7 @@ class StreamReader:
         self.salvage = salvage
         self.skipped_bytes = 0
         self._indexes: dict[int, IndexData] = {}
+        self._known_segments: list[int] = []
 
     def segments(self) -> list[int]:
         return list_segments(self.path)
@@ -254,13 +280,15 @@ class StreamReader:
             if committed_only:
                 commit = self.committed()
                 limit = (commit[1], commit[2]) if commit is not None else (-1, 0)
+            last = None
             for record in self._read_segment(segment, offset, limit, expected):
-                segment, offset = record.next.segment, record.next.offset
-                expected = record.seq + 1
+                last = record
                 if min_seq is not None and record.seq < min_seq:
                     continue
                 progressed = True
                 yield record
+            if last is not None:
+                segment, offset, expected = last.segment, last.end_offset, last.seq + 1
             if progressed:
                 # before moving to the next segment: the idle time counts from the last
                 # record yielded, however long the consumer took with the previous ones
@@ -316,24 +344,78 @@ class StreamReader:
         if limit is not None and segment > limit[0]:
             return
         path = self.path / segment_name(segment)
+        mapped: mmap.mmap | None = None
+        data: bytes | mmap.mmap
         try:
             with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read()
+                if self._sealed(segment):
+                    # A sealed segment is never truncated or rewritten in place (compaction
+                    # renames new files over it), so it can be mapped: no copy of the file.
+                    size = os.fstat(fh.fileno()).st_size
+                    if size <= offset:
+                        return
+                    mapped = data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                    base, rel, end = 0, offset, size
+                else:
+                    # The active segment may be truncated by a recovering writer: read it.
+                    fh.seek(offset)
+                    data = fh.read()
+                    base, rel, end = offset, 0, len(data)
         except FileNotFoundError:
             return
-        # Parse relative to `offset`; frames don't depend on absolute position.
-        end = len(data)
         if limit is not None and segment == limit[0]:
-            end = min(end, max(0, limit[1] - offset))
-            data = data[:end]
-        cursor = _SegmentCursor(data, str(path), self.max_record_bytes, self.salvage, offset)
-        rel = 0
+            end = min(end, max(rel, limit[1] - base))
+        try:
+            yield from self._parse(data, base, rel, end, segment, str(path), min_seq)
+        finally:
+            if mapped is not None:
+                mapped.close()
+
+    def _sealed(self, segment: int) -> bool:
+        firsts = self._known_segments
+        if not firsts or firsts[-1] <= segment:
+            firsts = self._known_segments = self.segments()
+        return bool(firsts) and firsts[-1] > segment
+
+    def _parse(
+        self,
+        data: bytes | mmap.mmap,
+        base: int,
+        rel: int,
+        end: int,
+        segment: int,
+        path: str,
+        min_seq: int | None,
+    ) -> Iterator[Record]:
+        """Records of ``data[rel:end]``; ``base`` is the file offset of ``data[0]``."""
+        cursor = _SegmentCursor(data, path, self.max_record_bytes, self.salvage, base, end)
+        # Fast path: plainly valid frames are parsed inline; the first frame that is not
+        # (end of data, a torn or damaged frame, a seq going backwards) goes through the
+        # cursor, which applies every rule.
+        unpack = FRAME.unpack_from
+        header_size = FRAME.size
+        max_len = self.max_record_bytes
+        crc_value = google_crc32c.value
+        crc_extend = google_crc32c.extend
+        new_record = tuple.__new__
+        floor = -1 if min_seq is None else min_seq
         while True:
-            item = cursor.next(rel, final=False, min_seq=min_seq)
+            if end - rel >= header_size:
+                crc, length, seq, rtype = unpack(data, rel)
+                start = rel + header_size
+                stop = start + length
+                if length <= max_len and stop <= end and seq >= floor and rtype:
+                    payload = data[start:stop]
+                    c = crc_extend(crc_value(data[rel + 4 : start]), payload)
+                    if ((((c >> 15) | (c << 17)) & _M32) + _MASK_DELTA) & _M32 == crc:
+                        rel = stop
+                        floor = seq + 1
+                        yield new_record(Record, (seq, rtype, payload, segment, base + stop))
+                        continue
+            item = cursor.next(rel, final=False, min_seq=None if floor < 0 else floor)
             if item is None:
                 break
             seq, rtype, payload, rel = item
-            min_seq = seq + 1
-            yield Record(seq, rtype, payload, Position(segment, offset + rel, seq + 1))
+            floor = seq + 1
+            yield Record(seq, rtype, payload, segment, base + rel)
         self.skipped_bytes += cursor.skipped

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
+import google_crc32c
 import structlog
 
 from gymux.stores.errors import (
@@ -67,6 +68,7 @@ __all__ = [
     "AsyncStreamWriter",
     "Durability",
     "StreamWriter",
+    "encode_commit",
     "read_commit",
 ]
 
@@ -78,32 +80,63 @@ COMMIT_FILE = "COMMIT"
 _COMMIT = struct.Struct("<8sQQQ")
 _COMMIT_MAGIC = b"GYMXCMT1"
 _U32 = struct.Struct("<I")
+_COMMIT_SLOT = _COMMIT.size + 4
+_FRAME_SIZE = FRAME.size
+_pack_body = struct.Struct("<IQB").pack
+_pack_u32 = _U32.pack
+_crc_value = google_crc32c.value
+_crc_extend = google_crc32c.extend
+_M32 = 0xFFFFFFFF
+_MASK = 0xA282EAD8
+#: Writer-thread polling while appends flow (os/batch modes), and how long it goes on.
+_POLL_S = 0.001
+_POLL_IDLE_S = 0.05
+#: Buffers per writev call (Linux IOV_MAX is 1024).
+_IOV_MAX = 1024
+
+
+def _parse_commit_slot(data: bytes, offset: int) -> tuple[int, int, int] | None:
+    import google_crc32c
+
+    if len(data) < offset + _COMMIT_SLOT:
+        return None
+    (crc,) = _U32.unpack_from(data, offset + _COMMIT.size)
+    if mask(google_crc32c.value(data[offset : offset + _COMMIT.size])) != crc:
+        return None
+    magic, next_seq, segment, pos = _COMMIT.unpack_from(data, offset)
+    if magic != _COMMIT_MAGIC:
+        return None
+    return next_seq, segment, pos
 
 
 def read_commit(stream_dir: Path) -> tuple[int, int, int] | None:
-    """The durable position ``(next_seq, segment_first_seq, offset)``, or ``None``."""
-    import google_crc32c
+    """The durable position ``(next_seq, segment_first_seq, offset)``, or ``None``.
 
+    COMMIT holds two 36-byte slots written alternately, so that a torn write of one
+    leaves the other readable; the valid slot furthest ahead wins. (Format 1 files written
+    before the second slot existed hold one slot.)
+    """
     try:
         data = (stream_dir / COMMIT_FILE).read_bytes()
     except FileNotFoundError:
         return None
-    if len(data) != _COMMIT.size + 4:
-        return None
-    (crc,) = _U32.unpack_from(data, _COMMIT.size)
-    if mask(google_crc32c.value(data[: _COMMIT.size])) != crc:
-        return None
-    magic, next_seq, segment, offset = _COMMIT.unpack_from(data)
-    if magic != _COMMIT_MAGIC:
-        return None
-    return next_seq, segment, offset
+    slots = [
+        slot
+        for slot in (_parse_commit_slot(data, 0), _parse_commit_slot(data, _COMMIT_SLOT))
+        if slot is not None
+    ]
+    return max(slots) if slots else None
 
 
-def _encode_commit(next_seq: int, segment: int, offset: int) -> bytes:
+def encode_commit(next_seq: int, segment: int, offset: int) -> bytes:
+    """One COMMIT slot (36 bytes)."""
     import google_crc32c
 
     body = _COMMIT.pack(_COMMIT_MAGIC, next_seq, segment, offset)
     return body + _U32.pack(mask(google_crc32c.value(body)))
+
+
+_encode_commit = encode_commit
 
 
 class _Lock:
@@ -162,7 +195,12 @@ class StreamWriter:
         #: Replaceable for fault-injection tests.
         self._fdatasync: Callable[[int], None] = os.fdatasync
         self._cond = threading.Condition()
-        self._pending: list[tuple[int, bytes]] = []
+        #: Guards the queue (`_pending`, `_pending_bytes`, `_next_seq`, `_writer_idle`).
+        self._qlock = threading.Lock()
+        #: True while the writer thread sleeps until notified (see _loop_forever).
+        self._writer_idle = False
+        self._last_batch = 0.0
+        self._pending: list[tuple[int, bytes, bytes]] = []
         self._pending_bytes = 0
         self._next_seq = 0
         self._written_seq = -1
@@ -173,6 +211,8 @@ class StreamWriter:
         self._thread: threading.Thread | None = None
         self._lock: _Lock | None = None
         self._fd = -1
+        self._commit_fd = -1
+        self._commit_writes = 0
         self._seg_first = 0
         self._seg_size = 0
         self._seg_records = 0
@@ -196,7 +236,10 @@ class StreamWriter:
         try:
             self._recover()
         except BaseException:
-            self._lock.release()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._release_files()
             raise
         self._thread = threading.Thread(
             target=self._run, name=f"gymux-writer:{self.path.name}", daemon=True
@@ -243,11 +286,17 @@ class StreamWriter:
                     os.close(self._fd)
                     self._fd = -1
         finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            self._release_files()
         if self._failed is not None and not isinstance(self._failed, StoreClosedError):
             raise StoreClosedError(f"writer of {self.path} failed: {self._failed}")
+
+    def _release_files(self) -> None:
+        if self._commit_fd >= 0:
+            os.close(self._commit_fd)
+            self._commit_fd = -1
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -387,17 +436,20 @@ class StreamWriter:
         self._seg_index = []
         self._seg_last_indexed = -self.index_interval
         self._seg_created = time.monotonic()
-        self._next_seq = max(self._next_seq, first)
+        with self._qlock:
+            self._next_seq = max(self._next_seq, first)
 
     def _write_commit(self, next_seq: int | None = None) -> None:
         if next_seq is None:
             next_seq = self._durable_seq + 1
-        data = _encode_commit(next_seq, self._seg_first, self._seg_size)
-        fd = os.open(self.path / COMMIT_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            os.pwrite(fd, data, 0)
-        finally:
-            os.close(fd)
+        data = encode_commit(next_seq, self._seg_first, self._seg_size)
+        if self._commit_fd < 0:
+            # A fresh file with one slot; later writes alternate between the two slots.
+            self._commit_fd = os.open(self.path / COMMIT_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.ftruncate(self._commit_fd, 0)
+            self._commit_writes = 0
+        os.pwrite(self._commit_fd, data, (self._commit_writes % 2) * _COMMIT_SLOT)
+        self._commit_writes += 1
 
     # -- appending ------------------------------------------------------------------------
 
@@ -409,23 +461,37 @@ class StreamWriter:
                 f"record of {size:,} bytes exceeds max_record_bytes "
                 f"({self.max_record_bytes:,}) of {self.path}"
             )
-        with self._cond:
-            while True:
-                if self._failed is not None:
-                    raise StoreClosedError(f"writer of {self.path} failed: {self._failed}")
-                if self._closing or self._thread is None:
-                    raise StoreClosedError(f"writer of {self.path} is closed")
-                # the queue holds frames: count the frame header too, or the bound is
-                # overshot by up to FRAME.size bytes
-                if self._pending_bytes + size + FRAME.size <= self.max_pending_bytes:
+        # the queue holds frames: count the frame header too, or the bound is overshot
+        need = size + _FRAME_SIZE
+        while True:
+            if self._failed is not None:
+                raise StoreClosedError(f"writer of {self.path} failed: {self._failed}")
+            if self._closing or self._thread is None:
+                raise StoreClosedError(f"writer of {self.path} is closed")
+            with self._qlock:  # the fast path: a C-level lock, no condition variable
+                if self._pending_bytes + need <= self.max_pending_bytes:
+                    seq = self._next_seq
+                    self._next_seq = seq + 1
+                    # The frame header (see gymux.stores.format.encode_frame_header), inlined:
+                    # this is the hottest line of the writer. The payload is queued as it is.
+                    body = _pack_body(size, seq, rtype)
+                    c = _crc_extend(_crc_value(body), payload)
+                    header = _pack_u32(((((c >> 15) | (c << 17)) & _M32) + _MASK) & _M32) + body
+                    self._pending.append((seq, header, payload))
+                    self._pending_bytes += need
+                    wake = self._writer_idle
                     break
-                self._cond.wait()
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            frame = encode_frame(seq, rtype, payload)
-            self._pending.append((seq, frame))
-            self._pending_bytes += len(frame)
-            if len(self._pending) == 1:
+            with self._cond:  # backpressure: wait for the writer thread to drain
+                self._cond.wait_for(
+                    lambda: (
+                        self._pending_bytes + need <= self.max_pending_bytes
+                        or self._failed is not None
+                        or self._closing
+                    ),
+                    timeout=0.1,
+                )
+        if wake:
+            with self._cond:
                 self._cond.notify_all()
         return seq
 
@@ -465,10 +531,11 @@ class StreamWriter:
             self._loop_forever()
         except BaseException as exc:
             _log.error("store writer failed", stream=str(self.path), error=repr(exc))
-            with self._cond:
-                self._failed = exc
+            self._failed = exc
+            with self._qlock:
                 self._pending.clear()
                 self._pending_bytes = 0
+            with self._cond:
                 self._cond.notify_all()
             self._wake_async(failed=exc)
 
@@ -488,26 +555,41 @@ class StreamWriter:
             with self._cond:
                 while True:
                     now = time.monotonic()
-                    if self._pending or self._closing or self._sync_due(now):
+                    # While appends keep coming (os/batch), poll every _POLL_S instead of
+                    # being woken by each append: a notify per append costs the producer
+                    # more than the write. After _POLL_IDLE_S without appends, sleep until
+                    # woken. Producers read the flag under the same lock after queueing, so
+                    # one of us always sees the other: no lost wake-up.
+                    polling = self.durability != "always" and now - self._last_batch < _POLL_IDLE_S
+                    with self._qlock:
+                        has_work = bool(self._pending)
+                        self._writer_idle = not has_work and not polling
+                    if has_work or self._closing or self._sync_due(now):
+                        self._writer_idle = False
                         break
-                    timeout = None
+                    timeout = _POLL_S if polling else None
                     if self.durability == "batch" and self._written_seq > self._durable_seq:
-                        timeout = max(0.0, self.sync_interval_s - (now - self._last_sync))
+                        left = max(0.0, self.sync_interval_s - (now - self._last_sync))
+                        timeout = left if timeout is None else min(timeout, left)
                     if self.segment_age_s is not None and self._seg_records:
                         age_left = self.segment_age_s - (now - self._seg_created)
                         if age_left <= 0:
                             break
                         timeout = age_left if timeout is None else min(timeout, age_left)
                     self._cond.wait(timeout)
+                closing = self._closing
+            with self._qlock:
+                self._writer_idle = False
                 batch = self._pending
                 self._pending = []
-                closing = self._closing
             if batch:
-                self._write_batch(batch)
+                self._last_batch = time.monotonic()
+                written = self._write_batch(batch)
+                with self._qlock:
+                    self._pending_bytes -= written
                 with self._cond:
-                    self._pending_bytes -= sum(len(f) for _, f in batch)
                     self._cond.notify_all()
-            elif self._should_roll(0):
+            elif self._should_roll_by_age():
                 self._roll(self._written_seq + 1)
             now = time.monotonic()
             with self._cond:
@@ -522,48 +604,73 @@ class StreamWriter:
                     self._cond.notify_all()
                 self._wake_async()
             if closing:
-                with self._cond:
+                with self._qlock:
                     if not self._pending:
                         return
 
-    def _should_roll(self, incoming: int) -> bool:
-        if self._seg_records == 0:
-            return False
-        if self._seg_size + incoming > self.segment_bytes:
-            return True
+    def _write_batch(self, batch: list[tuple[int, bytes, bytes]]) -> int:
+        """Write a batch (rolling segments where needed); returns the bytes written."""
+        total = 0
+        start = 0
+        while start < len(batch):
+            # The longest run that fits the active segment (at least one record).
+            room = self.segment_bytes - self._seg_size
+            end = start
+            run_bytes = 0
+            while end < len(batch):
+                size = FRAME.size + len(batch[end][2])
+                if run_bytes + size > room and (end > start or self._seg_records):
+                    break
+                run_bytes += size
+                end += 1
+            if end == start or self._should_roll_by_age():
+                self._roll(batch[start][0])
+                continue
+            self._write_run(batch, start, end)
+            total += run_bytes
+            start = end
+        return total
+
+    def _should_roll_by_age(self) -> bool:
         return (
             self.segment_age_s is not None
+            and self._seg_records > 0
             and time.monotonic() - self._seg_created >= self.segment_age_s
         )
 
-    def _write_batch(self, batch: list[tuple[int, bytes]]) -> None:
-        chunk: list[bytes] = []
-        chunk_bytes = 0
-        for seq, frame in batch:
-            if self._should_roll(chunk_bytes + len(frame)):
-                if chunk:
-                    self._write_all(b"".join(chunk), seq - 1)
-                    chunk, chunk_bytes = [], 0
-                self._roll(seq)
-            offset = self._seg_size + chunk_bytes
-            if offset - self._seg_last_indexed >= self.index_interval:
-                self._seg_index.append((seq, offset))
-                self._seg_last_indexed = offset
-            chunk.append(frame)
-            chunk_bytes += len(frame)
-            self._seg_records += 1
-        if chunk:
-            self._write_all(b"".join(chunk), batch[-1][0])
-
-    def _write_all(self, data: bytes, last_seq: int) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        self._seg_size += len(data)
-        self._unsynced += len(data)
+    def _write_run(self, batch: list[tuple[int, bytes, bytes]], start: int, end: int) -> None:
+        """Write ``batch[start:end]`` to the active segment with vectored writes."""
+        offset = self._seg_size
+        last_indexed = self._seg_last_indexed
+        interval = self.index_interval
+        index = self._seg_index
+        buffers: list[bytes] = []
+        for i in range(start, end):
+            seq, header, payload = batch[i]
+            if offset - last_indexed >= interval:
+                index.append((seq, offset))
+                last_indexed = offset
+            buffers.append(header)
+            buffers.append(payload)
+            offset += FRAME.size + len(payload)
+        self._seg_last_indexed = last_indexed
+        for j in range(0, len(buffers), _IOV_MAX):
+            self._writev_all(buffers[j : j + _IOV_MAX])
+        written = offset - self._seg_size
+        self._seg_size = offset
+        self._seg_records += end - start
+        self._unsynced += written
         with self._cond:
-            self._written_seq = last_seq
+            self._written_seq = batch[end - 1][0]
+
+    def _writev_all(self, buffers: list[bytes]) -> None:
+        want = sum(len(b) for b in buffers)
+        done = os.writev(self._fd, buffers)
+        if done < want:  # a short write (rare on regular files): finish byte by byte
+            rest = memoryview(b"".join(buffers))[done:]
+            while rest:
+                n = os.write(self._fd, rest)
+                rest = rest[n:]
 
     def _sync(self) -> None:
         with self._cond:

@@ -636,9 +636,9 @@ def test_backpressure_bounds_pending_bytes(tmp_path: Path) -> None:
     batches = []
     write_batch = w._write_batch
 
-    def spy(batch: list[tuple[int, bytes]]) -> None:
-        batches.append(sum(len(f) for _, f in batch))
-        write_batch(batch)
+    def spy(batch: list[tuple[int, bytes, bytes]]) -> int:
+        batches.append(sum(len(h) + len(p) for _, h, p in batch))
+        return write_batch(batch)
 
     w._write_batch = spy  # type: ignore[method-assign]
     stop = threading.Event()

@@ -505,7 +505,7 @@ class StreamWriter:
     def wait_durable(self, seq: int, timeout: float | None = None) -> None:
         """Block until ``seq`` is durable (fsynced)."""
         with self._cond:
-            if seq > self._durable_seq and self._thread is not None:
+            if seq > self._durable_seq and self._thread is not None and not self._want_sync:
                 self._want_sync = True  # someone is waiting: sync now, not at the interval
                 self._cond.notify_all()
             ok = self._cond.wait_for(

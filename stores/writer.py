@@ -301,6 +301,12 @@ class StreamWriter:
     # -- recovery -----------------------------------------------------------------------
 
     def _recover(self) -> None:
+        # Finish a compaction that crashed midway (and drop stray temporary files) before
+        # looking at the segments: until then some records sit in renamed files.
+        from gymux.stores.maintenance import _resume as finish_compaction
+
+        if finish_compaction(self.path):
+            _log.warning("finished an interrupted compaction", stream=str(self.path))
         firsts = list_segments(self.path)
         if not firsts:
             self._create_segment(0)

@@ -463,6 +463,39 @@ def test_compact_interrupted_is_finished_by_the_next_run(
     assert verify(store).clean
 
 
+@pytest.mark.parametrize("crash_at", [2, 4, 6])
+def test_writer_open_finishes_an_interrupted_compaction(
+    store: Path, crash_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer opened after a crashed compaction completes it before appending."""
+    from gymux.stores.writer import StreamWriter
+
+    stream = store / "trajectories"
+    before = records(stream)
+    real_replace = os.replace
+    calls = 0
+
+    def crashing_replace(src, dst):
+        nonlocal calls
+        calls += 1
+        if calls == crash_at:
+            raise OSError("simulated crash")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(maint.os, "replace", crashing_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        compact(store, target_bytes=8 * 1024)
+    monkeypatch.setattr(maint.os, "replace", real_replace)
+    assert (stream / maint.MANIFEST).exists()
+    with StreamWriter(stream) as w:
+        assert w.next_seq == before[-1][0] + 1
+        w.append(b"after")
+    assert not (stream / maint.MANIFEST).exists()
+    assert not [p for p in stream.iterdir() if p.name.endswith(".tmp")]
+    assert records(stream)[:-1] == before
+    assert verify(store).clean
+
+
 def test_compact_moves_a_commit_that_points_into_a_merged_segment(tmp_path: Path) -> None:
     from gymux.stores.writer import _encode_commit, read_commit
 

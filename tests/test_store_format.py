@@ -794,3 +794,28 @@ def test_list_segments_ignores_other_files(tmp_path: Path) -> None:
     (path / "00000000000000000001.seg.salvage").write_bytes(b"")
     assert list_segments(path) == [0, 1, 2, 3, 4]
     assert len(list(StreamReader(path).records())) == 5
+
+
+def test_commit_survives_a_torn_slot(tmp_path: Path) -> None:
+    """COMMIT alternates two slots: tearing the newer one leaves the older one readable."""
+    path = tmp_path / "s"
+    w = StreamWriter(path, durability="always").open()
+    for i in range(5):
+        w.append(b"x%d" % i)
+    newest = read_commit(path)
+    assert newest is not None and newest[0] == 5
+    data = bytearray((path / "COMMIT").read_bytes())
+    w.close()
+    assert len(data) == 72  # two slots
+    slots = [data[:36], data[36:]]
+    # find the slot holding the newest position and tear it
+    from gymux.stores.writer import encode_commit
+
+    which = 0 if bytes(slots[0]) == encode_commit(*newest) else 1
+    data[which * 36 + 20] ^= 0xFF
+    (path / "COMMIT").write_bytes(bytes(data))
+    older = read_commit(path)
+    assert older is not None and older[0] == 4  # the other slot: the previous durable point
+    # a format-1 single-slot COMMIT still reads
+    (path / "COMMIT").write_bytes(encode_commit(*newest))
+    assert read_commit(path) == newest

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import msgspec
@@ -33,6 +34,7 @@ from gymux.trajectory import FinishReason, Trajectory, Turn
 __all__ = ["EpisodeJob", "run_episode"]
 
 _log = structlog.get_logger("gymux.episode")
+_T = TypeVar("_T")
 _clock = time.perf_counter
 
 
@@ -219,65 +221,75 @@ async def _attempt(ctx: _Context, traj: Trajectory) -> FinishReason:
         await lease_cm.__aexit__(None, None, None)
 
 
-async def _env_call_reset(ctx: _Context, lease: Lease) -> Observation:
-    job = ctx.job
-    timeout = ctx.config.step_timeout_s
-    result: Observation | None = None
-    with anyio.move_on_after(timeout) as scope:
+async def _bounded(
+    call: Callable[[], Awaitable[object]],
+    expected: type[_T],
+    *,
+    what: str,
+    limit_s: float,
+    failure: FinishReason,
+    passthrough: tuple[type[BaseException], ...],
+) -> _T:
+    """Await ``call()`` within ``timeout``; any failure becomes an :class:`_End`.
+
+    Exceptions in ``passthrough`` (cancellation, transient env errors) propagate as they
+    are; other exceptions and a result that is not ``expected`` end the episode with
+    ``failure``; running out of time ends it with ``timeout``.
+    """
+    result: object = None
+    with anyio.move_on_after(limit_s) as scope:
         try:
-            result = await lease.env.reset(Task(id=job.task_id, split=job.split))
-        except (TransientEnvError, anyio.get_cancelled_exc_class()):
+            result = await call()
+        except passthrough:
             raise
         except Exception as exc:
-            raise _End(FinishReason.ENV_ERROR, f"env reset failed: {_describe(exc)}") from None
+            raise _End(failure, f"{what} failed: {_describe(exc)}") from None
     if scope.cancelled_caught:
-        raise _End(FinishReason.TIMEOUT, f"env reset exceeded {timeout}s")
-    if not isinstance(result, Observation):
+        raise _End(FinishReason.TIMEOUT, f"{what} exceeded {limit_s}s")
+    if not isinstance(result, expected):
         raise _End(
-            FinishReason.ENV_ERROR,
-            f"protocol violation: reset returned {type(result).__name__}, not Observation",
+            failure,
+            f"protocol violation: {what} returned {type(result).__name__}, not {expected.__name__}",
         )
     return result
+
+
+def _env_passthrough() -> tuple[type[BaseException], ...]:
+    return (TransientEnvError, anyio.get_cancelled_exc_class())
+
+
+async def _env_call_reset(ctx: _Context, lease: Lease) -> Observation:
+    task = Task(id=ctx.job.task_id, split=ctx.job.split)
+    return await _bounded(
+        lambda: lease.env.reset(task),
+        Observation,
+        what="env reset",
+        limit_s=ctx.config.step_timeout_s,
+        failure=FinishReason.ENV_ERROR,
+        passthrough=_env_passthrough(),
+    )
 
 
 async def _env_call_step(ctx: _Context, lease: Lease, action: str) -> StepResult:
-    timeout = ctx.config.step_timeout_s
-    result: StepResult | None = None
-    with anyio.move_on_after(timeout) as scope:
-        try:
-            result = await lease.env.step(action)
-        except (TransientEnvError, anyio.get_cancelled_exc_class()):
-            raise
-        except Exception as exc:
-            raise _End(FinishReason.ENV_ERROR, f"env step failed: {_describe(exc)}") from None
-    if scope.cancelled_caught:
-        raise _End(FinishReason.TIMEOUT, f"env step exceeded {timeout}s")
-    if not isinstance(result, StepResult):
-        raise _End(
-            FinishReason.ENV_ERROR,
-            f"protocol violation: step returned {type(result).__name__}, not StepResult",
-        )
-    return result
+    return await _bounded(
+        lambda: lease.env.step(action),
+        StepResult,
+        what="env step",
+        limit_s=ctx.config.step_timeout_s,
+        failure=FinishReason.ENV_ERROR,
+        passthrough=_env_passthrough(),
+    )
 
 
 async def _call_policy(ctx: _Context, request: PolicyRequest) -> PolicyResponse:
-    timeout = ctx.config.policy_timeout_s
-    response: PolicyResponse | None = None
-    with anyio.move_on_after(timeout) as scope:
-        try:
-            response = await ctx.policy.act(request)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            raise _End(FinishReason.POLICY_ERROR, f"policy failed: {_describe(exc)}") from None
-    if scope.cancelled_caught:
-        raise _End(FinishReason.TIMEOUT, f"policy call exceeded {timeout}s")
-    if not isinstance(response, PolicyResponse):
-        raise _End(
-            FinishReason.POLICY_ERROR,
-            f"policy returned {type(response).__name__}, not PolicyResponse",
-        )
-    return response
+    return await _bounded(
+        lambda: ctx.policy.act(request),
+        PolicyResponse,
+        what="policy call",
+        limit_s=ctx.config.policy_timeout_s,
+        failure=FinishReason.POLICY_ERROR,
+        passthrough=(anyio.get_cancelled_exc_class(),),
+    )
 
 
 async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 
-from gymux.stores.errors import StoreError, StoreLockedError
+from gymux.stores.errors import StoreError
 from gymux.stores.format import (
     DEFAULT_MAX_RECORD,
     FORMAT_VERSION,
@@ -63,7 +62,7 @@ from gymux.stores.scan import (
     scan_segment,
 )
 from gymux.stores.store import DEFAULT_STREAM, Store
-from gymux.stores.writer import COMMIT_FILE, LOCK_FILE, read_commit
+from gymux.stores.writer import COMMIT_FILE, LOCK_FILE, StreamLock, read_commit
 from gymux.stores.writer import _encode_commit as encode_commit
 
 __all__ = [
@@ -116,35 +115,6 @@ def lock_holder(stream_dir: str | os.PathLike[str]) -> str | None:
         return None
     finally:
         os.close(fd)
-
-
-class _ExclusiveLock:
-    """The stream's writer lock, taken without waiting, for maintenance."""
-
-    def __init__(self, stream_dir: Path, what: str) -> None:
-        self._fd = os.open(stream_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 512, 0).decode(errors="replace").strip()
-            os.close(self._fd)
-            raise StoreLockedError(
-                f"cannot {what} {stream_dir}: a writer has it open "
-                f"({holder or 'holder unknown'}); close the writer first"
-            ) from None
-        info = (
-            f"gymux store {what} pid={os.getpid()} host={socket.gethostname()} "
-            f"since={time.strftime('%FT%T')}\n"
-        )
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, info.encode(), 0)
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = -1
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -735,7 +705,7 @@ def compact(
         raise ValueError(f"target_bytes must be more than {SEGMENT_HEADER.size}")
     store = _open(path)
     [(name, sdir)] = _stream_dirs(store, stream)
-    lock = _ExclusiveLock(sdir, "compact")
+    lock = StreamLock(sdir, role="gymux store compact", action="compact")
     try:
         resumed = _resume(sdir)
         firsts = list_segments(sdir)

@@ -67,6 +67,7 @@ __all__ = [
     "LOCK_FILE",
     "AsyncStreamWriter",
     "Durability",
+    "StreamLock",
     "StreamWriter",
     "encode_commit",
     "read_commit",
@@ -139,19 +140,31 @@ def encode_commit(next_seq: int, segment: int, offset: int) -> bytes:
 _encode_commit = encode_commit
 
 
-class _Lock:
-    """An exclusive flock on ``LOCK``; the file names the holder."""
+class StreamLock:
+    """An exclusive, non-blocking flock on a stream's ``LOCK`` file; the file names the
+    holder. Writers take it, and so does maintenance (``role`` says who holds it)."""
 
-    def __init__(self, stream_dir: Path) -> None:
+    def __init__(self, stream_dir: Path, role: str = "", action: str | None = None) -> None:
         self.path = stream_dir / LOCK_FILE
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self._fd, 512, 0).decode(errors="replace").strip() or "unknown"
+            holder = os.pread(self._fd, 512, 0).decode(errors="replace").strip()
+            holder = holder or "holder unknown"
             os.close(self._fd)
-            raise StoreLockedError(f"stream {stream_dir} already has a writer ({holder})") from None
-        info = f"pid={os.getpid()} host={socket.gethostname()} since={time.strftime('%FT%T')}\n"
+            message = (
+                f"cannot {action} {stream_dir}: a writer has it open ({holder}); "
+                "close the writer first"
+                if action
+                else f"stream {stream_dir} already has a writer ({holder})"
+            )
+            raise StoreLockedError(message) from None
+        prefix = f"{role} " if role else ""
+        info = (
+            f"{prefix}pid={os.getpid()} host={socket.gethostname()} "
+            f"since={time.strftime('%FT%T')}\n"
+        )
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, info.encode(), 0)
 
@@ -209,7 +222,7 @@ class StreamWriter:
         self._closing = False
         self._want_sync = False
         self._thread: threading.Thread | None = None
-        self._lock: _Lock | None = None
+        self._lock: StreamLock | None = None
         self._fd = -1
         self._commit_fd = -1
         self._commit_writes = 0
@@ -232,7 +245,7 @@ class StreamWriter:
 
     def open(self) -> Self:
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = _Lock(self.path)
+        self._lock = StreamLock(self.path)
         try:
             self._recover()
         except BaseException:

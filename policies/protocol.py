@@ -71,6 +71,11 @@ class Policy(Protocol):
 
     Policies are async context managers: the runtime enters each policy once before the
     first request and exits it at shutdown (start and stop dispatchers, sessions, ...).
+
+    Optional: ``finish_episode(episode_id) -> TokenData | None``. A policy that keeps an
+    episode's exact token sequence (ids, logprobs, loss mask) returns it here; the runtime
+    calls it when the episode ends (and before a retry, discarding the result) and stores
+    it as ``Trajectory.tokens``. The policy should forget the episode then.
     """
 
     name: str

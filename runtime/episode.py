@@ -29,7 +29,7 @@ from gymux.env_plugins.registry import PluginError
 from gymux.events import EpisodeError, EpisodeStarted, EventBus, TurnFinished
 from gymux.policies.protocol import Message, Policy, PolicyRequest, PolicyResponse
 from gymux.pool import EnvPool, Lease
-from gymux.trajectory import FinishReason, Trajectory, Turn
+from gymux.trajectory import FinishReason, TokenData, Trajectory, Turn
 
 __all__ = ["EpisodeJob", "run_episode"]
 
@@ -123,13 +123,36 @@ async def run_episode(
     except anyio.get_cancelled_exc_class():
         _finish(traj, FinishReason.CANCELLED, "run cancelled")
         traj.wall_s = _clock() - start
+        traj.tokens = _take_tokens(policy, job.episode_id)
         with anyio.CancelScope(shield=True), anyio.move_on_after(config.close_timeout_s):
             await record(traj)
         raise
     traj.wall_s = _clock() - start
     traj.success = traj.finish_reason is FinishReason.DONE and spec.success.is_success(traj.reward)
+    traj.tokens = _take_tokens(policy, job.episode_id)
     await record(traj)
     return traj
+
+
+def _take_tokens(policy: Policy, episode_id: str) -> TokenData | None:
+    """The episode's exact token record from a policy that keeps one (optional
+    ``finish_episode(episode_id) -> TokenData | None``), which also frees its state."""
+    finish = getattr(policy, "finish_episode", None)
+    if finish is None:
+        return None
+    try:
+        tokens = finish(episode_id)
+    except Exception as exc:
+        _log.warning("policy finish_episode failed", episode_id=episode_id, error=repr(exc))
+        return None
+    if tokens is not None and not isinstance(tokens, TokenData):
+        _log.warning(
+            "finish_episode returned no TokenData",
+            episode_id=episode_id,
+            returned=type(tokens).__name__,
+        )
+        return None
+    return tokens
 
 
 def _finish(traj: Trajectory, reason: FinishReason, message: str | None = None) -> None:
@@ -174,6 +197,7 @@ async def _run_attempts(ctx: _Context, traj: Trajectory) -> None:
             if not retry:
                 traj.error = f"{message} (after {attempt} attempts)"
                 return
+            _take_tokens(ctx.policy, ctx.job.episode_id)  # the failed attempt's tokens go
             delay = min(config.retry_backoff_max_s, config.retry_backoff_s * 2 ** (attempt - 1))
             await anyio.sleep(delay * (0.5 + random.random() / 2))
 

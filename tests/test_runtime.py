@@ -454,3 +454,46 @@ async def test_pool_waiters_are_served_in_order_and_a_cancelled_waiter_passes_it
     assert pool.created == 1 and pool.live == 1 and pool.idle == 1
     await pool.aclose()
     assert pool.live == 0 and E.Stats.live == 0
+
+
+async def test_token_record_from_the_policy_lands_on_the_trajectory_and_retries_discard_it():
+    from gymux.stores.codec import pack_float32, pack_int32, pack_uint8
+    from gymux.trajectory import TokenData
+
+    class Counting(SimplePolicy):
+        """Keeps a per-episode token list, as a token-exact policy would."""
+
+        name = "counting"
+
+        def __init__(self):
+            self.ids: dict[str, list[int]] = {}
+            self.finished: list[str] = []
+
+        async def act(self, request):
+            self.ids.setdefault(request.episode_id, []).append(request.turn)
+            return PolicyResponse(text=react("go", "go"))
+
+        def finish_episode(self, episode_id):
+            self.finished.append(episode_id)
+            ids = self.ids.pop(episode_id, [])
+            if episode_id.endswith(":1:0"):
+                raise RuntimeError("tokenizer exploded")  # must not break the episode
+            return TokenData(
+                ids=pack_int32(ids),
+                loss_mask=pack_uint8([1] * len(ids)),
+                logprobs=pack_float32([0.0] * len(ids)),
+            )
+
+    policy = Counting()
+    plugin = E.plugin(E.AsyncProbe)
+    result, _ = await run_tasks(
+        plugin, [0, 1, E.FLAKY_RESET], policy=policy, cfg=config(env_retries=2)
+    )
+    t = by_task(result)
+    assert t[0].tokens is not None and t[0].tokens.length == 3  # turns 0, 1, 2
+    assert t[1].success and t[1].tokens is None  # finish_episode raised: logged, no tokens
+    flaky = t[E.FLAKY_RESET]
+    assert flaky.success and flaky.attempts == 3
+    assert flaky.tokens is not None and flaky.tokens.length == 3  # only the last attempt
+    assert policy.finished.count(flaky.episode_id) == 3  # two discarded retries + the end
+    assert policy.ids == {}  # every episode's state was released

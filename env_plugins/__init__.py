@@ -1,6 +1,11 @@
 """Environment plugins: the protocol, the registry and the built-in environments."""
 
-from gymux.env_plugins.parsing import parse_react_action
+from gymux.env_plugins.parsing import (
+    parse_any_action,
+    parse_json_action,
+    parse_react_action,
+    with_validation,
+)
 from gymux.env_plugins.protocol import (
     ActionParseError,
     Env,
@@ -32,6 +37,9 @@ __all__ = [
     "Task",
     "TaskSplit",
     "TransientEnvError",
+    "parse_any_action",
+    "parse_json_action",
     "parse_react_action",
     "splits_from",
+    "with_validation",
 ]

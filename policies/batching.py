@@ -80,7 +80,7 @@ class BatchingPolicy:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        tg.start_soon(self._dispatch)
+        tg.start_soon(self._dispatch, tg)
         return self
 
     async def __aexit__(
@@ -99,8 +99,7 @@ class BatchingPolicy:
             pending.error = PolicyError(f"policy {self.name!r} shut down")
             pending.done.set()
 
-    async def _dispatch(self) -> None:
-        assert self._tg is not None
+    async def _dispatch(self, tg: anyio.abc.TaskGroup) -> None:
         while True:
             await self._wakeup.wait()
             if len(self._queue) < self.max_batch and self.window_s > 0:
@@ -117,7 +116,7 @@ class BatchingPolicy:
                 if not batch:
                     self._slots.release()
                     continue
-                self._tg.start_soon(self._run_batch, batch)
+                tg.start_soon(self._run_batch, batch)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         try:

@@ -196,3 +196,11 @@ def test_make_policy_by_name():
         make_policy("gpt", maze)
     with pytest.raises(UnknownPolicyError, match="no oracle"):
         make_policy("oracle", E.EnvPlugin(E.SPEC, E.AsyncProbe))
+
+
+async def test_batching_policy_exited_before_its_dispatcher_ran_exits_cleanly():
+    policy = Recording()
+    async with policy:
+        pass  # no checkpoint: the dispatcher task has not started yet
+    with pytest.raises(PolicyError, match="not running"):
+        await policy.act(request())

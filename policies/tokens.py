@@ -1,0 +1,248 @@
+"""Token-exact prompts: ids that only ever grow, with logprobs and a loss mask beside them.
+
+Training on trajectories needs exactly the tokens the model saw and produced. A
+:class:`TokenLedger` (one per episode) builds the prompt as token ids:
+
+* **Turn 0**: the tokenizer's chat template (``tokenizer_config.json`` ``chat_template``, a
+  Jinja2 template rendered the way ``transformers`` renders it) is applied once to the first
+  messages (instruction, ``"OK"``, first observation) with ``add_generation_prompt``, and the
+  text is tokenized.
+* **Every later turn**: the ids the server generated are appended as they are (never
+  re-tokenized), then each new observation is appended as its own user turn. The per-turn
+  wrapper comes from the template itself (:meth:`ChatTokenizer.user_turn_suffix`): the text
+  the template puts after an assistant message's content (its closing, e.g.
+  ``<|im_end|>\\n``), then the user message, then the generation prompt. When the model's
+  output already ends with the closing's first token (it stopped on EOS), that token is not
+  added again.
+
+The whole history is never re-tokenized, so ``ids``, ``logprobs`` (0.0 on tokens the model
+did not generate) and ``loss_mask`` (1 exactly on generated tokens) line up with what the
+server received and returned. :meth:`TokenLedger.token_data` exports them as
+:class:`gymux.trajectory.TokenData`.
+
+Tokenizers load from a local directory holding ``tokenizer.json`` and
+``tokenizer_config.json`` (:meth:`ChatTokenizer.from_dir`), with the ``tokenizers`` and
+``jinja2`` packages (the ``sglang-client`` extra). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gymux.policies.protocol import Message, PolicyError
+from gymux.stores.codec import pack_float32, pack_int32, pack_uint8
+from gymux.trajectory import TokenData
+
+__all__ = ["ChatTokenizer", "TokenLedger"]
+
+_PROBE = "\x00GYMUX-PROBE\x00"
+
+
+def _token_text(value: object) -> str | None:
+    """``bos_token``/``eos_token`` in tokenizer_config.json: a string or an AddedToken dict."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    return None
+
+
+class ChatTokenizer:
+    """A ``tokenizers.Tokenizer`` plus its chat template.
+
+    ``name`` is recorded on :class:`TokenData` (``tokenizer``).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        chat_template: str,
+        *,
+        name: str = "",
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+    ) -> None:
+        try:
+            import jinja2.sandbox
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise PolicyError(
+                "chat templates need jinja2 (pip install 'gymux[sglang-client]')"
+            ) from exc
+
+        def raise_exception(message: str) -> None:
+            raise jinja2.exceptions.TemplateError(message)
+
+        def tojson(value: object, indent: int | None = None) -> str:
+            return json.dumps(value, indent=indent, ensure_ascii=False)
+
+        # As transformers renders chat templates.
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
+        env.filters["tojson"] = tojson
+        env.globals["raise_exception"] = raise_exception
+        self._template = env.from_string(chat_template)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.eos_id: int | None = tokenizer.token_to_id(eos_token) if eos_token else None
+        self._closing_text, self._user_prefix, self._user_suffix = self._derive_turn_wrapper()
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> ChatTokenizer:
+        """Load ``tokenizer.json`` and ``tokenizer_config.json`` from a local directory."""
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise PolicyError(
+                "token-exact prompts need 'tokenizers' (gymux[sglang-client])"
+            ) from exc
+        folder = Path(path)
+        try:
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, Exception) as exc:
+            raise PolicyError(f"cannot load a tokenizer from {str(folder)!r}: {exc}") from exc
+        template = config.get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        if not isinstance(template, str):
+            raise PolicyError(f"{str(folder / 'tokenizer_config.json')!r} has no chat_template")
+        return cls(
+            tokenizer,
+            template,
+            name=str(folder),
+            bos_token=_token_text(config.get("bos_token")),
+            eos_token=_token_text(config.get("eos_token")),
+        )
+
+    # -- rendering and tokenizing ---------------------------------------------------------
+
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool) -> str:
+        """The chat template applied to ``messages`` (text, not yet tokenized)."""
+        return str(
+            self._template.render(
+                messages=[{"role": m.role, "content": m.content} for m in messages],
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "",
+                eos_token=self.eos_token or "",
+            )
+        )
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; special tokens written in it are recognised, none added."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    def _derive_turn_wrapper(self) -> tuple[str, str, str]:
+        """Split the template's rendering of one later turn into its fixed parts.
+
+        Renders ``[user, assistant(PROBE)]`` and ``[user, assistant(PROBE), user(PROBE)]``
+        with the generation prompt; the text between the assistant's content and the user's
+        content is the closing of the assistant turn plus the user turn's prefix, and what
+        follows the user's content is the user turn's end plus the generation prompt.
+        """
+        head = [Message(role="user", content="hi"), Message(role="assistant", content=_PROBE)]
+        base = self.render(head, add_generation_prompt=False)
+        full = self.render(
+            [*head, Message(role="user", content=_PROBE)], add_generation_prompt=True
+        )
+        first = full.find(_PROBE)
+        second = full.find(_PROBE, first + len(_PROBE))
+        if first < 0 or second < 0 or not full.startswith(base[: base.find(_PROBE)]):
+            raise PolicyError("chat template does not render assistant and user turns in order")
+        closing = base[base.find(_PROBE) + len(_PROBE) :]
+        between = full[first + len(_PROBE) : second]
+        if not between.startswith(closing):
+            raise PolicyError("chat template: a later user turn does not follow the assistant's")
+        return closing, between[len(closing) :], full[second + len(_PROBE) :]
+
+    def user_turn_suffix(self, content: str, *, after_generated: Sequence[int]) -> list[int]:
+        """Ids to append after the model's output ``after_generated`` for a new user turn."""
+        closing = self.encode(self._closing_text) if self._closing_text else []
+        if closing and after_generated and after_generated[-1] == closing[0]:
+            closing = closing[1:]  # the model already emitted it (stopped on EOS)
+        return closing + self.encode(self._user_prefix + content + self._user_suffix)
+
+
+class TokenLedger:
+    """The token-exact record of one episode (see the module docstring).
+
+    Use :meth:`prompt_for` before each server call (it appends the new observation and
+    returns the prompt ids), then :meth:`append_generated` with what the server returned.
+    """
+
+    __slots__ = ("_consumed", "_last_generated", "ids", "logprobs", "loss_mask", "tokenizer")
+
+    def __init__(self, tokenizer: ChatTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.loss_mask: list[int] = []
+        self._consumed = 0  # messages already in ``ids``
+        self._last_generated: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _extend_prompt(self, ids: Sequence[int]) -> None:
+        self.ids.extend(ids)
+        self.logprobs.extend([0.0] * len(ids))
+        self.loss_mask.extend([0] * len(ids))
+
+    def prompt_for(self, messages: Sequence[Message]) -> list[int]:
+        """Bring the ledger up to ``messages`` and return the full prompt ids.
+
+        The first call renders the chat template over all of ``messages``. Later calls
+        expect the messages seen so far, then the assistant message this ledger generated,
+        then one or more new user messages, each appended as its own turn.
+        """
+        if not self.ids:
+            text = self.tokenizer.render(messages, add_generation_prompt=True)
+            self._extend_prompt(self.tokenizer.encode(text))
+            self._consumed = len(messages)
+            return list(self.ids)
+        new = list(messages[self._consumed :])
+        if not new or new[0].role != "assistant" or self._last_generated is None:
+            raise PolicyError(
+                f"token ledger out of step: expected the model's answer then new observations "
+                f"after message {self._consumed}, got roles {[m.role for m in new]}"
+            )
+        after: list[int] = self._last_generated
+        for message in new[1:]:
+            if message.role != "user":
+                raise PolicyError(f"token ledger: unexpected {message.role!r} message mid-episode")
+            self._extend_prompt(
+                self.tokenizer.user_turn_suffix(message.content, after_generated=after)
+            )
+            after = []
+        self._consumed = len(messages)
+        self._last_generated = None
+        return list(self.ids)
+
+    def append_generated(self, ids: Sequence[int], logprobs: Sequence[float] | None) -> None:
+        """Append the server's output ids (and their logprobs) exactly as returned."""
+        if logprobs is not None and len(logprobs) != len(ids):
+            raise PolicyError(f"{len(ids)} output ids but {len(logprobs)} logprobs")
+        self.ids.extend(ids)
+        self.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
+        self.loss_mask.extend([1] * len(ids))
+        self._last_generated = list(ids)
+
+    def fits(self, max_new_tokens: int, context_length: int) -> bool:
+        return len(self.ids) + max_new_tokens <= context_length
+
+    def token_data(self) -> TokenData:
+        return TokenData(
+            ids=pack_int32(self.ids),
+            loss_mask=pack_uint8(self.loss_mask),
+            logprobs=pack_float32(self.logprobs),
+            tokenizer=self.tokenizer.name,
+        )

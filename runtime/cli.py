@@ -1,8 +1,9 @@
-"""The ``gymux`` command line: ``gymux run`` and ``gymux envs``."""
+"""The ``gymux`` command line: ``gymux run``, ``gymux envs``, ``gymux serve-policy``."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import sys
@@ -18,7 +19,8 @@ from gymux import __version__
 from gymux.config import ConfigError, RuntimeConfig, Workload, load_config
 from gymux.env_plugins.registry import PluginError, Registry, default_registry
 from gymux.log import configure_logging
-from gymux.policies.registry import POLICY_NAMES, UnknownPolicyError
+from gymux.policies.protocol import Policy
+from gymux.policies.registry import POLICY_NAMES, UnknownPolicyError, make_policy
 from gymux.progress import ProgressDisplay
 from gymux.scheduler import plan_jobs
 from gymux.service import RunResult, Runtime
@@ -116,6 +118,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    model = run.add_argument_group("model policies (--policy openai / sglang)")
+    model.add_argument("--base-url", help="openai: server URL, with or without /v1")
+    model.add_argument("--model", help="openai: model name sent with each request")
+    model.add_argument(
+        "--api-key-env", help="openai: environment variable holding the API key (OPENAI_API_KEY)"
+    )
+    model.add_argument("--max-concurrency", type=_positive, help="openai: requests in flight")
+    model.add_argument(
+        "--server", action="append", help="sglang: server URL (repeat for several servers)"
+    )
+    model.add_argument("--tokenizer", help="sglang: local model path to load the tokenizer from")
+    model.add_argument("--temperature", type=float, help="sampling temperature")
+    model.add_argument("--max-tokens", type=_positive, help="max tokens generated per turn")
+
+    serve = sub.add_parser(
+        "serve-policy", help="run an SGLang server for --policy sglang (needs sglang and a GPU)"
+    )
+    serve.add_argument("--model", required=True, help="model path or id for sglang")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_positive, default=30000)
+    serve.add_argument("--tp", type=_positive, default=1, help="tensor-parallel GPUs")
+    serve.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="argument for sglang.launch_server (repeat; e.g. --extra=--mem-fraction-static=0.8)",
+    )
+    serve.add_argument("--startup-timeout", type=_positive_float, default=900.0)
+    # Internal, for tests: a JSON list replacing the launch command (skips the checks).
+    serve.add_argument("--test-command", help=argparse.SUPPRESS)
 
     envs = sub.add_parser("envs", help="list installed environments and their splits")
     envs.add_argument("--json", action="store_true", help="print JSON")
@@ -187,12 +219,44 @@ def _summary_table(results: list[RunResult]) -> list[str]:
     return lines
 
 
+def _policy_options(args: argparse.Namespace, name: str) -> dict[str, object]:
+    """Options for ``make_policy`` from the ``--policy openai/sglang`` flags."""
+    opts: dict[str, object] = {}
+    if name == "openai":
+        missing = [
+            flag
+            for flag, value in (("--base-url URL", args.base_url), ("--model NAME", args.model))
+            if not value
+        ]
+        if missing:
+            raise UsageError(f"--policy openai needs {' and '.join(missing)}")
+        opts = {"base_url": args.base_url, "model": args.model}
+        if args.api_key_env:
+            opts["api_key_env"] = args.api_key_env
+        if args.max_concurrency:
+            opts["max_concurrency"] = args.max_concurrency
+        if args.max_tokens:
+            opts["max_tokens"] = args.max_tokens
+    elif name == "sglang":
+        if not args.server:
+            raise UsageError("--policy sglang needs --server URL (repeat for several servers)")
+        if not args.tokenizer:
+            raise UsageError("--policy sglang needs --tokenizer PATH (the model's local path)")
+        opts = {"urls": list(args.server), "tokenizer_path": args.tokenizer}
+        if args.max_tokens:
+            opts["max_new_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        opts["temperature"] = args.temperature
+    return opts
+
+
 async def _run_async(
     args: argparse.Namespace,
     config: RuntimeConfig,
     workloads: list[Workload],
     out: Path,
     registry: Registry,
+    policies: dict[str, Policy],
 ) -> tuple[list[RunResult], bool]:
     show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     label = ",".join(f"{w.env}/{w.policy}" for w in workloads)
@@ -215,7 +279,8 @@ async def _run_async(
                 if progress is not None:
                     rt.subscribe(progress)
                 for workload in workloads:
-                    handles.append(await rt.submit(workload))
+                    policy = policies.get(workload.policy)
+                    handles.append(await rt.submit(workload, policy=policy))
                 for handle in handles:
                     await handle.wait()
         finally:
@@ -231,18 +296,25 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     configure_logging(config.log_level)
     workloads = _workloads(args, file_config.workloads if file_config else [])
     # Check everything that can be checked before starting anything.
+    policies: dict[str, Policy] = {}  # model policies, one object shared by workloads
     for workload in workloads:
-        plan_jobs("check", workload, registry.get(workload.env))
+        plugin = registry.get(workload.env)
+        plan_jobs("check", workload, plugin)
         if workload.policy not in POLICY_NAMES:
             raise UnknownPolicyError(
                 f"unknown policy {workload.policy!r} (choose from: {', '.join(POLICY_NAMES)})"
+            )
+        if workload.policy in ("openai", "sglang") and workload.policy not in policies:
+            options = _policy_options(args, workload.policy)
+            policies[workload.policy] = make_policy(
+                workload.policy, plugin, seed=workload.seed, options=options
             )
     out_text = args.out or (file_config.out if file_config else None)
     if out_text is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out_text = f"runs/{workloads[0].env}-{workloads[0].policy}-{stamp}"
     out = Path(out_text)
-    results, interrupted = anyio.run(_run_async, args, config, workloads, out, registry)
+    results, interrupted = anyio.run(_run_async, args, config, workloads, out, registry, policies)
     for line in _summary_table(results):
         _out(line)
     where = out / "trajectories.jsonl" if args.format == "jsonl" else out / "store"
@@ -264,6 +336,33 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     return EXIT_OK
 
 
+def _cmd_serve_policy(args: argparse.Namespace) -> int:
+    from gymux.serve_policy import build_command, serve, unavailable_reason
+
+    if args.test_command:
+        command = json.loads(args.test_command)
+    else:
+        reason = unavailable_reason()
+        if reason is not None:
+            _err(f"gymux: {reason}")
+            return EXIT_USAGE
+        command = build_command(
+            args.model, host=args.host, port=args.port, tp=args.tp, extra=args.extra
+        )
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    url = f"http://{host}:{args.port}"
+
+    def say(text: str) -> None:
+        _out(text)
+        sys.stdout.flush()
+
+    return anyio.run(
+        functools.partial(
+            serve, command, url, out=say, err=_err, startup_timeout_s=args.startup_timeout
+        )
+    )
+
+
 def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None) -> int:
     """Entry point of the ``gymux`` console script; returns the exit code."""
     parser = build_parser()
@@ -278,6 +377,8 @@ def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None)
             return _cmd_envs(args, registry)
         if args.command == "store":
             return run_store(args)
+        if args.command == "serve-policy":
+            return _cmd_serve_policy(args)
         return _cmd_run(args, registry)
     except UsageError as exc:
         _err(f"gymux: error: {exc}")

@@ -19,12 +19,16 @@ Dispatch strategies (``strategy=``):
 * ``"batch_stream"``: as ``"batch"``, but streamed (SSE); each item's answer is handed to
   its episode as soon as its final chunk arrives.
 
-Why ``"single"`` is the default: with a server whose latency grows with output length,
-only ``"single"`` and ``"batch_stream"`` let a short turn return before its batch's
-longest generation (``tests/test_sglang.py::test_short_does_not_wait_for_long`` checks
-this), and ``"single"`` needs no SSE framing on either side. NOT YET MEASURED for
-throughput: ``bench/policy.py`` (utilisation and turns/s of each strategy at 2,000
-concurrent episodes) is still to be written; revisit this default with its figures.
+Why ``"single"`` is the default (measured, ``bench/policy.py``: 2,000 concurrent episodes
+against the SGLang test double in a subprocess, B=256, 10 ms/token, 1 ms/request frontend,
+16- or 256-token outputs (~20% long), 2-core box; see docs/benchmarks.md "Policy"):
+``"single"`` and ``"batch"`` both keep the server saturated (401 vs 400 turns/s, 98.4% vs
+98.6% of token capacity; ``"batch_stream"`` 349 turns/s, 85%), but only ``"single"`` lets
+short turns return before long ones (short/long mean turn latency 4.5/7.0 s; ``"batch"``
+5.0/5.0 s, shorts wait for the batch's longest). Client-side time is 0.3% of a turn's wall
+time with ``"single"`` (1.1% ``"batch"``, 39% ``"batch_stream"``, whose cumulative SSE
+chunks cost both processes CPU). ``"batch"`` costs the client less CPU per turn (335 vs
+816 us), so it is the one to try if the client, not the server, becomes the bottleneck.
 
 Flow control per server: at most ``max_requests_per_server`` sequences and
 ``max_tokens_per_server`` tokens (prompt + ``max_new_tokens``) in flight.

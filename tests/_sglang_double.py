@@ -178,7 +178,10 @@ class SGLangDouble:
         self._failures.extend([kind] * times)
 
     def reset_stats(self) -> None:
-        self.stats = Stats()
+        # `concurrent` is a gauge of sequences decoding right now, not a counter: it
+        # survives a reset, or sequences finishing after it would drive it negative.
+        running = self.stats.concurrent
+        self.stats = Stats(concurrent=running, max_concurrent=running)
 
     # -- endpoints --------------------------------------------------------------------
 

@@ -1,0 +1,415 @@
+"""SGLang policy benchmark: dispatch strategies against the SGLang TEST DOUBLE.
+
+2,000 concurrent episodes drive :class:`gymux.policies.sglang.SGLangPolicy` (the real
+aiohttp client) against ``tests/_sglang_double.py`` (a scripted stand-in for SGLang, no
+model) started as a SUBPROCESS, so the double's CPU does not share the client's event loop
+or GIL. Each configuration also runs its client in a fresh subprocess of this script, so
+its CPU time (``getrusage``) belongs to it alone. Both processes share the machine's cores
+(the figures in docs/benchmarks.md were taken on a 2-core box).
+
+The double's cost model: a serialized per-request and per-sequence frontend overhead, then
+``per_token_s`` per generated token while the sequence holds one of ``B`` decode slots
+(more sequences queue for a slot). Generations are a mix of short and long (the double's
+``lengths_model``), so a sequence's latency grows with its output length.
+
+Each episode task loops: a fresh episode (turn 0 renders the chat template), then up to
+``TURNS`` turns, each appending the model's answer and a new observation (token-exact
+ledger, prompts only grow), then ``finish_episode`` and the next episode. Episodes are
+driven by plain tasks calling ``policy.act`` (not the Runtime), to isolate the policy.
+After a warm-up the double's stats are reset and a fixed window is measured.
+
+Strategies: ``single``, ``batch``, ``batch_stream`` (see policies/sglang.py) and the naive
+baseline ``naive``: one request per call, no coalescing, and a FRESH TCP connection per
+request (no keep-alive pool) -- because ``single`` already is "one request per call over a
+keep-alive pool".
+
+Columns:
+
+* ``turns/s``: turns answered in the window / window.
+* ``util``: the double's busy slot-seconds / (B x window) -- achieved server utilisation.
+* ``tok-util``: generated tokens x per_token_s / (B x window) (penalises timer overshoot).
+* short/long ``mean``/``p99``: turn latency (``act()`` wall time) by generation length.
+* ``client%``: sum(turn wall - server e2e latency of that request) / sum(turn wall): time
+  a turn spends in the client (dispatch window, tokenizing, JSON, HTTP) as a fraction.
+* ``cpu us/turn`` and ``cli cpu``/``srv cpu``: client process CPU per turn, and each
+  process's CPU as a fraction of one core (~1.0 = that process is CPU-bound).
+
+Usage::
+
+    python bench/policy.py                  # full run (~3 min)
+    python bench/policy.py --quick          # smoke version (< 60 s)
+    python bench/policy.py --json out.json  # also dump every measurement as JSON
+    # one client, JSON on stdout (what the parent runs):
+    python bench/policy.py --one single --url http://127.0.0.1:PORT --tok DIR --server-pid N
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+DOUBLE = ROOT / "tests" / "_sglang_double.py"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from gymux.policies.protocol import Message, PolicyError, PolicyRequest  # noqa: E402
+from gymux.policies.sglang import SGLangPolicy  # noqa: E402
+
+EPISODES = 2000
+TURNS = 8  # turns per episode before a fresh one starts
+STRATEGIES = ("naive", "single", "batch", "batch_stream")
+
+# Cost model of the double (a 7B-class model on one GPU, roughly): B decode slots,
+# 10 ms per token per sequence (25.6k tokens/s at B=256), 1 ms + 0.05 ms/sequence frontend.
+CAPACITY = 256
+PER_TOKEN_S = 0.01
+REQUEST_OVERHEAD_S = 0.001
+ITEM_OVERHEAD_S = 0.00005
+SHORT, LONG, LONG_FRAC = 16, 256, 0.2
+MAX_NEW_TOKENS = 512
+
+#: Per-server token budget (prompt + max_new_tokens in flight); the default 4M can bind at
+#: 2,000 episodes x ~1.5k tokens, which moves the queue into the client.
+TOKENS_BUDGET = 100_000_000
+
+UTIL_TARGET = 0.90
+CLIENT_TARGET = 0.05
+
+
+# -- one client (subprocess) ------------------------------------------------------------------
+
+
+class _BenchPolicy(SGLangPolicy):
+    """SGLangPolicy that records each answer's server-side latency; optionally no pool."""
+
+    def __init__(self, *args: Any, fresh_connections: bool = False, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.fresh_connections = fresh_connections
+        self.e2e: dict[str, float] = {}
+
+    async def __aenter__(self) -> _BenchPolicy:
+        await super().__aenter__()
+        if self.fresh_connections:
+            old = self._session
+            assert old is not None
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                timeout=old.timeout,
+                json_serialize=json.dumps,
+            )
+            await old.close()
+        return self
+
+    def _to_response(self, server: Any, request: PolicyRequest, answer: Any) -> Any:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            self.e2e[request.episode_id] = float(answer["meta_info"]["e2e_latency"])
+        return super()._to_response(server, request, answer)
+
+
+def _proc_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def _self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def _client(args: argparse.Namespace) -> dict[str, Any]:
+    strategy = args.one
+    policy = _BenchPolicy(
+        args.url,
+        tokenizer=args.tok,
+        strategy="single" if strategy == "naive" else strategy,
+        fresh_connections=strategy == "naive",
+        max_new_tokens=MAX_NEW_TOKENS,
+        # Let all episodes' requests reach the server, so queueing for a decode slot happens
+        # there (where it is counted as server time), not in the client's flow control.
+        max_requests_per_server=max(1024, args.episodes),
+        connections_per_server=max(256, args.episodes),
+        max_tokens_per_server=TOKENS_BUDGET,
+    )
+    measuring = False
+    records: list[tuple[float, float, int]] = []  # (wall, server e2e, completion tokens)
+    errors = 0
+    instruction = "Solve the maze. Answer with Thought: ... Action: move <direction>."
+
+    async def episode_loop(idx: int) -> None:
+        nonlocal errors
+        gen = 0
+        while True:
+            ep = f"e{idx}-{gen}"
+            gen += 1
+            messages = [
+                Message(role="user", content=instruction),
+                Message(role="assistant", content="OK"),
+                Message(role="user", content=f"The goal is at position ({idx % 12}, {gen % 12})."),
+            ]
+            for turn in range(TURNS):
+                request = PolicyRequest(
+                    episode_id=ep, env_id="maze", task_id=idx, turn=turn, messages=messages
+                )
+                t0 = time.perf_counter()
+                try:
+                    resp = await policy.act(request)
+                except PolicyError:
+                    errors += 1
+                    break
+                wall = time.perf_counter() - t0
+                if measuring:
+                    records.append((wall, policy.e2e.pop(ep, 0.0), resp.completion_tokens))
+                if resp.finish_reason == "context_limit":
+                    break
+                messages.append(Message(role="assistant", content=resp.text, loss=True))
+                messages.append(
+                    Message(role="user", content=f"You moved ({idx}, {turn}). Walls: left.")
+                )
+            policy.finish_episode(ep)
+
+    lags: list[float] = []
+
+    async def lag_probe() -> None:  # how late the client's event loop wakes a 5 ms sleep
+        while True:
+            t = time.perf_counter()
+            await anyio.sleep(0.005)
+            if measuring:
+                lags.append(time.perf_counter() - t - 0.005)
+
+    async with policy, aiohttp.ClientSession() as ctl, anyio.create_task_group() as tg:
+        for i in range(args.episodes):
+            tg.start_soon(episode_loop, i)
+        tg.start_soon(lag_probe)
+        await anyio.sleep(args.warmup)
+        async with ctl.post(args.url + "/_double/reset") as r:
+            await r.read()
+        cpu0, srv0, t0 = _self_cpu_s(), _proc_cpu_s(args.server_pid), time.perf_counter()
+        reqs0, errors0 = policy.http_requests, errors
+        measuring = True
+        await anyio.sleep(args.window)
+        measuring = False
+        wall = time.perf_counter() - t0
+        cpu, srv = _self_cpu_s() - cpu0, _proc_cpu_s(args.server_pid) - srv0
+        async with ctl.get(args.url + "/_double/stats") as r:
+            stats = await r.json()
+        n = len(records)
+        short = [w for w, _, c in records if c <= (SHORT + LONG) // 2]
+        long_ = [w for w, _, c in records if c > (SHORT + LONG) // 2]
+        total = sum(w for w, _, _ in records)
+        client = sum(max(0.0, w - s) for w, s, _ in records)
+        mean_tokens = sum(c for _, _, c in records) / n if n else float("nan")
+        out = {
+            "strategy": strategy,
+            "episodes": args.episodes,
+            "window_s": wall,
+            "turns": n,
+            "turns_per_s": n / wall,
+            "capacity_turns_per_s": CAPACITY / (mean_tokens * PER_TOKEN_S),
+            "util": stats["busy_s"] / (CAPACITY * wall),
+            "tok_util": stats["generated_tokens"] * PER_TOKEN_S / (CAPACITY * wall),
+            "short_n": len(short),
+            "short_mean_s": sum(short) / len(short) if short else float("nan"),
+            "short_p99_s": _pct(short, 0.99),
+            "long_n": len(long_),
+            "long_mean_s": sum(long_) / len(long_) if long_ else float("nan"),
+            "long_p99_s": _pct(long_, 0.99),
+            "client_frac": client / total if total else float("nan"),
+            "client_ms_per_turn": 1000 * client / n if n else float("nan"),
+            "client_p50_ms": 1000 * _pct([max(0.0, w - s) for w, s, _ in records], 0.5),
+            "client_p99_ms": 1000 * _pct([max(0.0, w - s) for w, s, _ in records], 0.99),
+            "loop_lag_mean_ms": 1000 * sum(lags) / len(lags) if lags else float("nan"),
+            "loop_lag_p99_ms": 1000 * _pct(lags, 0.99),
+            "long_share": len(long_) / n if n else float("nan"),
+            "client_cpu_us_per_turn": 1e6 * cpu / n if n else float("nan"),
+            "client_cpu_frac": cpu / wall,
+            "server_cpu_frac": srv / wall,
+            "http_requests": policy.http_requests - reqs0,
+            "server_requests": stats["requests"],
+            "server_max_batch": stats["max_batch_items"],
+            "server_max_concurrent": stats["max_concurrent"],
+            "errors": errors - errors0,
+        }
+        print(json.dumps(out), flush=True)
+        os._exit(0)  # skip tearing down 2,000 in-flight turns (and their aborts)
+    return {}
+
+
+# -- parent ------------------------------------------------------------------------------------
+
+
+def _start_double() -> tuple[subprocess.Popen[str], str]:
+    cmd = [
+        sys.executable,
+        str(DOUBLE),
+        f"--capacity={CAPACITY}",
+        f"--per-token-s={PER_TOKEN_S}",
+        f"--request-overhead-s={REQUEST_OVERHEAD_S}",
+        f"--item-overhead-s={ITEM_OVERHEAD_S}",
+        f"--short={SHORT}",
+        f"--long={LONG}",
+        f"--long-frac={LONG_FRAC}",
+        "--token=100",
+        "--eos=2",  # <|im_end|> in the tiny tokenizer (specials: endoftext, im_start, im_end)
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("PORT "):
+        proc.kill()
+        raise SystemExit(f"the SGLang double did not start: {line!r}")
+    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def _run_one(strategy: str, tok: Path, args: argparse.Namespace) -> dict[str, Any]:
+    proc, url = _start_double()
+    try:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            strategy,
+            "--url",
+            url,
+            "--tok",
+            str(tok),
+            "--server-pid",
+            str(proc.pid),
+            "--episodes",
+            str(args.episodes),
+            "--warmup",
+            str(args.warmup),
+            "--window",
+            str(args.window),
+        ]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if res.returncode != 0 or not res.stdout.strip():
+            raise SystemExit(f"client {strategy} failed:\n{res.stderr[-3000:]}")
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    base = next(r for r in rows if r["strategy"] == "naive")
+    head = (
+        f"{'strategy':<13}{'turns/s':>8}{'x naive':>8}{'util':>7}{'tok-util':>9}"
+        f"{'short mean/p99 s':>17}{'long mean/p99 s':>17}{'client%':>8}{'cli ms':>8}{'lag ms':>10}"
+        f"{'cpu us/turn':>12}"
+        f"{'cli cpu':>8}{'srv cpu':>8}{'http req':>9}{'err':>5}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['strategy']:<13}{r['turns_per_s']:>8.0f}"
+            f"{r['turns_per_s'] / base['turns_per_s']:>8.2f}"
+            f"{r['util']:>7.1%}{r['tok_util']:>9.1%}"
+            f"{r['short_mean_s']:>9.2f}/{r['short_p99_s']:<7.2f}"
+            f"{r['long_mean_s']:>9.2f}/{r['long_p99_s']:<7.2f}"
+            f"{r['client_frac']:>8.1%}{r['client_ms_per_turn']:>8.0f}"
+            f"{r['loop_lag_mean_ms']:>5.0f}/{r['loop_lag_p99_ms']:<4.0f}"
+            f"{r['client_cpu_us_per_turn']:>12.0f}"
+            f"{r['client_cpu_frac']:>8.2f}{r['server_cpu_frac']:>8.2f}"
+            f"{r['http_requests']:>9}{r['errors']:>5}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="short windows (< 60 s in all)")
+    p.add_argument("--json", type=Path, help="also write every measurement here")
+    p.add_argument("--only", action="append", choices=STRATEGIES)
+    p.add_argument("--episodes", type=int, default=EPISODES)
+    p.add_argument("--warmup", type=float)
+    p.add_argument("--window", type=float)
+    p.add_argument("--one", choices=STRATEGIES, help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--tok", help=argparse.SUPPRESS)
+    p.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.warmup is None:
+        args.warmup = 6.0 if args.quick else 8.0
+    if args.window is None:
+        args.window = 4.0 if args.quick else 30.0
+    if args.one:
+        anyio.run(_client, args)
+        return
+
+    from _sglang_double import build_tiny_tokenizer
+
+    strategies = args.only or list(STRATEGIES)
+    if "naive" not in strategies:
+        strategies.insert(0, "naive")
+    cores = os.cpu_count()
+    print(
+        f"SGLang policy benchmark: {args.episodes} concurrent episodes x {TURNS} turns/episode, "
+        f"warm-up {args.warmup:.0f} s, window {args.window:.0f} s per strategy\n"
+        f"double (subprocess, TEST DOUBLE): B={CAPACITY}, {PER_TOKEN_S * 1000:g} ms/token, "
+        f"frontend {REQUEST_OVERHEAD_S * 1000:g} ms/request + "
+        f"{ITEM_OVERHEAD_S * 1000:g} ms/sequence; outputs {SHORT} tokens or {LONG} tokens "
+        f"(~{LONG_FRAC:.0%})\n"
+        f"machine: {cores} cores ({platform.processor() or platform.machine()}), "
+        f"python {platform.python_version()}; client and double each run in their own "
+        f"process and share these {cores} cores",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_tiny_tokenizer(Path(tmp) / "tok")
+        rows = []
+        for s in strategies:
+            t = time.perf_counter()
+            rows.append(_run_one(s, tok, args))
+            print(f"  {s}: done in {time.perf_counter() - t:.0f} s", flush=True)
+    print()
+    print(_table(rows))
+    cap = rows[0]["capacity_turns_per_s"]
+    print(
+        f"\nserver capacity at this length mix: ~{cap:.0f} turns/s "
+        f"(B / (mean generated tokens x per-token time))"
+    )
+    for r in rows:
+        if r["strategy"] == "naive":
+            continue
+        u_ok = r["util"] >= UTIL_TARGET
+        c_ok = r["client_frac"] < CLIENT_TARGET
+        print(
+            f"{'PASS' if u_ok else 'FAIL'} {r['strategy']}: server utilisation {r['util']:.1%} "
+            f"(target >= {UTIL_TARGET:.0%}) at {r['episodes']} concurrent episodes"
+        )
+        print(
+            f"{'PASS' if c_ok else 'FAIL'} {r['strategy']}: client-side time "
+            f"{r['client_frac']:.2%} of a turn's wall time (target < {CLIENT_TARGET:.0%}); "
+            f"client CPU {r['client_cpu_us_per_turn']:.0f} us/turn, "
+            f"{r['client_cpu_frac']:.0%} of a core"
+            + ("  [client CPU-bound]" if r["client_cpu_frac"] > 0.9 else "")
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

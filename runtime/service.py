@@ -352,3 +352,7 @@ class Runtime:
             )
             unsubscribe()
             handle._finish(error)
+            # The caller keeps its handle; the runtime forgets finished runs, so a
+            # long-lived runtime does not accumulate their trajectories.
+            if handle in self._handles:
+                self._handles.remove(handle)

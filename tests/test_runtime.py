@@ -497,3 +497,14 @@ async def test_token_record_from_the_policy_lands_on_the_trajectory_and_retries_
     assert flaky.tokens is not None and flaky.tokens.length == 3  # only the last attempt
     assert policy.finished.count(flaky.episode_id) == 3  # two discarded retries + the end
     assert policy.ids == {}  # every episode's state was released
+
+
+async def test_a_long_lived_runtime_forgets_finished_runs():
+    plugin = E.plugin(E.AsyncProbe)
+    reg = registry_with(plugin)
+    async with Runtime(config(), registry=reg) as rt:
+        results = [
+            await rt.run(Workload(env="probe", tasks=[0]), policy=E.SaysGo()) for _ in range(5)
+        ]
+        assert rt._handles == []  # nothing retained by the runtime itself
+    assert all(r.summary.episodes == 1 for r in results)

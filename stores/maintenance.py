@@ -62,8 +62,7 @@ from gymux.stores.scan import (
     scan_segment,
 )
 from gymux.stores.store import DEFAULT_STREAM, Store
-from gymux.stores.writer import COMMIT_FILE, LOCK_FILE, StreamLock, read_commit
-from gymux.stores.writer import _encode_commit as encode_commit
+from gymux.stores.writer import COMMIT_FILE, LOCK_FILE, StreamLock, encode_commit, read_commit
 
 __all__ = [
     "DEFAULT_TARGET_BYTES",
@@ -654,7 +653,7 @@ def _apply_manifest(sdir: Path, manifest: _Manifest) -> None:
     fsync_dir(sdir)
 
 
-def _resume(sdir: Path) -> bool:
+def finish_interrupted_compaction(sdir: Path) -> bool:
     """Finish an interrupted compaction; remove temporary files of one that never
     reached its manifest. True if there was one to finish."""
     resumed = False
@@ -707,7 +706,7 @@ def compact(
     [(name, sdir)] = _stream_dirs(store, stream)
     lock = StreamLock(sdir, role="gymux store compact", action="compact")
     try:
-        resumed = _resume(sdir)
+        resumed = finish_interrupted_compaction(sdir)
         firsts = list_segments(sdir)
         bytes_before = _dir_bytes(sdir)
         sealed: list[_Sealed] = []

@@ -137,9 +137,6 @@ def encode_commit(next_seq: int, segment: int, offset: int) -> bytes:
     return body + _U32.pack(mask(google_crc32c.value(body)))
 
 
-_encode_commit = encode_commit
-
-
 class StreamLock:
     """An exclusive, non-blocking flock on a stream's ``LOCK`` file; the file names the
     holder. Writers take it, and so does maintenance (``role`` says who holds it)."""
@@ -316,9 +313,9 @@ class StreamWriter:
     def _recover(self) -> None:
         # Finish a compaction that crashed midway (and drop stray temporary files) before
         # looking at the segments: until then some records sit in renamed files.
-        from gymux.stores.maintenance import _resume as finish_compaction
+        from gymux.stores.maintenance import finish_interrupted_compaction
 
-        if finish_compaction(self.path):
+        if finish_interrupted_compaction(self.path):
             _log.warning("finished an interrupted compaction", stream=str(self.path))
         firsts = list_segments(self.path)
         if not firsts:

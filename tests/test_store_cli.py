@@ -497,13 +497,13 @@ def test_writer_open_finishes_an_interrupted_compaction(
 
 
 def test_compact_moves_a_commit_that_points_into_a_merged_segment(tmp_path: Path) -> None:
-    from gymux.stores.writer import _encode_commit, read_commit
+    from gymux.stores.writer import encode_commit, read_commit
 
     store = write_store(tmp_path / "s", 12)
     stream = store / "trajectories"
     firsts = list_segments(stream)
     seq, start, _end = frames(stream / segment_name(firsts[2]))[1]
-    (stream / "COMMIT").write_bytes(_encode_commit(seq, firsts[2], start))
+    (stream / "COMMIT").write_bytes(encode_commit(seq, firsts[2], start))
     compact(store)
     next_seq, segment, offset = read_commit(stream)
     assert (next_seq, segment) == (seq, firsts[0])

@@ -430,14 +430,8 @@ def test_compact_salvage_api_counts_torn_sealed_tails(tmp_path: Path) -> None:
     assert verify(store).clean
 
 
-@pytest.mark.parametrize("crash_at", [1, 2, 3, 4, 6])
-def test_compact_interrupted_is_finished_by_the_next_run(
-    store: Path, crash_at: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A crash at the n-th rename of a compaction leaves every record recoverable; verify
-    reports it and the next compact completes it."""
-    stream = store / "trajectories"
-    before = records(stream)
+def crash_compaction(store: Path, crash_at: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a compaction that "crashes" (raises) at its ``crash_at``-th rename."""
     real_replace = os.replace
     calls = 0
 
@@ -452,6 +446,17 @@ def test_compact_interrupted_is_finished_by_the_next_run(
     with pytest.raises(OSError, match="simulated crash"):
         compact(store, target_bytes=8 * 1024)
     monkeypatch.setattr(maint.os, "replace", real_replace)
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 4, 6])
+def test_compact_interrupted_is_finished_by_the_next_run(
+    store: Path, crash_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash at the n-th rename of a compaction leaves every record recoverable; verify
+    reports it and the next compact completes it."""
+    stream = store / "trajectories"
+    before = records(stream)
+    crash_compaction(store, crash_at, monkeypatch)
     report = verify(store)
     kinds = {p.kind for p in report.problems}
     if crash_at > 1:  # the first rename is the manifest's own: nothing started yet
@@ -472,20 +477,7 @@ def test_writer_open_finishes_an_interrupted_compaction(
 
     stream = store / "trajectories"
     before = records(stream)
-    real_replace = os.replace
-    calls = 0
-
-    def crashing_replace(src, dst):
-        nonlocal calls
-        calls += 1
-        if calls == crash_at:
-            raise OSError("simulated crash")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(maint.os, "replace", crashing_replace)
-    with pytest.raises(OSError, match="simulated crash"):
-        compact(store, target_bytes=8 * 1024)
-    monkeypatch.setattr(maint.os, "replace", real_replace)
+    crash_compaction(store, crash_at, monkeypatch)
     assert (stream / maint.MANIFEST).exists()
     with StreamWriter(stream) as w:
         assert w.next_seq == before[-1][0] + 1

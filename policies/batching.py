@@ -2,9 +2,21 @@
 
 Every episode calls ``await policy.act(request)`` on its own. A :class:`BatchingPolicy`
 queues those calls; its dispatcher (a task owned by the policy's own task group, started
-by ``async with policy``) collects whatever is pending -- waiting at most ``window_s``
-for more when fewer than ``max_batch`` are queued -- and hands the batch to
-:meth:`BatchingPolicy.act_batch`. At most ``max_inflight_batches`` batches run at once.
+by ``async with policy``) collects whatever is pending and hands it, at most ``max_batch``
+at a time, to :meth:`BatchingPolicy.act_batch`. At most ``max_inflight_batches`` batches
+run at once.
+
+The coalescing window adapts to load:
+
+* heavy load -- the queue already holds at least ``max_batch / 2`` requests: dispatch at
+  once; the batch is worth sending and waiting would only add latency;
+* light load -- one request queued and no batch in flight: dispatch at once; nothing else
+  is coming that waiting could coalesce it with;
+* otherwise wait up to ``window_s`` for more, cutting the wait short as soon as the queue
+  reaches ``max_batch / 2``.
+
+Callers started in the same event-loop tick are seen together (the dispatcher yields once
+before deciding), so a burst of simultaneous calls still forms one batch.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from typing import Self
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from gymux.policies.protocol import PolicyError, PolicyRequest, PolicyResponse
 
@@ -53,6 +66,8 @@ class BatchingPolicy:
         self._slots = anyio.Semaphore(max_inflight_batches)
         self.batches = 0
         self.batched_requests = 0
+        #: Times the dispatcher skipped the window (heavy or light load).
+        self.dispatched_early = 0
 
     async def act_batch(
         self, requests: Sequence[PolicyRequest]
@@ -99,12 +114,36 @@ class BatchingPolicy:
             pending.error = PolicyError(f"policy {self.name!r} shut down")
             pending.done.set()
 
+    def _inflight_batches(self) -> int:
+        return self.max_inflight_batches - self._slots.value
+
+    def _dispatch_now(self) -> bool:
+        """Whether the queue should go out without waiting for the window (see module doc)."""
+        queued = len(self._queue)
+        if 2 * queued >= self.max_batch:  # heavy load
+            return True
+        return queued == 1 and self._inflight_batches() == 0  # light load
+
+    async def _wait_window(self) -> None:
+        """Wait up to ``window_s`` for more requests unless :meth:`_dispatch_now` says go."""
+        deadline = anyio.current_time() + self.window_s
+        while not self._dispatch_now():
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                return
+            with anyio.move_on_after(remaining):
+                await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+
     async def _dispatch(self, tg: anyio.abc.TaskGroup) -> None:
         while True:
             await self._wakeup.wait()
-            if len(self._queue) < self.max_batch and self.window_s > 0:
-                await anyio.sleep(self.window_s)
             self._wakeup = anyio.Event()
+            # Let callers started in the same tick enqueue before deciding.
+            await anyio.lowlevel.checkpoint()
+            if self._queue and self.window_s > 0:
+                self.dispatched_early += self._dispatch_now()
+                await self._wait_window()
             while self._queue:
                 # Take a slot first, so that callers cancelled while we wait are skipped.
                 await self._slots.acquire()

@@ -9,6 +9,10 @@
   options ``urls`` (required, a list of server URLs), ``tokenizer_path`` (the model path
   the tokenizer is loaded from; passed as ``tokenizer`` where the class takes that), and
   whatever else that class accepts (``max_new_tokens``, ...), passed through as keywords.
+
+Options come from the CLI's model flags and from a config workload's ``policy_options``
+table (:class:`gymux.config.Workload`). A missing or unknown option raises
+:class:`PolicyOptionsError`; the CLI reports it in one line.
 """
 
 from __future__ import annotations

@@ -40,7 +40,14 @@ marks the server unhealthy and moves the episode to another server; a background
 them.
 
 Errors: connection refused (nothing was sent) and HTTP 503 are retried with exponential
-backoff and jitter, at most ``retries`` times. Everything else (timeouts, other HTTP
+backoff and jitter, at most ``retries`` times. A stale keep-alive connection -- a reused
+pooled connection that the server had closed as idle, so the request fails with
+``ServerDisconnectedError``/``ClientOSError`` before any response byte arrives -- is
+retried once at once (on another connection; the broken one is discarded), without
+counting against ``retries`` and without marking the server unhealthy: the request never
+reached a live handler, so nothing was generated (the rule of RFC 9112 section 9.3.1, which
+aiohttp itself applies only to idempotent methods). A second such failure in a row counts
+as an ordinary retryable error. Everything else (timeouts, other HTTP
 errors, malformed JSON, a batch answer of the wrong length, a connection dropped
 mid-answer) fails only the affected requests with :class:`PolicyError` (the runtime records
 ``policy_error``). Every HTTP call is bounded by ``request_timeout_s``. When an episode's
@@ -76,9 +83,10 @@ _OnResult = Callable[[int, _Result], None]
 class _Retryable(Exception):
     """Safe to retry: nothing was generated (connection refused, 503)."""
 
-    def __init__(self, message: str, *, refused: bool) -> None:
+    def __init__(self, message: str, *, refused: bool, stale: bool = False) -> None:
         super().__init__(message)
         self.refused = refused
+        self.stale = stale
 
 
 class _Budget:
@@ -187,6 +195,8 @@ class SGLangPolicy(BatchingPolicy):
         self._rid_seq = itertools.count()
         self.http_requests = 0
         self.retried = 0
+        #: Requests resent after failing on a stale (server-closed) keep-alive connection.
+        self.stale_retries = 0
         self.aborts_sent = 0
         #: Seconds each answered turn spent at the server (its ``meta_info.e2e_latency``).
         self.server_s = 0.0
@@ -203,6 +213,7 @@ class SGLangPolicy(BatchingPolicy):
                 total=self.request_timeout_s, sock_connect=self.connect_timeout_s
             ),
             json_serialize=json.dumps,
+            trace_configs=[_reuse_trace()],
         )
         try:
             await self._check_servers()
@@ -426,6 +437,7 @@ class SGLangPolicy(BatchingPolicy):
     ) -> list[_Result]:
         """Send ``items`` (all with the same server affinity) with retries; one result each."""
         attempt = 0
+        stale_retried = False
         while True:
             server = self._server_for(episode_id)
             try:
@@ -434,6 +446,10 @@ class SGLangPolicy(BatchingPolicy):
                 return [exc] * len(items)
             except _Retryable as exc:
                 server.last_error = str(exc)
+                if exc.stale and not stale_retried:
+                    stale_retried = True
+                    self.stale_retries += 1
+                    continue
                 if exc.refused:
                     server.healthy = False
                 attempt += 1
@@ -468,12 +484,24 @@ class SGLangPolicy(BatchingPolicy):
         try:
             self.http_requests += 1
             with anyio.fail_after(self.request_timeout_s):
+                conn: dict[str, bool] = {}
                 try:
-                    resp_cm = self._session.post(server.url + "/generate", json=body)
+                    resp_cm = self._session.post(
+                        server.url + "/generate", json=body, trace_request_ctx=conn
+                    )
                     resp = await resp_cm.__aenter__()
                 except aiohttp.ClientConnectorError as exc:
                     raise _Retryable(
                         f"{server.url} refused the connection ({exc.os_error})", refused=True
+                    ) from None
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    if not conn.get("reused"):
+                        raise
+                    raise _Retryable(
+                        f"{server.url} closed a reused keep-alive connection before answering"
+                        f" ({_describe(exc)})",
+                        refused=False,
+                        stale=True,
                     ) from None
                 try:
                     if resp.status == 503:
@@ -618,6 +646,22 @@ class SGLangPolicy(BatchingPolicy):
             prompt_tokens=int(meta.get("prompt_tokens", 0)),
             completion_tokens=int(meta.get("completion_tokens", len(ids))),
         )
+
+
+def _reuse_trace() -> aiohttp.TraceConfig:
+    """Marks ``trace_request_ctx["reused"]`` when a request goes out on a pooled connection."""
+
+    async def on_reuse(
+        session: aiohttp.ClientSession,
+        ctx: Any,
+        params: aiohttp.TraceConnectionReuseconnParams,
+    ) -> None:
+        if isinstance(ctx.trace_request_ctx, dict):
+            ctx.trace_request_ctx["reused"] = True
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(on_reuse)
+    return trace
 
 
 def _finished(chunk: dict[str, Any]) -> bool:

@@ -8,7 +8,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,11 +16,16 @@ import anyio
 import msgspec
 
 from gymux import __version__
-from gymux.config import ConfigError, RuntimeConfig, Workload, load_config
+from gymux.config import MODEL_POLICIES, ConfigError, RuntimeConfig, Workload, load_config
 from gymux.env_plugins.registry import PluginError, Registry, default_registry
 from gymux.log import configure_logging
 from gymux.policies.protocol import Policy
-from gymux.policies.registry import POLICY_NAMES, UnknownPolicyError, make_policy
+from gymux.policies.registry import (
+    POLICY_NAMES,
+    PolicyOptionsError,
+    UnknownPolicyError,
+    make_policy,
+)
 from gymux.progress import ProgressDisplay
 from gymux.scheduler import plan_jobs
 from gymux.service import RunResult, Runtime
@@ -219,18 +224,32 @@ def _summary_table(results: list[RunResult]) -> list[str]:
     return lines
 
 
-def _policy_options(args: argparse.Namespace, name: str) -> dict[str, object]:
-    """Options for ``make_policy`` from the ``--policy openai/sglang`` flags."""
-    opts: dict[str, object] = {}
+def _policy_key(workload: Workload) -> str:
+    """Workloads naming the same model policy with the same options share one object."""
+    if not workload.policy_options:
+        return workload.policy
+    return workload.policy + json.dumps(workload.policy_options, sort_keys=True)
+
+
+def _policy_options(
+    args: argparse.Namespace, name: str, base: Mapping[str, object] | None = None
+) -> dict[str, object]:
+    """Options for ``make_policy``: the workload's ``policy_options`` (``base``), overridden
+    by the ``--policy openai/sglang`` flags."""
+    base = base or {}
+    opts: dict[str, object] = dict(base)
     if name == "openai":
+        if args.base_url:
+            opts["base_url"] = args.base_url
+        if args.model:
+            opts["model"] = args.model
         missing = [
             flag
-            for flag, value in (("--base-url URL", args.base_url), ("--model NAME", args.model))
-            if not value
+            for flag, key in (("--base-url URL", "base_url"), ("--model NAME", "model"))
+            if not opts.get(key)
         ]
         if missing:
             raise UsageError(f"--policy openai needs {' and '.join(missing)}")
-        opts = {"base_url": args.base_url, "model": args.model}
         if args.api_key_env:
             opts["api_key_env"] = args.api_key_env
         if args.max_concurrency:
@@ -238,11 +257,15 @@ def _policy_options(args: argparse.Namespace, name: str) -> dict[str, object]:
         if args.max_tokens:
             opts["max_tokens"] = args.max_tokens
     elif name == "sglang":
-        if not args.server:
+        if args.server:
+            opts["urls"] = list(args.server)
+        if args.tokenizer:
+            opts.pop("tokenizer", None)
+            opts["tokenizer_path"] = args.tokenizer
+        if not opts.get("urls"):
             raise UsageError("--policy sglang needs --server URL (repeat for several servers)")
-        if not args.tokenizer:
+        if not (opts.get("tokenizer_path") or opts.get("tokenizer")):
             raise UsageError("--policy sglang needs --tokenizer PATH (the model's local path)")
-        opts = {"urls": list(args.server), "tokenizer_path": args.tokenizer}
         if args.max_tokens:
             opts["max_new_tokens"] = args.max_tokens
     if args.temperature is not None:
@@ -279,7 +302,7 @@ async def _run_async(
                 if progress is not None:
                     rt.subscribe(progress)
                 for workload in workloads:
-                    policy = policies.get(workload.policy)
+                    policy = policies.get(_policy_key(workload))
                     handles.append(await rt.submit(workload, policy=policy))
                 for handle in handles:
                     await handle.wait()
@@ -304,11 +327,18 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
             raise UnknownPolicyError(
                 f"unknown policy {workload.policy!r} (choose from: {', '.join(POLICY_NAMES)})"
             )
-        if workload.policy in ("openai", "sglang") and workload.policy not in policies:
-            options = _policy_options(args, workload.policy)
-            policies[workload.policy] = make_policy(
-                workload.policy, plugin, seed=workload.seed, options=options
-            )
+        key = _policy_key(workload)
+        if workload.policy in MODEL_POLICIES and key not in policies:
+            options = _policy_options(args, workload.policy, workload.policy_options)
+            try:
+                policies[key] = make_policy(
+                    workload.policy, plugin, seed=workload.seed, options=options
+                )
+            except PolicyOptionsError as exc:
+                label = f"workload {workload.env}/{workload.policy}"
+                if workload.policy_options:
+                    raise ConfigError(f"{label}: policy_options: {exc}") from None
+                raise
     out_text = args.out or (file_config.out if file_config else None)
     if out_text is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -13,6 +13,15 @@ Example ``gymux.toml``::
     samples = 4
     policy = "oracle"
 
+    [[workloads]]
+    env = "maze"
+    policy = "openai"
+    policy_options = { base_url = "http://127.0.0.1:8000/v1", model = "qwen", max_tokens = 256 }
+
+``policy_options`` (only with ``policy = "openai"`` or ``"sglang"``) are the keyword
+options of :func:`gymux.policies.registry.make_policy`; the CLI's model flags
+(``--base-url``, ``--server``, ...) take precedence over them.
+
 Unknown keys and invalid values are errors that name the key.
 """
 
@@ -29,6 +38,10 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+#: Policies that take ``policy_options``.
+MODEL_POLICIES = ("openai", "sglang")
 
 
 class ConfigError(ValueError):
@@ -77,6 +90,17 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: Run only the first ``limit`` tasks.
     limit: PositiveInt | None = None
     seed: int = 0
+    #: Options of a model policy (``openai``, ``sglang``), given to ``make_policy``.
+    policy_options: dict[str, str | int | float | bool | list[str]] = msgspec.field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        if self.policy_options and self.policy not in MODEL_POLICIES:
+            raise ValueError(
+                f"policy_options are for policy {' or '.join(map(repr, MODEL_POLICIES))}, "
+                f"not {self.policy!r}"
+            )
 
 
 class GymuxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -298,7 +298,9 @@ class Runtime:
         jobs = plan_jobs(run_id, workload, plugin)
         self.scheduler.pool_for(plugin)
         if policy is None:
-            policy = make_policy(workload.policy, plugin, seed=workload.seed)
+            policy = make_policy(
+                workload.policy, plugin, seed=workload.seed, options=workload.policy_options or None
+            )
         await self._ensure_policy(policy)
         handle = RunHandle(run_id, workload, policy, len(jobs))
         self._handles.append(handle)

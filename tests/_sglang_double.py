@@ -14,10 +14,17 @@ response shapes SGLang documents:
 * ``GET /health``, ``GET /get_model_info``, ``POST /abort_request`` (``{"rid"}``).
 * Test-only: ``GET /_double/stats`` and ``POST /_double/reset``.
 
-Generation is scripted: ``model(input_ids) -> output ids`` (deterministic). A cost model
+Generation is scripted: ``model(input_ids) -> output ids`` (deterministic), cut at
+``max_new_tokens`` and at the first ``sampling_params.stop`` string (a string or a list)
+found in the decoded output, as SGLang does: ``output_ids`` end with the token that
+completed the match, ``text`` ends before the stop string, and ``finish_reason`` is
+``{"type": "stop", "matched": "<the stop string>"}``. A cost model
 charges a serialized per-request and per-sequence overhead (the frontend) and
 ``per_token_s`` per generated token while the sequence holds one of ``capacity`` (B) decode
-slots; extra sequences queue. Failures are injected with :meth:`SGLangDouble.fail_next`.
+slots; extra sequences queue. Failures are injected with :meth:`SGLangDouble.fail_next`
+(``stale_keepalive``: close the connection the request arrived on before reading it, as a
+server does when it times out an idle keep-alive connection just as the client reuses it).
+``keepalive_timeout`` closes idle keep-alive connections after that many seconds.
 Run standalone (the benchmark does) with ``python tests/_sglang_double.py --help``.
 """
 
@@ -45,6 +52,7 @@ FAILURES = (
     "die_after_headers",
     "die_mid_stream",
     "hang",
+    "stale_keepalive",
 )
 
 
@@ -72,6 +80,8 @@ class Stats:
     health_checks: int = 0
     inputs: dict[str, list[int]] = field(default_factory=dict)  # rid -> input_ids
     rids: list[str] = field(default_factory=list)  # in arrival order
+    stale_closed: int = 0  # connections closed by the stale_keepalive failure
+    last_sampling_params: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "inputs"}
@@ -85,7 +95,7 @@ def default_logprob(position: int, token: int) -> float:
 
 
 class _Seq:
-    __slots__ = ("aborted", "done", "finish", "input_ids", "logprobs", "out", "rid")
+    __slots__ = ("aborted", "done", "finish", "input_ids", "logprobs", "out", "rid", "stop")
 
     def __init__(self, rid: str, input_ids: list[int]) -> None:
         self.rid = rid
@@ -94,6 +104,7 @@ class _Seq:
         self.logprobs: list[float] = []
         self.finish: dict[str, Any] | None = None
         self.aborted = False
+        self.stop: str | None = None  # the stop string that ended the output
         self.done = asyncio.Event()
 
 
@@ -113,6 +124,7 @@ class SGLangDouble:
         context_length: int = 4096,
         stream_interval: int = 4,
         hang_s: float = 3600.0,
+        keepalive_timeout: float = 75.0,
         port: int = 0,
     ) -> None:
         self.model = model
@@ -125,6 +137,7 @@ class SGLangDouble:
         self.context_length = context_length
         self.stream_interval = max(1, stream_interval)
         self.hang_s = hang_s
+        self.keepalive_timeout = keepalive_timeout
         self.port = port
         self.stats = Stats()
         self._failures: list[str] = []
@@ -151,7 +164,11 @@ class SGLangDouble:
         app.router.add_get("/_double/stats", self._stats)
         app.router.add_post("/_double/reset", self._reset)
         runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.05
+            app,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=0.05,
+            keepalive_timeout=self.keepalive_timeout,
         )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.port, backlog=4096)
@@ -228,6 +245,13 @@ class SGLangDouble:
     async def _generate_inner(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         failure = self._failures.pop(0) if self._failures else None
+        if failure == "stale_keepalive":
+            # Nothing read, nothing generated: the client sees the connection drop before
+            # any response byte (aiohttp: ServerDisconnectedError).
+            self.stats.stale_closed += 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
         if failure == "hang":
             await asyncio.sleep(self.hang_s)
         if failure in ("http500", "http503"):
@@ -256,7 +280,10 @@ class SGLangDouble:
         params = body.get("sampling_params") or {}
         if isinstance(params, list):
             params = params[0] if params else {}
+        self.stats.last_sampling_params = dict(params)
         max_new = int(params.get("max_new_tokens", 128))
+        stop = params.get("stop") or []
+        stops = [stop] if isinstance(stop, str) else [str(x) for x in stop]
         want_logprob = bool(body.get("return_logprob", False))
         stream = bool(body.get("stream", False))
         if stream:
@@ -273,7 +300,7 @@ class SGLangDouble:
             self.stats.inputs[seq.rid] = list(ids)
             self._live[seq.rid] = seq
             seqs.append(seq)
-        tasks = [asyncio.ensure_future(self._decode(seq, max_new, stream)) for seq in seqs]
+        tasks = [asyncio.ensure_future(self._decode(seq, max_new, stream, stops)) for seq in seqs]
         try:
             if stream:
                 return await self._respond_stream(
@@ -382,9 +409,26 @@ class SGLangDouble:
             return True, [list(map(int, x)) for x in ids]
         return False, [list(map(int, ids))]
 
-    async def _decode(self, seq: _Seq, max_new: int, stream: bool) -> None:
+    def _cut_at_stop(self, full: list[int], stops: list[str]) -> tuple[list[int], str] | None:
+        """The output up to the token that completes the first stop string, and that string."""
+        if not stops:
+            return None
+        for i in range(len(full)):
+            text = self.decode([t for t in full[: i + 1] if t != self.eos_id])
+            hits = [(text.find(s), s) for s in stops if s and s in text]
+            if hits:
+                return full[: i + 1], min(hits)[1]
+        return None
+
+    async def _decode(
+        self, seq: _Seq, max_new: int, stream: bool, stops: list[str] | None = None
+    ) -> None:
         full = list(self.model(seq.input_ids))
-        if len(full) > max_new:
+        cut = self._cut_at_stop(full[:max_new], stops or [])
+        if cut is not None:
+            out, seq.stop = cut
+            finish: dict[str, Any] = {"type": "stop", "matched": seq.stop}
+        elif len(full) > max_new:
             out, finish = full[:max_new], {"type": "length", "length": max_new}
         elif full and self.eos_id is not None and full[-1] == self.eos_id:
             out, finish = full, {"type": "stop", "matched": self.eos_id}
@@ -433,7 +477,10 @@ class SGLangDouble:
             meta["output_token_logprobs"] = [
                 [lp, t, None] for lp, t in zip(seq.logprobs, ids, strict=False)
             ]
-        return {"text": self.decode(visible), "output_ids": ids, "meta_info": meta}
+        text = self.decode(visible)
+        if seq.stop is not None and seq.stop in text:
+            text = text[: text.find(seq.stop)]
+        return {"text": text, "output_ids": ids, "meta_info": meta}
 
 
 # -- helpers for tests and the benchmark ------------------------------------------------

@@ -376,3 +376,23 @@ def test_make_policy_sglang_passes_options_through(monkeypatch):
     monkeypatch.setitem(sys.modules, "gymux.policies.sglang", None)  # import fails
     with pytest.raises(UnknownPolicyError, match=r"cannot import gymux\.policies\.sglang"):
         make_policy("sglang", plugin, options={"urls": ["http://a"]})
+
+
+async def test_runtime_builds_a_named_model_policy_from_workload_options():
+    """`Workload(policy="openai", policy_options=...)` submitted without a policy object."""
+    async with OpenAIDouble(reply=lambda messages: "Thought: up\nAction: move up") as srv:
+        config = RuntimeConfig(policy_timeout_s=10, step_timeout_s=10)
+        async with Runtime(config) as rt:
+            workload = Workload(
+                env="maze",
+                tasks=[0, 1],
+                policy="openai",
+                policy_options={"base_url": srv.base_url, "model": "from-options"},
+            )
+            result = await rt.run(workload)
+            with pytest.raises(ValueError, match="model"):
+                await rt.submit(
+                    Workload(env="maze", policy="openai", policy_options={"base_url": "x"})
+                )
+    assert result.policy == "openai" and len(result.trajectories) == 2
+    assert srv.requests and all(r.body["model"] == "from-options" for r in srv.requests)

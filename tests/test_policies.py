@@ -204,3 +204,63 @@ async def test_batching_policy_exited_before_its_dispatcher_ran_exits_cleanly():
         pass  # no checkpoint: the dispatcher task has not started yet
     with pytest.raises(PolicyError, match="not running"):
         await policy.act(request())
+
+
+class Gate(BatchingPolicy):
+    """Records when each batch reached act_batch; batches wait for ``release``."""
+
+    name = "gate"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.release = anyio.Event()
+        self.dispatched: list[tuple[float, int]] = []
+
+    async def act_batch(self, requests):
+        self.dispatched.append((anyio.current_time(), len(requests)))
+        await self.release.wait()
+        return [PolicyResponse(text=react("go", "go")) for _ in requests]
+
+
+async def test_adaptive_window_light_load_dispatches_a_lone_request_at_once():
+    policy = Gate(max_batch=16, window_s=0.5)
+    policy.release.set()
+    async with policy:
+        t0 = anyio.current_time()
+        await policy.act(request(0))
+        assert anyio.current_time() - t0 < 0.25
+    assert policy.dispatched_early == 1
+
+
+async def test_adaptive_window_heavy_load_dispatches_at_once():
+    policy = Gate(max_batch=8, window_s=0.5)
+    async with policy, anyio.create_task_group() as tg:
+        tg.start_soon(policy.act, request(0))  # a lone request: goes at once, stays in flight
+        with anyio.fail_after(0.25):
+            while len(policy.dispatched) < 1:
+                await anyio.sleep(0.005)
+        t0 = anyio.current_time()
+        for i in range(1, 5):  # 4 >= max_batch / 2: heavy, no window
+            tg.start_soon(policy.act, request(i))
+        with anyio.fail_after(0.25):
+            while len(policy.dispatched) < 2:
+                await anyio.sleep(0.005)
+        assert policy.dispatched[1][0] - t0 < 0.25 and policy.dispatched[1][1] == 4
+        policy.release.set()
+
+
+async def test_adaptive_window_moderate_load_waits_for_the_window():
+    policy = Gate(max_batch=16, window_s=0.3)
+    async with policy, anyio.create_task_group() as tg:
+        tg.start_soon(policy.act, request(0))
+        with anyio.fail_after(0.25):
+            while len(policy.dispatched) < 1:
+                await anyio.sleep(0.005)
+        t0 = anyio.current_time()
+        tg.start_soon(policy.act, request(1))  # one in flight, 2 queued < 8: wait the window
+        tg.start_soon(policy.act, request(2))
+        with anyio.fail_after(2):
+            while len(policy.dispatched) < 2:
+                await anyio.sleep(0.005)
+        assert policy.dispatched[1][0] - t0 >= 0.25 and policy.dispatched[1][1] == 2
+        policy.release.set()

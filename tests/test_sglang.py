@@ -302,3 +302,117 @@ async def test_end_to_end_runtime_maze(
     assert not policy._ledgers or all(
         policy.finish_episode(t.episode_id) for t in result.trajectories
     )
+
+
+@pytest.mark.parametrize("strategy", ["single", "batch"])
+async def test_request_cap_throttles(tok: ChatTokenizer, strategy: str) -> None:
+    cap = 3
+    d = await make_double(tok, cost=CostModel(per_token_s=0.002, capacity=512))
+    try:
+        async with SGLangPolicy(
+            d.url,
+            tokenizer=tok,
+            strategy=strategy,
+            max_requests_per_server=cap,
+            max_batch=cap,  # a batch larger than the cap would pass on its own
+            window_s=0.005,
+        ) as p:
+            results = []
+
+            async def one(i: int) -> None:
+                results.append(await p.act(req(f"e{i}", 0, start_messages(f"obs {i}"))))
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for i in range(30):
+                        tg.start_soon(one, i)
+            assert p.servers[0].budget.requests == 0
+        assert len(results) == 30 and all(r.finish_reason == "stop" for r in results)
+        assert d.stats.sequences == 30
+        assert 1 < d.stats.max_concurrent <= cap
+    finally:
+        await d.stop()
+
+
+async def test_token_cap_throttles(tok: ChatTokenizer) -> None:
+    max_new = 200
+    prompts = [start_messages(f"obs {i}") for i in range(30)]
+    shortest = (
+        min(len(tok.encode(tok.render(m, add_generation_prompt=True))) for m in prompts) + max_new
+    )
+    cap_tokens = 3 * shortest + shortest // 2  # room for 3 requests in flight, never 4
+    d = await make_double(tok, cost=CostModel(per_token_s=0.002, capacity=512))
+    try:
+        async with SGLangPolicy(
+            d.url, tokenizer=tok, max_new_tokens=max_new, max_tokens_per_server=cap_tokens
+        ) as p:
+            results = []
+
+            async def one(i: int) -> None:
+                results.append(await p.act(req(f"e{i}", 0, prompts[i])))
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for i in range(30):
+                        tg.start_soon(one, i)
+            assert p.servers[0].budget.tokens == 0
+        assert len(results) == 30 and d.stats.sequences == 30
+        assert 1 < d.stats.max_concurrent <= 3
+    finally:
+        await d.stop()
+
+
+async def test_stale_keepalive_connection_is_retried_once(
+    tok: ChatTokenizer, double: SGLangDouble
+) -> None:
+    async with SGLangPolicy(double.url, tokenizer=tok, retries=0) as p:
+        messages = start_messages()
+        resp = await p.act(req("ep", 0, messages))
+        messages += [
+            Message(role="assistant", content=resp.text),
+            Message(role="user", content="x"),
+        ]
+        # The pooled connection is reused for the next turn; the server drops it unread.
+        double.fail_next("stale_keepalive")
+        resp = await p.act(req("ep", 1, messages))
+        assert resp.finish_reason == "stop"
+        assert double.stats.stale_closed == 1 and p.stale_retries == 1 and p.retried == 0
+        assert p.servers[0].healthy
+        # Retried once only, and on a fresh connection: a drop there is a real failure.
+        double.fail_next("stale_keepalive", 2)
+        with pytest.raises(PolicyError, match="connection failed mid-answer"):
+            await p.act(req("other", 0, start_messages()))
+        assert p.stale_retries == 2 and double.stats.stale_closed == 3
+        data = p.finish_episode("ep")
+    assert data is not None and double.stats.requests == 2
+
+
+async def test_idle_keepalive_timeout_on_the_server(tok: ChatTokenizer) -> None:
+    d = await make_double(tok, keepalive_timeout=0.05)
+    try:
+        async with SGLangPolicy(d.url, tokenizer=tok, retries=0) as p:
+            for turn in range(3):
+                await anyio.sleep(0.15)  # the server closes the idle connection meanwhile
+                resp = await p.act(req(f"e{turn}", 0, start_messages()))
+                assert resp.finish_reason == "stop"
+    finally:
+        await d.stop()
+
+
+@pytest.mark.parametrize("strategy", ["single", "batch_stream"])
+async def test_stop_strings(tok: ChatTokenizer, double: SGLangDouble, strategy: str) -> None:
+    async with SGLangPolicy(double.url, tokenizer=tok, strategy=strategy, stop=["\nAction"]) as p:
+        messages = start_messages()
+        resp = await p.act(req("ep", 0, messages))
+        assert double.stats.last_sampling_params["stop"] == ["\nAction"]
+        assert resp.finish_reason == "stop"
+        assert resp.text == "Thought: I should go up."
+        assert resp.token_ids is not None and resp.logprobs is not None
+        assert len(resp.logprobs) == len(resp.token_ids)
+        full = tok.encode("Thought: I should go up.\nAction: move up")
+        assert resp.token_ids == full[: len(resp.token_ids)] and len(resp.token_ids) < len(full)
+        assert "\nAction" in tok.decode(resp.token_ids)  # ids end with the matching token
+        data = p.finish_episode("ep")
+    sent = double.stats.inputs[double.stats.rids[-1]]
+    assert data is not None and data.ids == pack_int32(sent + resp.token_ids)
+    assert sum(data.loss_mask) == len(resp.token_ids)

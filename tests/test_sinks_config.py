@@ -175,3 +175,52 @@ def test_config_errors_name_the_key(text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.toml")
+
+
+MODEL_TOML = """
+[[workloads]]
+env = "maze"
+policy = "openai"
+policy_options = { base_url = "http://127.0.0.1:9/v1", model = "m", max_tokens = 64 }
+"""
+
+
+def test_policy_options_build_the_model_policy():
+    from gymux.env_plugins.registry import default_registry
+    from gymux.policies.openai_compat import OpenAICompatPolicy
+    from gymux.policies.registry import make_policy
+
+    (w,) = parse_config(MODEL_TOML).workloads
+    assert w.policy_options == {"base_url": "http://127.0.0.1:9/v1", "model": "m", "max_tokens": 64}
+    policy = make_policy(w.policy, default_registry().get(w.env), options=w.policy_options)
+    assert isinstance(policy, OpenAICompatPolicy)  # constructed only: no network
+    assert policy.model == "m" and "127.0.0.1:9" in policy.url
+    assert parse_config('[[workloads]]\nenv = "maze"\n').workloads[0].policy_options == {}
+
+
+def test_policy_options_only_for_model_policies():
+    with pytest.raises(ConfigError, match="policy_options are for policy 'openai' or 'sglang'"):
+        parse_config('[[workloads]]\nenv = "maze"\npolicy_options = { model = "m" }\n')
+    with pytest.raises(ConfigError, match="policy_options"):
+        parse_config(
+            '[[workloads]]\nenv = "maze"\npolicy = "openai"\npolicy_options = { x = { y = 1 } }\n'
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ('{ base_url = "http://127.0.0.1:9/v1", model = "m", nope = 1 }', "unknown option(s) nope"),
+        ('{ base_url = "http://127.0.0.1:9/v1" }', "needs --model NAME"),
+    ],
+)
+def test_bad_policy_options_are_one_line_cli_errors(tmp_path, capsys, options, message):
+    from gymux.cli import EXIT_USAGE, main
+
+    path = tmp_path / "gymux.toml"
+    path.write_text(f'[[workloads]]\nenv = "maze"\npolicy = "openai"\npolicy_options = {options}\n')
+    code = main(["run", "--config", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert err.count("\n") == 1 and err.startswith("gymux: error:") and message in err, err
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ subscriber can never stop episodes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import msgspec
@@ -101,11 +102,13 @@ class EventBus:
             try:
                 subscriber(event)
             except Exception as exc:
-                _log.error(
-                    "subscriber failed; removed",
-                    subscriber=repr(subscriber),
-                    event_type=type(event).__name__,
-                    error=repr(exc),
-                )
                 if subscriber in self._subscribers:
                     self._subscribers.remove(subscriber)
+                # Reporting must not fail either: the log itself may be what broke.
+                with contextlib.suppress(Exception):
+                    _log.error(
+                        "subscriber failed; removed",
+                        subscriber=repr(subscriber),
+                        event_type=type(event).__name__,
+                        error=repr(exc),
+                    )

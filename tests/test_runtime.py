@@ -508,3 +508,32 @@ async def test_a_long_lived_runtime_forgets_finished_runs():
         ]
         assert rt._handles == []  # nothing retained by the runtime itself
     assert all(r.summary.episodes == 1 for r in results)
+
+
+def test_logs_follow_sys_stderr_and_a_broken_log_never_breaks_publishing(monkeypatch):
+    import io
+
+    import structlog
+
+    from gymux.events import EventBus, RunStarted
+    from gymux.log import configure_logging
+
+    configure_logging("warning")
+    later = io.StringIO()
+    monkeypatch.setattr("sys.stderr", later)  # replaced after logging was configured
+    structlog.get_logger("t").error("hello from the test")
+    assert "hello from the test" in later.getvalue()
+
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr("sys.stderr", closed)  # now every log write raises ValueError
+    bus = EventBus()
+    seen = []
+
+    def bad(event):
+        raise RuntimeError("subscriber bug")
+
+    bus.subscribe(bad)
+    bus.subscribe(seen.append)
+    bus.publish(RunStarted(run_id="r", env_id="e", policy="p", episodes=1))  # must not raise
+    assert len(seen) == 1

@@ -1,8 +1,9 @@
 """``gymux serve-policy``: run an SGLang server as a managed subprocess.
 
 ``gymux serve-policy --model PATH [--port N] [--tp N] [--extra ARG ...]`` starts
-``python -m sglang.launch_server --model-path PATH --host HOST --port N --tp-size N ...``
-in its own process group, waits (bounded) until ``GET /health`` answers 200, prints the
+``python -m sglang.launch_server --model-path PATH --host HOST --port N --tp N ...``
+(flags as SGLang's server-arguments docs spell them) in its own process group, waits
+(bounded) until ``GET /health`` answers 200, prints the
 URL to pass to ``gymux run --policy sglang --server URL``, and keeps it running until
 Ctrl-C / SIGTERM. Stopping sends SIGTERM to the whole process group (SGLang runs
 scheduler and detokenizer children), waits ``grace_s``, then SIGKILLs what is left, so
@@ -93,7 +94,7 @@ def build_command(
         host,
         "--port",
         str(port),
-        "--tp-size",
+        "--tp",
         str(tp),
         *extra,
     ]

@@ -117,7 +117,7 @@ def test_build_command():
     cmd = build_command("/m", port=31000, tp=2, extra=["--mem-fraction-static", "0.8"])
     assert cmd[1:] == [
         "-m", "sglang.launch_server", "--model-path", "/m", "--host", "127.0.0.1",
-        "--port", "31000", "--tp-size", "2", "--mem-fraction-static", "0.8",
+        "--port", "31000", "--tp", "2", "--mem-fraction-static", "0.8",
     ]  # fmt: skip
 
 

@@ -16,6 +16,10 @@ import anyio
 import msgspec
 
 from gymux import __version__
+from gymux.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from gymux.cli_common import Parser as _Parser
+from gymux.cli_common import err as _err
+from gymux.cli_common import out as _out
 from gymux.config import MODEL_POLICIES, ConfigError, RuntimeConfig, Workload, load_config
 from gymux.env_plugins.registry import PluginError, Registry, default_registry
 from gymux.log import configure_logging
@@ -33,27 +37,7 @@ from gymux.store_cli import add_store_parser, run_store
 
 __all__ = ["main"]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class UsageError(Exception):
-    """Bad arguments: one line on stderr, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
 
 
 def _parse_tasks(text: str) -> str | list[int]:

@@ -24,6 +24,9 @@ from typing import Any
 
 import msgspec
 
+from gymux.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from gymux.cli_common import err as _err
+from gymux.cli_common import out as _out
 from gymux.stores.codec import TrajectoryMeta, decode_meta
 from gymux.stores.errors import StoreError
 from gymux.stores.export import FORMATS, export
@@ -42,22 +45,6 @@ from gymux.stores.store import DEFAULT_STREAM, Store
 from gymux.trajectory import FinishReason
 
 __all__ = ["add_store_parser", "run_store"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class _BadInput(Exception):
-    """Bad input: one line on stderr, exit code 2."""
-
-
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
 
 
 def _count(text: str) -> int:
@@ -151,11 +138,11 @@ def add_store_parser(sub: Any) -> None:
 def _store(args: argparse.Namespace) -> Store:
     path = Path(args.path)
     if not path.exists():
-        raise _BadInput(f"no such store: {path}")
+        raise UsageError(f"no such store: {path}")
     try:
         return Store(path, create=False)
     except StoreError as exc:
-        raise _BadInput(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def _stream(store: Store, name: str | None) -> str:
@@ -163,10 +150,10 @@ def _stream(store: Store, name: str | None) -> str:
     try:
         exists = store.stream_path(stream).is_dir()
     except ValueError as exc:
-        raise _BadInput(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if not exists:
         known = ", ".join(store.streams()) or "none"
-        raise _BadInput(f"no stream {stream!r} in {store.path} (streams: {known})")
+        raise UsageError(f"no stream {stream!r} in {store.path} (streams: {known})")
     return stream
 
 
@@ -317,9 +304,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     stream = _stream(store, args.stream)
     to_stdout = args.out == "-"
     if to_stdout and args.format == "parquet":
-        raise _BadInput("--out -: Parquet cannot be written to stdout; give a file name")
+        raise UsageError("--out -: Parquet cannot be written to stdout; give a file name")
     if not to_stdout and not Path(args.out).resolve().parent.is_dir():
-        raise _BadInput(f"--out: folder {Path(args.out).parent} does not exist")
+        raise UsageError(f"--out: folder {Path(args.out).parent} does not exist")
     filters: dict[str, Any] = {
         "env": args.env,
         "success": True if args.success else False if args.failed else None,
@@ -389,7 +376,7 @@ def run_store(args: argparse.Namespace) -> int:
     """Run a parsed ``gymux store ...`` command; returns the exit code."""
     try:
         return _COMMANDS[args.store_command](args)
-    except (_BadInput, ValueError) as exc:
+    except (UsageError, ValueError) as exc:
         _err(f"gymux: error: {exc}")
         return EXIT_USAGE
     except BrokenPipeError:

@@ -1,4 +1,5 @@
-"""The ``gymux`` command line: ``gymux run``, ``gymux envs``, ``gymux serve-policy``."""
+"""The ``gymux`` command line: ``gymux run``, ``gymux eval``, ``gymux envs``,
+``gymux serve-policy``."""
 
 from __future__ import annotations
 
@@ -140,6 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     envs = sub.add_parser("envs", help="list installed environments and their splits")
     envs.add_argument("--json", action="store_true", help="print JSON")
+
+    ev = sub.add_parser("eval", help="evaluate a policy over a suite (resumable)")
+    ev.add_argument("--suite", required=True, help="smoke, agenteval-offline, or a TOML path")
+    ev.add_argument("--policy", default="oracle", help=f"policy: {', '.join(POLICY_NAMES)}")
+    ev.add_argument("--out", help="output folder (default runs/eval-<suite>-<policy>)")
+    ev.add_argument(
+        "--rerun-failures", action="store_true", help="run failed episodes again on resume"
+    )
+    ev.add_argument("--concurrency", type=_positive, help="max concurrent episodes")
+    ev.add_argument("--step-timeout", type=_positive_float, help="seconds per env call")
+    ev.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    evm = ev.add_argument_group("model policies (--policy openai / sglang)")
+    evm.add_argument("--base-url", help="openai: server URL, with or without /v1")
+    evm.add_argument("--model", help="openai: model name sent with each request")
+    evm.add_argument("--api-key-env", help="openai: environment variable holding the API key")
+    evm.add_argument("--max-concurrency", type=_positive, help="openai: requests in flight")
+    evm.add_argument("--server", action="append", help="sglang: server URL (repeatable)")
+    evm.add_argument("--tokenizer", help="sglang: local model path to load the tokenizer from")
+    evm.add_argument("--temperature", type=float, help="sampling temperature")
+    evm.add_argument("--max-tokens", type=_positive, help="max tokens generated per turn")
 
     add_store_parser(sub)
     return parser
@@ -350,6 +371,39 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     return EXIT_OK
 
 
+def _cmd_eval(args: argparse.Namespace, registry: Registry) -> int:
+    from gymux.eval_report import write_reports
+    from gymux.eval_run import run_eval
+    from gymux.eval_suite import load_suite
+
+    config = _runtime_config(args, RuntimeConfig())
+    configure_logging(config.log_level)
+    suite = load_suite(args.suite)
+    if args.policy not in POLICY_NAMES:
+        raise UnknownPolicyError(
+            f"unknown policy {args.policy!r} (choose from: {', '.join(POLICY_NAMES)})"
+        )
+    options = _policy_options(args, args.policy, suite.sampling)
+    out = Path(args.out or f"runs/eval-{suite.name}-{args.policy}")
+    outcome = run_eval(
+        suite,
+        args.policy,
+        out,
+        rerun_failures=args.rerun_failures,
+        registry=registry,
+        config=config,
+        options=options,
+    )
+    for line in write_reports(out, suite.name, args.policy, outcome.metrics):
+        _out(line)
+    _out(f"episodes run: {outcome.ran}, already done: {outcome.skipped}")
+    _out(f"report: {out / 'report.md'}")
+    if outcome.interrupted:
+        _err("gymux: interrupted; finished episodes were saved (run again to resume)")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
 def _cmd_serve_policy(args: argparse.Namespace) -> int:
     from gymux.serve_policy import build_command, serve, unavailable_reason
 
@@ -393,6 +447,8 @@ def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None)
             return run_store(args)
         if args.command == "serve-policy":
             return _cmd_serve_policy(args)
+        if args.command == "eval":
+            return _cmd_eval(args, registry)
         return _cmd_run(args, registry)
     except UsageError as exc:
         _err(f"gymux: error: {exc}")

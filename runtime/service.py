@@ -32,6 +32,7 @@ import structlog
 
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.registry import Registry, default_registry
+from gymux.episode import EpisodeJob
 from gymux.events import EpisodeFinished, Event, EventBus, RunFinished, RunStarted
 from gymux.log import LogSubscriber, configure_logging
 from gymux.metrics import Metrics, RunSummary
@@ -284,9 +285,17 @@ class Runtime:
             self._policies[id(policy)] = policy
 
     async def submit(
-        self, workload: Workload, *, policy: Policy | None = None, run_id: str | None = None
+        self,
+        workload: Workload,
+        *,
+        policy: Policy | None = None,
+        run_id: str | None = None,
+        only: Callable[[EpisodeJob], bool] | None = None,
     ) -> RunHandle:
         """Start a run; returns at once with its :class:`RunHandle`.
+
+        ``only`` keeps just the planned episodes it accepts (e.g. the ``(task, sample)``
+        pairs a resumed evaluation still needs).
 
         Raises ``PluginError`` for an unknown or broken env, ``KeyError`` for an unknown
         split, ``ValueError`` for unknown task ids or policy names.
@@ -296,6 +305,8 @@ class Runtime:
         plugin = self.registry.get(workload.env)
         run_id = run_id or new_run_id()
         jobs = plan_jobs(run_id, workload, plugin)
+        if only is not None:
+            jobs = [job for job in jobs if only(job)]
         self.scheduler.pool_for(plugin)
         if policy is None:
             policy = make_policy(

@@ -537,3 +537,17 @@ def test_logs_follow_sys_stderr_and_a_broken_log_never_breaks_publishing(monkeyp
     bus.subscribe(seen.append)
     bus.publish(RunStarted(run_id="r", env_id="e", policy="p", episodes=1))  # must not raise
     assert len(seen) == 1
+
+
+async def test_submit_only_runs_the_accepted_episodes():
+    plugin = E.plugin(E.AsyncProbe)
+    reg = registry_with(plugin)
+    async with Runtime(config(), registry=reg) as rt:
+        handle = await rt.submit(
+            Workload(env="probe", tasks=[0, 1, 2], samples=2),
+            policy=E.SaysGo(),
+            only=lambda job: (job.task_id, job.sample) in {(0, 1), (2, 0)},
+        )
+        result = await handle.wait()
+    assert result.planned == 2
+    assert sorted((t.task_id, t.sample) for t in result.trajectories) == [(0, 1), (2, 0)]

@@ -1,0 +1,154 @@
+"""Metrics of an evaluation: success rate, score, Avg@n / Pass@n, with 95% intervals.
+
+Formulas are in docs/evaluation.md. Everything here is deterministic: the bootstrap uses a
+seeded generator, so the same trajectories always give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from gymux.trajectory import FinishReason, Trajectory
+
+__all__ = [
+    "EnvMetrics",
+    "EvalMetrics",
+    "bootstrap_ci",
+    "compute_metrics",
+    "latest_per_triple",
+    "summarize",
+    "wilson_interval",
+]
+
+#: Two-sided 95% normal quantile.
+Z95 = 1.959963984540054
+BOOTSTRAP_RESAMPLES = 2000
+
+Triple = tuple[str, int, int]
+
+
+class EnvMetrics(msgspec.Struct, kw_only=True):
+    """Metrics of one environment (or of all of them, for ``overall``)."""
+
+    env: str
+    episodes: int
+    tasks: int
+    #: Samples per task: the largest number of samples any task has (``n`` of Avg@n).
+    samples: int
+    successes: int
+    success_rate: float
+    success_ci: tuple[float, float]
+    mean_score: float
+    score_ci: tuple[float, float]
+    #: Mean over tasks of the fraction of a task's samples that succeeded.
+    avg_at_n: float
+    #: Fraction of tasks with at least one successful sample.
+    pass_at_n: float
+    mean_turns: float
+    finish_reasons: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    #: Sum of the episodes' wall times (seconds).
+    wall_s: float
+
+
+class EvalMetrics(msgspec.Struct, kw_only=True):
+    envs: list[EnvMetrics]
+    overall: EnvMetrics
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; ``(0, 0)`` when ``n == 0``."""
+    if n <= 0:
+        return (0.0, 0.0)
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in 0..{n}, got {successes}")
+    p = successes / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    *,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (deterministic for a seed)."""
+    n = len(values)
+    if n == 0:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    alpha = (1 - level) / 2
+    lo = means[math.floor(alpha * (resamples - 1))]
+    hi = means[math.ceil((1 - alpha) * (resamples - 1))]
+    return (lo, hi)
+
+
+def latest_per_triple(trajectories: Iterable[Trajectory]) -> dict[Triple, Trajectory]:
+    """The last trajectory (in the order given, i.e. store order) of each
+    ``(env, task, sample)``, ignoring cancelled episodes (they did not finish)."""
+    latest: dict[Triple, Trajectory] = {}
+    for t in trajectories:
+        if t.finish_reason == FinishReason.CANCELLED:
+            continue
+        latest[(t.env_id, t.task_id, t.sample)] = t
+    return latest
+
+
+def summarize(env: str, trajectories: Sequence[Trajectory], *, seed: int = 0) -> EnvMetrics:
+    """Metrics of ``trajectories`` (one per ``(env, task, sample)``)."""
+    n = len(trajectories)
+    successes = sum(1 for t in trajectories if t.success)
+    scores = [float(t.reward) for t in trajectories]
+    by_task: dict[tuple[str, int], list[bool]] = defaultdict(list)
+    for t in trajectories:
+        by_task[(t.env_id, t.task_id)].append(t.success)
+    tasks = len(by_task)
+    reasons = Counter(str(t.finish_reason) for t in trajectories)
+    prompt = sum(turn.prompt_tokens or 0 for t in trajectories for turn in t.turns)
+    completion = sum(turn.completion_tokens or 0 for t in trajectories for turn in t.turns)
+    return EnvMetrics(
+        env=env,
+        episodes=n,
+        tasks=tasks,
+        samples=max((len(v) for v in by_task.values()), default=0),
+        successes=successes,
+        success_rate=successes / n if n else 0.0,
+        success_ci=wilson_interval(successes, n),
+        mean_score=sum(scores) / n if n else 0.0,
+        score_ci=bootstrap_ci(scores, seed=seed),
+        avg_at_n=sum(sum(v) / len(v) for v in by_task.values()) / tasks if tasks else 0.0,
+        pass_at_n=sum(1 for v in by_task.values() if any(v)) / tasks if tasks else 0.0,
+        mean_turns=sum(t.num_turns for t in trajectories) / n if n else 0.0,
+        finish_reasons=dict(sorted(reasons.items())),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        wall_s=sum(t.wall_s for t in trajectories),
+    )
+
+
+def compute_metrics(
+    trajectories: Iterable[Trajectory], *, envs: Sequence[str] | None = None, seed: int = 0
+) -> EvalMetrics:
+    """Per-env and overall metrics over the latest trajectory of each triple.
+
+    ``envs`` fixes the order (and includes envs without episodes); default: sorted ids.
+    Trajectories are sorted by ``(env, task, sample)`` first, so the result does not depend
+    on the order episodes finished in.
+    """
+    latest = latest_per_triple(trajectories)
+    rows = [latest[key] for key in sorted(latest)]
+    names = list(envs) if envs is not None else sorted({t.env_id for t in rows})
+    per_env = [summarize(name, [t for t in rows if t.env_id == name], seed=seed) for name in names]
+    return EvalMetrics(envs=per_env, overall=summarize("overall", rows, seed=seed))

@@ -1,0 +1,133 @@
+"""Evaluation suites: which environments, tasks, samples and turn budgets ``gymux eval`` runs.
+
+A suite is a TOML file::
+
+    name = "my-suite"
+    split = "test"        # default split for every env
+    tasks = 10            # first N tasks of the split (omit for all)
+    samples = 1           # samples per task (n of Avg@n / Pass@n)
+    seed = 0
+
+    [sampling]            # free-form; given to model policies (openai / sglang) as options
+    temperature = 0.0
+
+    [[envs]]
+    id = "maze"
+    max_turns = 15        # optional per-env overrides: split, tasks, samples, max_turns
+
+Built-in suites (``smoke``, ``agenteval-offline``) are the TOML constants below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+__all__ = ["BUILTIN_SUITES", "Suite", "SuiteEnv", "SuiteError", "load_suite", "parse_suite"]
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+SamplingValue = str | int | float | bool | list[str]
+
+
+class SuiteError(ValueError):
+    """A suite file is missing or invalid; the message names the file and the key."""
+
+
+class SuiteEnv(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str
+    split: str | None = None
+    tasks: PositiveInt | None = None
+    samples: PositiveInt | None = None
+    max_turns: PositiveInt | None = None
+
+
+class Suite(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    split: str = "test"
+    #: First N tasks of each env's split; ``None``: the whole split.
+    tasks: PositiveInt | None = None
+    samples: PositiveInt = 1
+    seed: int = 0
+    sampling: dict[str, SamplingValue] = msgspec.field(default_factory=dict)
+    envs: list[SuiteEnv] = msgspec.field(default_factory=list)
+
+    def env_split(self, env: SuiteEnv) -> str:
+        return env.split or self.split
+
+    def env_tasks(self, env: SuiteEnv) -> int | None:
+        return env.tasks if env.tasks is not None else self.tasks
+
+    def env_samples(self, env: SuiteEnv) -> int:
+        return env.samples if env.samples is not None else self.samples
+
+
+SMOKE_TOML = """\
+# A few tasks of each offline env, for CI: the oracle must score 100%.
+name = "smoke"
+split = "test"
+tasks = 3
+samples = 1
+
+[[envs]]
+id = "maze"
+max_turns = 15
+
+[[envs]]
+id = "wordle"
+max_turns = 8
+"""
+
+AGENTEVAL_OFFLINE_TOML = """\
+# AgentEval's protocol over the environments that run here, with AgentGym's turn budgets.
+# Budgets of AgentGym environments not yet ported (add them when they land):
+#   textcraft 20, babyai 20, sciworld 30, sqlgym 1, textworld 30
+#   (SciWorld and BabyAI are reported as scores in AgentGym's table).
+name = "agenteval-offline"
+split = "test"
+samples = 1
+
+[[envs]]
+id = "maze"
+max_turns = 15
+
+[[envs]]
+id = "wordle"
+max_turns = 8
+"""
+
+BUILTIN_SUITES: dict[str, str] = {"smoke": SMOKE_TOML, "agenteval-offline": AGENTEVAL_OFFLINE_TOML}
+
+
+def parse_suite(text: str, *, source: str = "<suite>") -> Suite:
+    """Parse suite TOML; errors name ``source`` and the key at fault."""
+    try:
+        suite = msgspec.toml.decode(text, type=Suite)
+    except msgspec.ValidationError as exc:
+        raise SuiteError(f"suite {source}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise SuiteError(f"suite {source}: invalid TOML: {exc}") from None
+    if not suite.envs:
+        raise SuiteError(f"suite {source}: `envs` is empty - at `$.envs`")
+    ids = [env.id for env in suite.envs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise SuiteError(f"suite {source}: env {dupes[0]!r} listed twice - at `$.envs`")
+    return suite
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name, or a TOML file by path."""
+    if name_or_path in BUILTIN_SUITES:
+        return parse_suite(BUILTIN_SUITES[name_or_path], source=name_or_path)
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise SuiteError(
+            f"no suite {name_or_path!r} (built in: {', '.join(BUILTIN_SUITES)}; or a .toml path)"
+        )
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"suite {path}: cannot read: {exc}") from None
+    return parse_suite(text, source=str(path))

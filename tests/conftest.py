@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import structlog
 
 #: The repository root (the folder holding pyproject.toml).
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +18,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def fresh_structlog() -> Iterator[None]:
+    """``gymux`` CLI commands configure structlog for the current sys.stderr (a capture
+    object when run in-process); start the test from structlog's defaults, as a new
+    process would, and leave them behind."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import structlog
 
 from gymux import __version__
 from gymux.cli import EXIT_INTERRUPTED, main
@@ -31,16 +30,9 @@ from gymux.sinks import read_jsonl
 from gymux.stores import Store
 from gymux.trajectory import FinishReason, Trajectory
 
+pytestmark = pytest.mark.usefixtures("fresh_structlog")
+
 MAZE_TEST = len(TEST_IDS)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_structlog() -> None:
-    """``gymux run`` configures structlog for the current sys.stderr (a capture object when
-    run in-process); start every test from structlog's defaults, as a new process would."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 @dataclass

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import structlog
 
 from gymux.cli import main
 from gymux.policies.protocol import Message
@@ -43,12 +42,7 @@ from gymux.stores.format import (
 from gymux.stores.maintenance import DamagedStreamError, compact, store_info, verify
 from gymux.trajectory import FinishReason, TokenData, Trajectory
 
-
-@pytest.fixture(autouse=True)
-def _fresh_structlog():
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
+pytestmark = pytest.mark.usefixtures("fresh_structlog")
 
 
 # -- helpers ----------------------------------------------------------------------------

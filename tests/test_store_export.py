@@ -35,12 +35,7 @@ from gymux.stores.format import FRAME, SEGMENT_HEADER, encode_frame, list_segmen
 from gymux.stores.hf import load_hf_dataset
 from gymux.trajectory import FinishReason, TokenData, Trajectory, Turn
 
-
-@pytest.fixture(autouse=True)
-def _fresh_structlog():
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
+pytestmark = pytest.mark.usefixtures("fresh_structlog")
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -152,6 +152,11 @@ async def _run_async(
     budget = max_episodes
     handles: list[RunHandle] = []
     shared: Policy | None = None
+    if policy in MODEL_POLICIES and any(plan.todo.values()):
+        # Built before any task starts, so bad options are one clean error, not a crash
+        # inside the task group.
+        first = next(env.id for env in suite.envs if plan.todo.get(env.id))
+        shared = make_policy(policy, registry.get(first), seed=suite.seed, options=options)
     async with anyio.create_task_group() as tg:
 
         async def watch_signals(

@@ -1,5 +1,5 @@
 """The ``gymux`` command line: ``gymux run``, ``gymux eval``, ``gymux envs``,
-``gymux serve-policy``."""
+``gymux serve-policy``, ``gymux serve-env``."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ from gymux.policies.registry import (
     make_policy,
 )
 from gymux.progress import ProgressDisplay
+from gymux.report_cli import add_report_parser, run_report
 from gymux.scheduler import plan_jobs
+from gymux.serve_env import add_serve_env_parser, run_serve_env
 from gymux.service import RunResult, Runtime
 from gymux.store_cli import add_store_parser, run_store
 
@@ -90,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a workload and write its trajectories")
     run.add_argument("--env", help="environment id (see 'gymux envs')")
+    run.add_argument(
+        "--agentgym-url", help="with --env agentgym/<name>: the AgentGym server's base URL"
+    )
+    run.add_argument("--agentgym-dialect", help="AgentGym dialect (default: from the name)")
     run.add_argument("--policy", default="oracle", help=f"policy: {', '.join(POLICY_NAMES)}")
     run.add_argument("--tasks", default="test", help="split name, or ids like 0,1,2 or 0-9")
     run.add_argument("--samples", type=_positive, default=1, help="episodes per task")
@@ -163,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     evm.add_argument("--max-tokens", type=_positive, help="max tokens generated per turn")
 
     add_store_parser(sub)
+    add_report_parser(sub)
+    add_serve_env_parser(sub)
     return parser
 
 
@@ -323,6 +331,10 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     config = _runtime_config(args, file_config.runtime if file_config else RuntimeConfig())
     configure_logging(config.log_level)
     workloads = _workloads(args, file_config.workloads if file_config else [])
+    if args.agentgym_url:
+        from gymux.env_plugins.agentgym import register_bridges
+
+        register_bridges(registry, workloads, args.agentgym_url, dialect=args.agentgym_dialect)
     # Check everything that can be checked before starting anything.
     policies: dict[str, Policy] = {}  # model policies, one object shared by workloads
     for workload in workloads:
@@ -372,9 +384,9 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace, registry: Registry) -> int:
-    from gymux.eval_report import write_reports
     from gymux.eval_run import run_eval
     from gymux.eval_suite import load_suite
+    from gymux.report_cli import write_eval_reports
 
     config = _runtime_config(args, RuntimeConfig())
     configure_logging(config.log_level)
@@ -394,10 +406,10 @@ def _cmd_eval(args: argparse.Namespace, registry: Registry) -> int:
         config=config,
         options=options,
     )
-    for line in write_reports(out, suite.name, args.policy, outcome.metrics):
+    for line in write_eval_reports(out, suite, args.policy, outcome.metrics, registry):
         _out(line)
     _out(f"episodes run: {outcome.ran}, already done: {outcome.skipped}")
-    _out(f"report: {out / 'report.md'}")
+    _out(f"report: {out / 'report.md'}, {out / 'report.html'}")
     if outcome.interrupted:
         _err("gymux: interrupted; finished episodes were saved (run again to resume)")
         return EXIT_INTERRUPTED
@@ -445,6 +457,10 @@ def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None)
             return _cmd_envs(args, registry)
         if args.command == "store":
             return run_store(args)
+        if args.command == "report":
+            return run_report(args)
+        if args.command == "serve-env":
+            return run_serve_env(args, registry)
         if args.command == "serve-policy":
             return _cmd_serve_policy(args)
         if args.command == "eval":

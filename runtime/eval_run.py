@@ -30,7 +30,14 @@ from gymux.scheduler import plan_jobs
 from gymux.service import RunHandle, Runtime
 from gymux.trajectory import FinishReason, Trajectory
 
-__all__ = ["EvalOutcome", "EvalPlan", "plan_eval", "read_store", "run_eval"]
+__all__ = [
+    "EvalOutcome",
+    "EvalPlan",
+    "plan_eval",
+    "read_store",
+    "register_suite_bridges",
+    "run_eval",
+]
 
 MANIFEST = "eval.json"
 #: Finish reasons ``--rerun-failures`` treats as failures even when the episode succeeded.
@@ -217,6 +224,7 @@ def run_eval(
     """
     out = Path(out)
     registry = registry or default_registry()
+    register_suite_bridges(suite, registry)
     for env in suite.envs:
         registry.get(env.id)  # unknown envs fail before anything runs
     _check_manifest(out, suite, policy)
@@ -244,6 +252,26 @@ def run_eval(
         interrupted=interrupted,
         metrics=metrics_for(suite, registry, read_store(out)),
     )
+
+
+def register_suite_bridges(suite: Suite, registry: Registry) -> None:
+    """Register an ``agentgym/<env>`` plugin for each suite env that names a server ``url``."""
+    from gymux.env_plugins.agentgym import agentgym_plugin, bridge_name
+
+    for env in suite.envs:
+        name = bridge_name(env.id)
+        if env.url is None or name is None:
+            continue
+        count = suite.env_tasks(env) or 0
+        plugin = agentgym_plugin(
+            name,
+            env.url,
+            tasks=range(env.first_task, env.first_task + count),
+            dialect=env.dialect,
+            split=suite.env_split(env),
+            max_turns=env.max_turns,
+        )
+        registry.register(plugin, replace=True)
 
 
 def metrics_for(suite: Suite, registry: Registry, trajectories: list[Trajectory]) -> EvalMetrics:

@@ -15,6 +15,11 @@ A suite is a TOML file::
     id = "maze"
     max_turns = 15        # optional per-env overrides: split, tasks, samples, max_turns
 
+    [[envs]]              # an AgentGym server, driven over HTTP (gymux.env_plugins.agentgym)
+    id = "agentgym/webshop"
+    url = "http://127.0.0.1:36001"
+    tasks = 200           # AgentGym indices first_task .. first_task + 199 (first_task = 0)
+
 Built-in suites (``smoke``, ``agenteval-offline``) are the TOML constants below.
 """
 
@@ -41,6 +46,12 @@ class SuiteEnv(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     tasks: PositiveInt | None = None
     samples: PositiveInt | None = None
     max_turns: PositiveInt | None = None
+    #: An AgentGym server to drive (``id = "agentgym/<env>"``): its base URL, the dialect
+    #: (default: from the env name) and the first AgentGym task index; ``tasks`` (here or
+    #: suite-wide) says how many consecutive indices from ``first_task`` are run.
+    url: str | None = None
+    dialect: str | None = None
+    first_task: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class Suite(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -114,6 +125,18 @@ def parse_suite(text: str, *, source: str = "<suite>") -> Suite:
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise SuiteError(f"suite {source}: env {dupes[0]!r} listed twice - at `$.envs`")
+    for i, env in enumerate(suite.envs):
+        where = f"at `$.envs[{i}]`"
+        if env.url is None:
+            if env.dialect is not None or env.first_task:
+                raise SuiteError(f"suite {source}: `dialect`/`first_task` need `url` - {where}")
+            continue
+        if not env.id.startswith("agentgym/"):
+            raise SuiteError(f"suite {source}: `url` needs an id like 'agentgym/<env>' - {where}")
+        if not env.url.startswith(("http://", "https://")):
+            raise SuiteError(f"suite {source}: `url` must start with http:// - {where}")
+        if suite.env_tasks(env) is None:
+            raise SuiteError(f"suite {source}: an AgentGym env needs `tasks = N` - {where}")
     return suite
 
 

@@ -166,7 +166,17 @@ def test_wheel_contents(wheel: Path) -> None:
     assert dict(eps["gymux.envs"]) == {
         "maze": "gymux.env_plugins.maze:plugin",
         "wordle": "gymux.env_plugins.wordle:plugin",
+        "textcraft": "gymux.env_plugins.textcraft:plugin",
+        "babyai": "gymux.env_plugins.babyai:plugin",
+        "sciworld": "gymux.env_plugins.sciworld:plugin",
+        "textworld": "gymux.env_plugins.textworld_env:plugin",
+        "sqlgym": "gymux.env_plugins.sqlgym:plugin",
     }
+    # Every data file the env plugins ship is in the wheel, byte for byte.
+    with zipfile.ZipFile(wheel) as zf:
+        for path in sorted((REPO / "env_plugins" / "data").iterdir()):
+            if path.suffix in {".txt", ".json", ".gz", ".sql"}:
+                assert zf.read(f"gymux/env_plugins/data/{path.name}") == path.read_bytes()
     assert metadata["Name"] == "gymux"
     requires = {
         r.split(">")[0].split("=")[0].strip()

@@ -89,6 +89,10 @@ if TYPE_CHECKING:
     from gymux.env_plugins.registry import Registry
 
 
+#: Seconds ``close()`` waits for ``POST /close``.
+_CLOSE_TIMEOUT_S = 5.0
+
+
 class AgentGymError(EnvError):
     """The server refused a call (4xx, or an ``{"error": ...}`` body)."""
 
@@ -324,8 +328,11 @@ class AgentGymEnv:
         if self._closed:
             return
         try:
-            if self.instance_id is not None and self.dialect.has_close and self._session:
-                with anyio.CancelScope(shield=True):
+            if self.instance_id is not None and self._session:
+                # ``/close`` is tried even for families documented without one: gymux's
+                # own server has it in every dialect, and an upstream server without it
+                # answers 404 at once. Bounded, so a hung server cannot stall shutdown.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT_S):
                     try:
                         await self._call(
                             "POST",
@@ -334,8 +341,9 @@ class AgentGymEnv:
                             text=self.dialect.close_reply_text,
                         )
                     except EnvError as exc:
-                        # The server may have reaped the instance already; nothing to free.
-                        _log.info("agentgym close failed", env=self.env, error=str(exc))
+                        # Reaped already, or no /close in this family: nothing to free.
+                        log = _log.info if self.dialect.has_close else _log.debug
+                        log("agentgym close failed", env=self.env, error=str(exc))
         finally:
             self._closed = True
             if self._session is not None:

@@ -186,9 +186,20 @@ class EnvPlugin:
             gold information, or ``None``.
         max_instances: default cap on live instances of this env (the runtime config can
             lower or raise it).
+        prepare: optional blocking callable taking a list of task ids that fetches,
+            generates or builds what those tasks need (games, databases, indexes), so their
+            first ``reset`` is fast. ``gymux prepare ENV --tasks ...`` calls it.
     """
 
-    __slots__ = ("execution", "factory", "max_instances", "oracle", "parse_action", "spec")
+    __slots__ = (
+        "execution",
+        "factory",
+        "max_instances",
+        "oracle",
+        "parse_action",
+        "prepare",
+        "spec",
+    )
 
     def __init__(
         self,
@@ -199,6 +210,7 @@ class EnvPlugin:
         parse_action: Callable[[str], str] | None = None,
         oracle: Callable[[], Policy] | None = None,
         max_instances: int = 64,
+        prepare: Callable[[list[int]], object] | None = None,
     ) -> None:
         if not isinstance(spec, EnvSpec):
             raise TypeError(f"spec must be an EnvSpec, got {type(spec).__name__}")
@@ -216,6 +228,9 @@ class EnvPlugin:
         self.parse_action = parse_action or _default_parser
         self.oracle = oracle
         self.max_instances = max_instances
+        if prepare is not None and not callable(prepare):
+            raise TypeError("prepare must be callable or None")
+        self.prepare = prepare
 
     @property
     def id(self) -> str:

@@ -374,4 +374,5 @@ plugin = EnvPlugin(
     parse_action=parse_textworld_action,
     oracle=TextWorldOracle,
     max_instances=16,
+    prepare=pregenerate,
 )

@@ -1,5 +1,6 @@
-"""The ``gymux`` command line: ``gymux run``, ``gymux eval``, ``gymux envs``,
-``gymux serve-policy``, ``gymux serve-env``."""
+"""The ``gymux`` command line: ``gymux run``, ``gymux eval``, ``gymux report``,
+``gymux envs``, ``gymux prepare``, ``gymux store``, ``gymux serve-policy``,
+``gymux serve-env``."""
 
 from __future__ import annotations
 
@@ -148,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     envs = sub.add_parser("envs", help="list installed environments and their splits")
     envs.add_argument("--json", action="store_true", help="print JSON")
 
+    prep = sub.add_parser("prepare", help="generate or build what an env's tasks need before a run")
+    prep.add_argument("env", help="environment id (see 'gymux envs')")
+    prep.add_argument("--tasks", default="test", help="split name, or ids like 0,1,2 or 0-9")
+
     ev = sub.add_parser("eval", help="evaluate a policy over a suite (resumable)")
     ev.add_argument("--suite", required=True, help="smoke, agenteval-offline, or a TOML path")
     ev.add_argument("--policy", default="oracle", help=f"policy: {', '.join(POLICY_NAMES)}")
@@ -172,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_serve_env_parser(sub)
     return parser
+
+
+def _cmd_prepare(args: argparse.Namespace, registry: Registry) -> int:
+    plugin = registry.get(args.env)
+    tasks = _parse_tasks(args.tasks)
+    ids = plugin.spec.split(tasks).ids if isinstance(tasks, str) else tasks
+    if plugin.prepare is None:
+        _out(f"{plugin.id}: nothing to prepare (its tasks need no generated data)")
+        return EXIT_OK
+    started = time.monotonic()
+    plugin.prepare(list(ids))
+    _out(f"{plugin.id}: prepared {len(ids)} tasks in {time.monotonic() - started:.1f} s")
+    return EXIT_OK
 
 
 def _cmd_envs(args: argparse.Namespace, registry: Registry) -> int:
@@ -455,6 +473,8 @@ def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None)
             return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.command == "envs":
             return _cmd_envs(args, registry)
+        if args.command == "prepare":
+            return _cmd_prepare(args, registry)
         if args.command == "store":
             return run_store(args)
         if args.command == "report":

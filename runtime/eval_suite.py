@@ -75,7 +75,7 @@ class Suite(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 SMOKE_TOML = """\
-# A few tasks of each offline env, for CI: the oracle must score 100%.
+# A few tasks of each offline env, for CI: the oracle must score 100% on all of them.
 name = "smoke"
 split = "test"
 tasks = 3
@@ -88,13 +88,36 @@ max_turns = 15
 [[envs]]
 id = "wordle"
 max_turns = 8
+
+[[envs]]
+id = "textcraft"
+max_turns = 20
+
+[[envs]]
+id = "babyai"
+max_turns = 20
+
+[[envs]]
+id = "sciworld"
+# No turn cap here: the first test tasks (boil) have 70-100-step gold sequences, and smoke
+# checks that the oracle finishes them (AgentEval's budget of 30 is in agenteval-offline).
+tasks = 2
+
+[[envs]]
+id = "sqlgym"
+max_turns = 1
+
+[[envs]]
+id = "textworld"
+max_turns = 30
+# Each new game is generated on first use (a few seconds); two keep the smoke run short.
+tasks = 2
 """
 
 AGENTEVAL_OFFLINE_TOML = """\
-# AgentEval's protocol over the environments that run here, with AgentGym's turn budgets.
-# Budgets of AgentGym environments not yet ported (add them when they land):
-#   textcraft 20, babyai 20, sciworld 30, sqlgym 1, textworld 30
-#   (SciWorld and BabyAI are reported as scores in AgentGym's table).
+# AgentEval's protocol over the environments that run here, with AgentGym's turn budgets
+# (maze 15, wordle 8, textcraft 20, babyai 20, sciworld 30, sqlgym 1, textworld 30).
+# SciWorld and BabyAI are reported as scores in AgentGym's table: see `mean score`.
 name = "agenteval-offline"
 split = "test"
 samples = 1
@@ -106,6 +129,26 @@ max_turns = 15
 [[envs]]
 id = "wordle"
 max_turns = 8
+
+[[envs]]
+id = "textcraft"
+max_turns = 20
+
+[[envs]]
+id = "babyai"
+max_turns = 20
+
+[[envs]]
+id = "sciworld"
+max_turns = 30
+
+[[envs]]
+id = "sqlgym"
+max_turns = 1
+
+[[envs]]
+id = "textworld"
+max_turns = 30
 """
 
 BUILTIN_SUITES: dict[str, str] = {"smoke": SMOKE_TOML, "agenteval-offline": AGENTEVAL_OFFLINE_TOML}

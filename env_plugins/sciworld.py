@@ -529,7 +529,7 @@ SCIWORLD_SPEC = EnvSpec(
     version="1",
     instruction=_INSTRUCTION,
     action_format="Action: <one ScienceWorld action, e.g. open door to kitchen>",
-    splits=splits_from({"train": _split_ids("train"), "test": _split_ids("test")}),
+    splits=splits_from({"test": _split_ids("test"), "train": _split_ids("train")}),
     max_turns=200,
     reward_range=(0.0, 100.0),
     success=SuccessRule(threshold=100.0),

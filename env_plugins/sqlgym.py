@@ -236,6 +236,8 @@ class Builder:
         folders = []
         if os.environ.get(CACHE_DIR_VAR):
             folders.append(Path(os.environ[CACHE_DIR_VAR]))
+        if os.environ.get("GYMUX_CACHE_DIR"):  # gymux's common cache root, as textworld
+            folders.append(Path(os.environ["GYMUX_CACHE_DIR"]) / "sqlgym")
         xdg = os.environ.get("XDG_CACHE_HOME")
         folders.append((Path(xdg) if xdg else Path.home() / ".cache") / "gymux" / "sqlgym")
         uid = os.getuid() if hasattr(os, "getuid") else 0

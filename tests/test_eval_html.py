@@ -108,13 +108,21 @@ def _xss_run() -> RunData:
     return _run([_traj("evil<env>", 0, True, turns)])
 
 
+MINI = (
+    'name = "mini"\ntasks = 3\n'
+    '[[envs]]\nid = "maze"\nmax_turns = 15\n[[envs]]\nid = "wordle"\nmax_turns = 8\n'
+)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Real evals: the smoke suite with the oracle and with the random policy, and the
-    comparison report of the two."""
+    """Real evals: a maze + wordle suite with the oracle and with the random policy, and
+    the comparison report of the two."""
     root = tmp_path_factory.mktemp("runs")
+    suite = root / "mini.toml"
+    suite.write_text(MINI)
     for policy in ("oracle", "random"):
-        args = ["eval", "--suite", "smoke", "--policy", policy, "--out", str(root / policy)]
+        args = ["eval", "--suite", str(suite), "--policy", policy, "--out", str(root / policy)]
         assert main(args) == 0
     cmp = root / "cmp"
     assert main(["report", str(root / "oracle"), str(root / "random"), "--out", str(cmp)]) == 0
@@ -400,7 +408,7 @@ async def test_browser_single_run_report(
     session, ws, page = await _page(chromium)
     try:
         await page.open(runs["random"] / "report.html")
-        assert await page.js("document.title") == "gymux eval: suite smoke, policy random"
+        assert await page.js("document.title") == "gymux eval: suite mini, policy random"
         report = json.loads((runs["random"] / "report.json").read_text())
         # One bar per env, heights from the metrics, drawn with a real size.
         bars = await page.js(

@@ -131,14 +131,21 @@ def test_compare_over_shared_envs() -> None:
     assert "| overall | 0.0% | 0.0% | n/a | n/a | 0 / 0 | no episodes |" in md
 
 
+MINI = (
+    'name = "mini"\ntasks = 3\n'
+    '[[envs]]\nid = "maze"\nmax_turns = 15\n[[envs]]\nid = "wordle"\nmax_turns = 8\n'
+)
+
+
 @pytest.fixture(scope="module")
 def evals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Real ``gymux eval`` folders: smoke/oracle, smoke/random and maze-only/random."""
+    """Real ``gymux eval`` folders: mini/oracle, mini/random and maze-only/random."""
     root = tmp_path_factory.mktemp("evals")
     (root / "maze-only.toml").write_text(MAZE_ONLY)
+    (root / "mini.toml").write_text(MINI)
     specs = {
-        "oracle": ["--suite", "smoke", "--policy", "oracle"],
-        "random": ["--suite", "smoke", "--policy", "random"],
+        "oracle": ["--suite", str(root / "mini.toml"), "--policy", "oracle"],
+        "random": ["--suite", str(root / "mini.toml"), "--policy", "random"],
         "maze": ["--suite", str(root / "maze-only.toml"), "--policy", "random"],
     }
     for name, args in specs.items():
@@ -201,7 +208,7 @@ def test_report_different_suites(
     assert doc["shared_envs"] == ["maze"] and doc["not_shared"] == {"wordle": ["A"]}
     md = (out / "report.md").read_text()
     assert "Not compared: wordle (only in A)." in md
-    assert "different suites (maze-only, smoke)" in md
+    assert "different suites (maze-only, mini)" in md
 
 
 def test_report_without_the_plugin_keeps_the_store(evals: dict[str, Path]) -> None:

@@ -23,6 +23,7 @@ from gymux.env_plugins._babyai_text import (
 )
 from gymux.env_plugins.adapters import ProcessEnv, factory_ref, make_instance
 from gymux.env_plugins.babyai import (
+    AGENTGYM_TURNS,
     BABYAI_SPEC,
     MAX_TURNS,
     BabyAIEnv,
@@ -96,7 +97,11 @@ def test_missions_are_pinned(task_id: int, mission: str) -> None:
 def test_spec_and_plugin() -> None:
     spec = BABYAI_SPEC
     assert (spec.id, spec.version, spec.max_turns) == ("babyai", "1", MAX_TURNS)
-    assert MAX_TURNS == 20
+    assert MAX_TURNS == 40 and AGENTGYM_TURNS == 20
+    from gymux.eval_suite import load_suite
+
+    budgets = {e.id: e.max_turns for e in load_suite("agenteval-offline").envs}
+    assert budgets["babyai"] == AGENTGYM_TURNS
     assert spec.reward_range == (0.0, 1.0)
     assert spec.success.is_success(0.1) and not spec.success.is_success(0.0)
     assert "Thought:" in spec.instruction and "Action:\ngo to red ball 1" in spec.instruction

@@ -1,7 +1,7 @@
 """Environment throughput benchmark: steps/s of every built-in env, in-process and over HTTP.
 
-For each env, the env's own oracle plays test tasks (cycled) and we count env steps (turns)
-per second of wall time:
+For each env, a policy plays test tasks (cycled) with a turn cap, and we count env steps
+(turns) per second of wall time:
 
 * **in-process**: ``Runtime`` with the plugin loaded directly, at 1 and at 32 concurrent
   episodes;
@@ -9,9 +9,11 @@ per second of wall time:
   loopback) and the ``agentgym`` client plugin, at 1 and at 32 concurrent episodes.
 
 The baseline of each env's row is its in-process C=1 figure, measured in the same run;
-the table prints the other three as ratios to it. The oracle's own compute is part of
-every figure (it is what an expert-data run pays), so the ratios, not the absolute
-numbers, tell the runtime's and the bridge's cost.
+the table prints the other three as ratios to it. Both sides use the plugin's own cap on
+live instances (``max_instances``: e.g. 4 JVMs for sciworld). The default policy is
+``random`` (the env's example actions, which cost nothing), so the figures are the env's
+and the runtime's cost; ``--policy oracle`` measures an expert-data run instead, where the
+oracle's planning is part of every step (babyai's bot-guided planner costs seconds).
 
 ``--soak N`` also runs N sequential oracle episodes of each env (``gymux.soak``) and
 prints the resource readings (RSS, open fds, processes, threads) along the way.
@@ -20,6 +22,7 @@ Usage::
 
     python bench/envs.py                     # every env, ~3 min on 2 cores
     python bench/envs.py --quick             # fewer episodes (< 1 min)
+    python bench/envs.py --policy oracle     # expert-data throughput instead
     python bench/envs.py --envs maze,sqlgym  # a subset
     python bench/envs.py --soak 1000         # plus the 1,000-episode leak run (long)
     python bench/envs.py --json out.json
@@ -48,7 +51,11 @@ from gymux.soak import soak
 ENVS = ["maze", "wordle", "textcraft", "babyai", "sciworld", "textworld", "sqlgym"]
 #: Episodes per measurement (full run); --quick divides by 4. JVM and generator-backed
 #: envs have long episodes, so fewer of them.
-EPISODES = {"sciworld": 32, "textworld": 64, "babyai": 128}
+EPISODES = {"sciworld": 64, "textworld": 64, "babyai": 128}
+#: Soak policy and turn cap per env: the oracle where it is cheap; where an oracle episode
+#: costs seconds (babyai's planner, sciworld's long gold sequences) the random policy with a
+#: turn cap, which still resets and steps the env every episode.
+SOAK: dict[str, tuple[str, int | None]] = {"babyai": ("random", 20), "sciworld": ("random", 10)}
 DEFAULT_EPISODES = 256
 
 
@@ -72,15 +79,25 @@ def _tasks(registry: Registry, env: str, n: int) -> list[int]:
     return [ids[i % len(ids)] for i in range(n)]
 
 
+#: Turn cap of every measured episode.
+TURNS = 10
+
+
 async def _measure(
-    registry: Registry, env_id: str, oracle_env: str, tasks: list[int], concurrency: int
+    registry: Registry,
+    env_id: str,
+    policy_env: str,
+    tasks: list[int],
+    concurrency: int,
+    policy_name: str,
 ) -> tuple[int, float, float]:
     plugin = registry.get(env_id)
-    oracle = make_policy("oracle", registry.get(oracle_env))
+    policy = make_policy(policy_name, registry.get(policy_env))
     config = RuntimeConfig(max_concurrent_episodes=concurrency)
+    workload = Workload(env=plugin.id, tasks=tasks, max_turns=TURNS)
     async with Runtime(config, registry=registry) as rt:
         started = time.perf_counter()
-        result = await rt.run(Workload(env=plugin.id, tasks=tasks), policy=oracle)
+        result = await rt.run(workload, policy=policy)
         wall = time.perf_counter() - started
     steps = sum(len(t.turns) for t in result.trajectories)
     success = sum(t.success for t in result.trajectories) / max(1, len(result.trajectories))
@@ -90,11 +107,18 @@ async def _measure(
 class _Server:
     """``gymux serve-env NAME --port 0`` as a subprocess; reads the URL it prints."""
 
-    def __init__(self, env: str, max_instances: int) -> None:
+    def __init__(self, env: str) -> None:
         self.proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "gymux", "serve-env", env, "--port", "0"),
-                *("--max-instances", str(max_instances), "--log-level", "error"),
+                sys.executable,
+                "-m",
+                "gymux",
+                "serve-env",
+                env,
+                "--port",
+                "0",
+                "--log-level",
+                "error",
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -121,30 +145,32 @@ def _count(episodes: int, concurrency: int) -> int:
     return max(1, episodes // 4) if concurrency == 1 else max(episodes, concurrency)
 
 
-def bench_env(registry: Registry, env: str, episodes: int) -> list[Row]:
+def bench_env(registry: Registry, env: str, episodes: int, policy: str) -> list[Row]:
     rows: list[Row] = []
     # Warm-up, not timed: imports, data builds, game generation, the oracle's caches.
-    anyio.run(_measure, registry, env, env, _tasks(registry, env, episodes), 32)
+    anyio.run(_measure, registry, env, env, _tasks(registry, env, episodes), 32, policy)
     for concurrency in (1, 32):
         tasks = _tasks(registry, env, _count(episodes, concurrency))
-        steps, wall, ok = anyio.run(_measure, registry, env, env, tasks, concurrency)
+        steps, wall, ok = anyio.run(_measure, registry, env, env, tasks, concurrency, policy)
         rows.append(Row(env, "in-process", concurrency, len(tasks), steps, wall, ok))
-    server = _Server(env, max_instances=32)
+    server = _Server(env)
     try:
-        spec = registry.get(env).spec
+        plugin = registry.get(env)
         bridge = agentgym_plugin(
             env,
             server.url,
-            tasks=spec.splits["test"].ids,
-            max_turns=spec.max_turns,
-            success_threshold=spec.success.threshold,
-            max_instances=32,
+            tasks=plugin.spec.splits["test"].ids,
+            max_turns=plugin.spec.max_turns,
+            success_threshold=plugin.spec.success.threshold,
+            max_instances=plugin.max_instances,  # the server's cap: no 503s to retry
             env_id=f"bench-http/{env}",
         )
         registry.register(bridge)
         for concurrency in (1, 32):
             tasks = _tasks(registry, env, _count(episodes, concurrency))
-            steps, wall, ok = anyio.run(_measure, registry, bridge.id, env, tasks, concurrency)
+            steps, wall, ok = anyio.run(
+                _measure, registry, bridge.id, env, tasks, concurrency, policy
+            )
             rows.append(Row(env, "http", concurrency, len(tasks), steps, wall, ok))
     finally:
         server.close()
@@ -174,6 +200,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer episodes (< 1 min)")
     parser.add_argument("--envs", help="comma-separated env ids (default: all built-in)")
     parser.add_argument("--soak", type=int, metavar="N", help="also soak N episodes per env")
+    parser.add_argument("--policy", default="random", choices=["random", "oracle"])
+    parser.add_argument("--no-throughput", action="store_true", help="only the soak")
     parser.add_argument("--json", metavar="PATH", help="write the measurements as JSON")
     args = parser.parse_args()
     registry = default_registry()
@@ -189,19 +217,28 @@ def main() -> None:
         n = EPISODES.get(env, DEFAULT_EPISODES)
         if args.quick:
             n = max(32, n // 4)
-        rows.extend(bench_env(registry, env, n))
+        if not args.no_throughput:
+            rows.extend(bench_env(registry, env, n, args.policy))
         print(f"done {env}", file=sys.stderr)
-    print(f"\noracle episodes; x base = ratio to in-process C=1; cpus={os.cpu_count()}")
-    print(_table(rows))
+    if rows:
+        print(f"\npolicy {args.policy}, <= {TURNS} turns per episode; x base = ratio to ")
+        print(f"in-process C=1; cpus={os.cpu_count()}")
+        print(_table(rows))
     if args.soak:
         print(f"\nsoak: {args.soak} sequential oracle episodes per env")
         for env in wanted:
-            if env not in {r.env for r in rows}:
+            if rows and env not in {r.env for r in rows}:
                 continue
-            report = anyio.run(lambda e=env: soak(e, episodes=args.soak, checkpoints=5))
+            policy, turns = SOAK.get(env, ("oracle", None))
+            report = anyio.run(
+                lambda e=env, p=policy, t=turns: soak(
+                    e, episodes=args.soak, checkpoints=5, policy=p, max_turns=t
+                )
+            )
             readings = [msgspec.to_builtins(x) for x in report.readings]
             soaks[env] = {"flat": report.flat(), "readings": readings}
-            print(f"\n{env}: {'flat' if report.flat() else 'GREW'}  success {report.successes}")
+            verdict = "flat" if report.flat() else "GREW"
+            print(f"\n{env} ({policy}): {verdict}; finish reasons {report.finish_reasons}")
             print(report.table())
     if args.json:
         with open(args.json, "w") as fh:

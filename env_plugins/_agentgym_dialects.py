@@ -287,17 +287,26 @@ def dialect_for(env: str, dialect: str | None = None) -> Dialect:
 
 _SQL_FENCE = re.compile(r"```sql\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
+#: Where gymux's server lists admissible actions for families that have no key of their
+#: own (an extra field: AgentGym's clients ignore it).
+GYMUX_ACTIONS_KEY = "available_actions"
+
 
 def extract_action(dialect: Dialect, text: str) -> str:
     """What the client sends for the model output ``text`` (ActionParseError if nothing)."""
     if dialect.action_mode == "sql":
         found = _SQL_FENCE.findall(text)
-        if not found or not found[-1].strip():
+        if found and found[-1].strip():
+            sql: str = found[-1]
+            return sql.strip()
+        # AgentGym's SQLGym prompt asks for a ```sql block; a ReAct "Action: SELECT ..."
+        # answer (gymux's sqlgym prompt) is accepted too.
+        try:
+            return parse_react_action(text)
+        except ActionParseError:
             raise ActionParseError(
                 "no SQL found. Put one SQL statement in a ```sql ... ``` block after Action:."
-            )
-        sql: str = found[-1]
-        return sql.strip()
+            ) from None
     if dialect.action_mode == "raw":
         if "\x00" in text or not re.search(dialect.raw_marker, text):
             raise ActionParseError(f"no action found. Answer as: {dialect.action_format}")

@@ -52,6 +52,7 @@ import structlog
 from gymux.env_plugins._agentgym_dialects import (
     AGENTGYM_ENVS,
     DIALECTS,
+    GYMUX_ACTIONS_KEY,
     Dialect,
     dialect_for,
     extract_action,
@@ -260,8 +261,8 @@ class AgentGymEnv:
         return self._body(**{self.dialect.reset_field: task.id}, **self.dialect.reset_extra)
 
     def _actions(self, reply: Any) -> list[str] | None:
-        key = self.dialect.actions_key
-        if key and isinstance(reply, dict) and isinstance(reply.get(key), list):
+        key = self.dialect.actions_key or GYMUX_ACTIONS_KEY
+        if isinstance(reply, dict) and isinstance(reply.get(key), list):
             return [str(a) for a in reply[key]]
         return None
 

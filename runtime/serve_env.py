@@ -57,7 +57,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gymux.env_plugins._agentgym_dialects import DIALECTS, Dialect
+from gymux.env_plugins._agentgym_dialects import DIALECTS, GYMUX_ACTIONS_KEY, Dialect
 from gymux.env_plugins.adapters import factory_ref, make_instance
 from gymux.env_plugins.protocol import (
     ActionParseError,
@@ -342,9 +342,18 @@ class EnvServer:
         reply: dict[str, Any] = {k: "" for k in d.reset_obs_keys}
         reply.update(observation=obs.text, reward=0.0, score=0.0, done=False)
         reply[d.id_field] = instance
-        if d.actions_key:
-            reply[d.actions_key] = obs.admissible_actions or []
+        self._add_actions(reply, obs.admissible_actions)
         return self._json(reply)
+
+    def _add_actions(self, reply: dict[str, Any], actions: list[str] | None) -> None:
+        """The admissible actions: under the family's key where it has one; else, when the
+        env can list them, under ``available_actions`` -- an extra field AgentGym's clients
+        ignore and gymux's client reads, so a bridged env keeps its action list."""
+        key = self.dialect.actions_key
+        if key:
+            reply[key] = actions or []
+        elif actions is not None:
+            reply[GYMUX_ACTIONS_KEY] = actions
 
     def _parse(self, text: str) -> str:
         parse = self.plugin.parse_action
@@ -404,8 +413,7 @@ class EnvServer:
         reply["done"] = done
         if "terminated" in d.done_keys:
             reply.update(terminated=done, truncated=False)
-        if d.actions_key:
-            reply[d.actions_key] = actions or []
+        self._add_actions(reply, actions)
         return self._json(reply)
 
     def _query_id(self, request: web.Request) -> int:

@@ -262,7 +262,9 @@ def test_client_action_extraction_per_family() -> None:
     assert extract_action(DIALECTS["maze"], "Thought: go\n\nAction:\nmove up") == "move up"
     tool = "Thought: x\n\nAction: get_user_current_date with Action Input: {}"
     assert extract_action(DIALECTS["tool"], tool) == tool  # the whole output is sent
-    for d, bad in (("sqlgym", "Action: SELECT 1"), ("webarena", "click [3]"), ("maze", "up")):
+    # A ReAct answer without a fence is SQL too (gymux's own sqlgym prompt asks for it).
+    assert extract_action(DIALECTS["sqlgym"], "Thought: x\nAction: SELECT 1") == "SELECT 1"
+    for d, bad in (("sqlgym", "SELECT 1"), ("webarena", "click [3]"), ("maze", "up")):
         with pytest.raises(ActionParseError):
             extract_action(DIALECTS[d], bad)
 
@@ -587,3 +589,24 @@ def test_run_rejects_a_split_name_for_a_bridge(fresh_structlog: None) -> None:
         registry=Registry(entry_points_group=None),
     )
     assert code == 2
+
+
+async def test_admissible_actions_survive_the_bridge() -> None:
+    """babyai's family has no action-list key of its own: gymux's server adds the env's list
+    as an extra ``available_actions`` field and the client reads it, so a policy that picks
+    among admissible actions behaves the same through the bridge."""
+    try:
+        plugin = default_registry().get("babyai")
+    except PluginError as exc:
+        pytest.skip(f"babyai unavailable: {exc}")
+    server = EnvServer(plugin, max_instances=2)
+    assert server.dialect.actions_key is None
+    async with serving(server.app()) as url:
+        env = agentgym_plugin("babyai", url, tasks=[0]).factory()
+        try:
+            obs = await env.reset(Task(id=0))
+            assert obs.admissible_actions and "go to red ball 1" in obs.admissible_actions
+            result = await env.step("go to red ball 1")
+            assert result.done and result.reward > 0
+        finally:
+            await env.close()

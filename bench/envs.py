@@ -56,6 +56,9 @@ EPISODES = {"sciworld": 64, "textworld": 64, "babyai": 128}
 #: costs seconds (babyai's planner, sciworld's long gold sequences) the random policy with a
 #: turn cap, which still resets and steps the env every episode.
 SOAK: dict[str, tuple[str, int | None]] = {"babyai": ("random", 20), "sciworld": ("random", 10)}
+#: Envs whose soak cycles the test split only: each new textworld game is generated (~5 s),
+#: so 1,000 distinct train games would take over an hour.
+SOAK_TEST_ONLY = {"textworld"}
 DEFAULT_EPISODES = 256
 
 
@@ -219,7 +222,8 @@ def main() -> None:
             n = max(32, n // 4)
         if not args.no_throughput:
             rows.extend(bench_env(registry, env, n, args.policy))
-        print(f"done {env}", file=sys.stderr)
+        if not args.no_throughput:
+            print(f"done {env}", file=sys.stderr)
     if rows:
         print(f"\npolicy {args.policy}, <= {TURNS} turns per episode; x base = ratio to ")
         print(f"in-process C=1; cpus={os.cpu_count()}")
@@ -230,9 +234,10 @@ def main() -> None:
             if rows and env not in {r.env for r in rows}:
                 continue
             policy, turns = SOAK.get(env, ("oracle", None))
+            ids = registry.get(env).spec.splits["test"].ids if env in SOAK_TEST_ONLY else None
             report = anyio.run(
-                lambda e=env, p=policy, t=turns: soak(
-                    e, episodes=args.soak, checkpoints=5, policy=p, max_turns=t
+                lambda e=env, p=policy, t=turns, i=ids: soak(
+                    e, episodes=args.soak, checkpoints=5, policy=p, max_turns=t, tasks=i
                 )
             )
             readings = [msgspec.to_builtins(x) for x in report.readings]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
+from gymux.env_plugins.registry import PluginError, Registry
 from gymux.trajectory import FinishReason, Trajectory
 
 __all__ = [
@@ -106,11 +107,34 @@ def latest_per_triple(trajectories: Iterable[Trajectory]) -> dict[Triple, Trajec
     return latest
 
 
-def summarize(env: str, trajectories: Sequence[Trajectory], *, seed: int = 0) -> EnvMetrics:
-    """Metrics of ``trajectories`` (one per ``(env, task, sample)``)."""
+#: An env's reward range, ``(low, high)``.
+ScoreRange = tuple[float, float]
+
+
+def _scaled(reward: float, span: ScoreRange) -> float:
+    lo, hi = span
+    return (reward - lo) / (hi - lo) if hi > lo else reward
+
+
+def summarize(
+    env: str,
+    trajectories: Sequence[Trajectory],
+    *,
+    seed: int = 0,
+    score_ranges: Mapping[str, ScoreRange] | None = None,
+) -> EnvMetrics:
+    """Metrics of ``trajectories`` (one per ``(env, task, sample)``).
+
+    With ``score_ranges`` each reward is first mapped to 0..1 by its env's range (the
+    ``overall`` row, where sciworld's 0-100 meets everyone else's 0-1)."""
     n = len(trajectories)
     successes = sum(1 for t in trajectories if t.success)
-    scores = [float(t.reward) for t in trajectories]
+    if score_ranges is None:
+        scores = [float(t.reward) for t in trajectories]
+    else:
+        scores = [
+            _scaled(float(t.reward), score_ranges.get(t.env_id, (0.0, 1.0))) for t in trajectories
+        ]
     by_task: dict[tuple[str, int], list[bool]] = defaultdict(list)
     for t in trajectories:
         by_task[(t.env_id, t.task_id)].append(t.success)
@@ -139,16 +163,35 @@ def summarize(env: str, trajectories: Sequence[Trajectory], *, seed: int = 0) ->
 
 
 def compute_metrics(
-    trajectories: Iterable[Trajectory], *, envs: Sequence[str] | None = None, seed: int = 0
+    trajectories: Iterable[Trajectory],
+    *,
+    envs: Sequence[str] | None = None,
+    seed: int = 0,
+    score_ranges: Mapping[str, ScoreRange] | None = None,
 ) -> EvalMetrics:
     """Per-env and overall metrics over the latest trajectory of each triple.
 
     ``envs`` fixes the order (and includes envs without episodes); default: sorted ids.
     Trajectories are sorted by ``(env, task, sample)`` first, so the result does not depend
-    on the order episodes finished in.
+    on the order episodes finished in. Per-env mean scores are in the env's own units; the
+    overall mean score maps each reward to 0..1 by its env's range in ``score_ranges``
+    (envs not named there count as 0..1).
     """
     latest = latest_per_triple(trajectories)
     rows = [latest[key] for key in sorted(latest)]
     names = list(envs) if envs is not None else sorted({t.env_id for t in rows})
     per_env = [summarize(name, [t for t in rows if t.env_id == name], seed=seed) for name in names]
-    return EvalMetrics(envs=per_env, overall=summarize("overall", rows, seed=seed))
+    overall = summarize("overall", rows, seed=seed, score_ranges=score_ranges or {})
+    return EvalMetrics(envs=per_env, overall=overall)
+
+
+def score_ranges_for(envs: Iterable[str], registry: Registry) -> dict[str, ScoreRange]:
+    """The reward ranges of the envs the registry knows (others are left out: 0..1)."""
+    ranges: dict[str, ScoreRange] = {}
+    for env in envs:
+        try:
+            lo, hi = registry.get(env).spec.reward_range
+        except (PluginError, KeyError):
+            continue
+        ranges[env] = (float(lo), float(hi))
+    return ranges

@@ -66,6 +66,8 @@ class RunData(msgspec.Struct, kw_only=True):
     envs: list[str]
     metrics: EvalMetrics
     trajectories: list[Trajectory]
+    #: Reward range of each env (the overall score maps rewards to 0..1 with them).
+    score_ranges: dict[str, tuple[float, float]] = msgspec.field(default_factory=dict)
 
 
 class EnvDiff(msgspec.Struct, kw_only=True):
@@ -194,7 +196,12 @@ def compare_runs(runs: Sequence[RunData]) -> Comparison:
         env: [r.info.letter for r in runs if env in r.envs] for env in every if env not in shared
     }
     metrics = [
-        compute_metrics([t for t in r.trajectories if t.env_id in shared], envs=shared, seed=r.seed)
+        compute_metrics(
+            [t for t in r.trajectories if t.env_id in shared],
+            envs=shared,
+            seed=r.seed,
+            score_ranges=r.score_ranges,
+        )
         for r in runs
     ]
     base = runs[0]

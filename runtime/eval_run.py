@@ -22,7 +22,13 @@ import msgspec
 from gymux.config import MODEL_POLICIES, RuntimeConfig, Workload
 from gymux.env_plugins.registry import Registry, default_registry
 from gymux.episode import EpisodeJob
-from gymux.eval_metrics import EvalMetrics, Triple, compute_metrics, latest_per_triple
+from gymux.eval_metrics import (
+    EvalMetrics,
+    Triple,
+    compute_metrics,
+    latest_per_triple,
+    score_ranges_for,
+)
 from gymux.eval_suite import Suite
 from gymux.policies.protocol import Policy
 from gymux.policies.registry import make_policy
@@ -278,4 +284,6 @@ def metrics_for(suite: Suite, registry: Registry, trajectories: list[Trajectory]
     """Metrics over the suite's triples only (latest finished trajectory of each)."""
     covered = {k for triples in suite_triples(suite, registry).values() for k in triples}
     mine = [t for t in trajectories if (t.env_id, t.task_id, t.sample) in covered]
-    return compute_metrics(mine, envs=[env.id for env in suite.envs], seed=suite.seed)
+    envs = [env.id for env in suite.envs]
+    ranges = score_ranges_for(envs, registry)
+    return compute_metrics(mine, envs=envs, seed=suite.seed, score_ranges=ranges)

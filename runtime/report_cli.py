@@ -28,7 +28,12 @@ from gymux.cli_common import out as _out
 from gymux.env_plugins.registry import PluginError, Registry, default_registry
 from gymux.eval_charts import write_charts
 from gymux.eval_html import render_html
-from gymux.eval_metrics import EvalMetrics, compute_metrics, latest_per_triple
+from gymux.eval_metrics import (
+    EvalMetrics,
+    compute_metrics,
+    latest_per_triple,
+    score_ranges_for,
+)
 from gymux.eval_report import (
     RunData,
     RunInfo,
@@ -87,13 +92,23 @@ def select_trajectories(
 
 
 def _run_data(
-    info: RunInfo, suite: Suite, trajectories: list[Trajectory], metrics: EvalMetrics | None
+    info: RunInfo,
+    suite: Suite,
+    trajectories: list[Trajectory],
+    metrics: EvalMetrics | None,
+    registry: Registry | None = None,
 ) -> RunData:
     envs = [e.id for e in suite.envs]
+    ranges = score_ranges_for(envs, registry or default_registry())
     if metrics is None:
-        metrics = compute_metrics(trajectories, envs=envs, seed=suite.seed)
+        metrics = compute_metrics(trajectories, envs=envs, seed=suite.seed, score_ranges=ranges)
     return RunData(
-        info=info, seed=suite.seed, envs=envs, metrics=metrics, trajectories=trajectories
+        info=info,
+        seed=suite.seed,
+        envs=envs,
+        metrics=metrics,
+        trajectories=trajectories,
+        score_ranges=ranges,
     )
 
 
@@ -120,7 +135,7 @@ def load_run(
     info = RunInfo(
         letter=letter, name=name or path.name, path=str(path), suite=suite.name, policy=policy
     )
-    return _run_data(info, suite, trajectories, None)
+    return _run_data(info, suite, trajectories, None, registry)
 
 
 def write_run_outputs(out: Path, run: RunData) -> list[str]:
@@ -139,7 +154,7 @@ def write_eval_reports(
     """All of ``gymux eval``'s reports for the eval in ``out`` (whose metrics are given)."""
     trajectories = select_trajectories(suite, read_store(out), registry)
     info = RunInfo(letter="A", name=out.name, path=str(out), suite=suite.name, policy=policy)
-    return write_run_outputs(out, _run_data(info, suite, trajectories, metrics))
+    return write_run_outputs(out, _run_data(info, suite, trajectories, metrics, registry))
 
 
 def _names(paths: Sequence[Path]) -> list[str]:

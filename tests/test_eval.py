@@ -31,10 +31,25 @@ def _traj(env: str, task: int, sample: int, success: bool, **kw: object) -> Traj
         sample=sample,
         policy="p",
         policy_version="1",
-        success=success,
-        reward=1.0 if success else 0.0,
-        **kw,  # type: ignore[arg-type]
+        **{"success": success, "reward": 1.0 if success else 0.0, **kw},  # type: ignore[arg-type]
     )
+
+
+def test_overall_score_maps_each_env_to_zero_one() -> None:
+    """sciworld scores 0-100, maze 0-1: per-env means stay in their own units, the overall
+    mean maps every reward to 0..1 by its env's range first."""
+    trajs = [
+        _traj("sciworld", 0, 0, False, reward=50.0),
+        _traj("sciworld", 1, 0, True, reward=100.0),
+        _traj("maze", 0, 0, True),
+        _traj("maze", 1, 0, False),
+    ]
+    ranges = {"sciworld": (0.0, 100.0), "maze": (0.0, 1.0)}
+    m = compute_metrics(trajs, envs=["maze", "sciworld"], score_ranges=ranges)
+    assert [e.mean_score for e in m.envs] == [0.5, 75.0]
+    assert m.overall.mean_score == (0.5 + 1.0 + 1.0 + 0.0) / 4
+    # Without ranges every env counts as 0..1 (the raw mean).
+    assert compute_metrics(trajs).overall.mean_score == (50 + 100 + 1 + 0) / 4
 
 
 def test_wilson_known_values() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from gymux.eval_metrics import EvalMetrics
-from gymux.eval_report import Comparison, EnvDiff, RunData
+from gymux.eval_report import Comparison, EnvDiff, RunData, score_series
 
 __all__ = ["charts_available", "write_charts"]
 
@@ -108,14 +108,10 @@ def _diff(path: Path, rows: Sequence[EnvDiff]) -> None:
 
 
 def _series(
-    labels: Sequence[str], metrics: Sequence[EvalMetrics], score: bool
+    labels: Sequence[str], metrics: Sequence[EvalMetrics]
 ) -> list[tuple[str, list[float], list[tuple[float, float]]]]:
     return [
-        (
-            label,
-            [e.mean_score if score else e.success_rate for e in m.envs],
-            [e.score_ci if score else e.success_ci for e in m.envs],
-        )
+        (label, [e.success_rate for e in m.envs], [e.success_ci for e in m.envs])
         for label, m in zip(labels, metrics, strict=True)
     ]
 
@@ -129,6 +125,9 @@ def write_charts(out: Path, runs: Sequence[RunData], comparison: Comparison | No
         return []
     folder = out / "charts"
     folder.mkdir(parents=True, exist_ok=True)
+    ranges: dict[str, tuple[float, float]] = {}
+    for run in runs:
+        ranges.update(run.score_ranges)
     if comparison is None:
         labels = [runs[0].info.letter]
         metrics: list[EvalMetrics] = [runs[0].metrics]
@@ -142,15 +141,15 @@ def write_charts(out: Path, runs: Sequence[RunData], comparison: Comparison | No
         "Success rate (95% Wilson CI)",
         "success rate (%)",
         envs,
-        _series(labels, metrics, False),
+        _series(labels, metrics),
         percent=True,
     )
     _grouped(
         paths[1],
-        "Mean score (95% bootstrap CI)",
-        "mean score",
+        "Mean score as a fraction of each env's reward range (95% bootstrap CI)",
+        "score / reward range",
         envs,
-        _series(labels, metrics, True),
+        [score_series(label, m, ranges) for label, m in zip(labels, metrics, strict=True)],
         percent=False,
     )
     if comparison is not None:

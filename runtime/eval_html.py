@@ -26,11 +26,18 @@ import html
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gymux.eval_metrics import EnvMetrics, EvalMetrics
-from gymux.eval_report import Comparison, EnvDiff, RunData, comparison_notes, run_title
+from gymux.eval_report import (
+    Comparison,
+    EnvDiff,
+    RunData,
+    comparison_notes,
+    run_title,
+    score_series,
+)
 from gymux.trajectory import Trajectory
 
 __all__ = [
@@ -397,6 +404,11 @@ def _diff_table(rows: Sequence[EnvDiff]) -> str:
     return f'<table class="diff"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
 
+#: Title of the score chart: scores are plotted as a fraction of each env's reward range,
+#: so sciworld's 0-100 and everyone else's 0-1 share one axis (the tables keep raw units).
+SCORE_TITLE = "Mean score, fraction of the env's reward range (95% bootstrap CI)"
+
+
 def _run_section(run: RunData) -> str:
     m = run.metrics
     envs = [e.env for e in m.envs]
@@ -408,10 +420,7 @@ def _run_section(run: RunData) -> str:
         percent=True,
     )
     score = bar_chart_svg(
-        "chart-score",
-        "Mean score (95% bootstrap CI)",
-        envs,
-        [(run.info.letter, [e.mean_score for e in m.envs], [e.score_ci for e in m.envs])],
+        "chart-score", SCORE_TITLE, envs, [score_series(run.info.letter, m, run.score_ranges)]
     )
     return (
         f'<section id="summary"><h2>Results</h2>{_metrics_table(m)}'
@@ -419,7 +428,10 @@ def _run_section(run: RunData) -> str:
     )
 
 
-def _comparison_section(comp: Comparison) -> str:
+def _comparison_section(
+    comp: Comparison, ranges: Mapping[str, tuple[float, float]] | None = None
+) -> str:
+    ranges = ranges or {}
     envs = comp.shared_envs
     labels = [f"{r.letter}: {r.name}" for r in comp.runs]
     success = bar_chart_svg(
@@ -434,12 +446,9 @@ def _comparison_section(comp: Comparison) -> str:
     )
     score = bar_chart_svg(
         "chart-score",
-        "Mean score (95% bootstrap CI)",
+        SCORE_TITLE,
         envs,
-        [
-            (label, [e.mean_score for e in m.envs], [e.score_ci for e in m.envs])
-            for label, m in zip(labels, comp.metrics, strict=True)
-        ],
+        [score_series(label, m, ranges) for label, m in zip(labels, comp.metrics, strict=True)],
     )
     notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in comparison_notes(comp))
     parts = [
@@ -667,7 +676,10 @@ def render_html(
             for r in comparison.runs
         )
         head += "</ul>"
-        body = _comparison_section(comparison)
+        ranges: dict[str, tuple[float, float]] = {}
+        for run in runs:
+            ranges.update(run.score_ranges)
+        body = _comparison_section(comparison, ranges)
     data = episode_payload(runs, max_field_chars=max_field_chars, max_embed_chars=max_embed_chars)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

@@ -13,7 +13,7 @@ import json
 import math
 import random
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -39,6 +39,7 @@ __all__ = [
     "markdown_table",
     "newcombe_interval",
     "run_letter",
+    "score_series",
     "write_comparison_reports",
     "write_reports",
 ]
@@ -338,3 +339,18 @@ def write_comparison_reports(out: Path, comp: Comparison) -> list[str]:
     doc = {"comparison": True, **msgspec.to_builtins(comp)}
     (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
     return lines
+
+
+def score_series(
+    label: str, m: EvalMetrics, ranges: Mapping[str, tuple[float, float]]
+) -> tuple[str, list[float], list[tuple[float, float]]]:
+    """A chart series of mean scores (and intervals) as fractions of each env's reward
+    range in ``ranges`` (envs not there count as 0..1)."""
+
+    def scale(v: float, env: str) -> float:
+        lo, hi = ranges.get(env, (0.0, 1.0))
+        return (v - lo) / (hi - lo) if hi > lo else v
+
+    values = [scale(e.mean_score, e.env) for e in m.envs]
+    cis = [(scale(e.score_ci[0], e.env), scale(e.score_ci[1], e.env)) for e in m.envs]
+    return label, values, cis

@@ -74,9 +74,7 @@ def _traj(env: str, task: int, success: bool, turns: list[Turn], **kw: Any) -> T
         policy_version="1",
         messages=messages,
         turns=turns,
-        success=success,
-        reward=1.0 if success else 0.0,
-        **kw,
+        **{"success": success, "reward": 1.0 if success else 0.0, **kw},
     )
 
 
@@ -524,3 +522,21 @@ async def test_browser_shows_markup_as_text(chromium: int, tmp_path: Path) -> No
     finally:
         await ws.close()
         await session.close()
+
+
+def test_score_chart_plots_fractions_of_each_env_reward_range() -> None:
+    """sciworld scores 0-100 and maze 0-1: the chart puts both on one 0..1 axis (the table
+    keeps each env's own units)."""
+    trajs = [
+        _traj("sciworld", 0, False, [], reward=50.0),
+        _traj("sciworld", 1, True, [], reward=100.0),
+        _traj("maze", 0, True, []),
+    ]
+    run = _run(trajs)
+    run.score_ranges = {"sciworld": (0.0, 100.0), "maze": (0.0, 1.0)}
+    page = render_html([run])
+    chart = page[page.index('id="chart-score"') :]
+    chart = chart[: chart.index("</svg>")]
+    values = dict(re.findall(r'data-env="(\w+)"[^>]*data-value="([0-9.]+)"', chart))
+    assert float(values["sciworld"]) == 0.75 and float(values["maze"]) == 1.0
+    assert "75.000" in page  # the table shows sciworld's mean score in its own units

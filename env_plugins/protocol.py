@@ -189,6 +189,10 @@ class EnvPlugin:
         prepare: optional blocking callable taking a list of task ids that fetches,
             generates or builds what those tasks need (games, databases, indexes), so their
             first ``reset`` is fast. ``gymux prepare ENV --tasks ...`` calls it.
+        requires: optional dependencies the env's instances import lazily, as
+            ``{module: install hint}`` (``{"minigrid": "pip install 'gymux[babyai]'"}``).
+            :meth:`missing` lists the hints of those not installed; ``gymux envs`` shows
+            them and a run refuses to start without them.
     """
 
     __slots__ = (
@@ -198,6 +202,7 @@ class EnvPlugin:
         "oracle",
         "parse_action",
         "prepare",
+        "requires",
         "spec",
     )
 
@@ -211,6 +216,7 @@ class EnvPlugin:
         oracle: Callable[[], Policy] | None = None,
         max_instances: int = 64,
         prepare: Callable[[list[int]], object] | None = None,
+        requires: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(spec, EnvSpec):
             raise TypeError(f"spec must be an EnvSpec, got {type(spec).__name__}")
@@ -231,10 +237,25 @@ class EnvPlugin:
         if prepare is not None and not callable(prepare):
             raise TypeError("prepare must be callable or None")
         self.prepare = prepare
+        self.requires = dict(requires or {})
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+    def missing(self) -> list[str]:
+        """``"<module> (<install hint>)"`` for each required module that is not installed."""
+        import importlib.util
+
+        absent = []
+        for module, hint in self.requires.items():
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):  # a parent package is missing or broken
+                found = False
+            if not found:
+                absent.append(f"{module} ({hint})")
+        return absent
 
     def __repr__(self) -> str:
         return f"EnvPlugin({self.spec.id!r}, version={self.spec.version!r}, {self.execution.value})"

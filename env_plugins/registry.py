@@ -58,6 +58,8 @@ class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):
     execution: str = ""
     has_oracle: bool = False
     error: str | None = None
+    #: Optional dependencies not installed (``"module (install hint)"``).
+    missing: list[str] = msgspec.field(default_factory=list)
 
 
 def validate_plugin(env_id: str, obj: object) -> EnvPlugin:
@@ -125,6 +127,14 @@ class Registry:
         self._discover()
         return sorted({*self._plugins, *self._pending, *self._errors})
 
+    def get_runnable(self, env_id: str) -> EnvPlugin:
+        """:meth:`get`, and PluginError if a dependency the env needs is not installed."""
+        plugin = self.get(env_id)
+        absent = plugin.missing()
+        if absent:
+            raise PluginError(env_id, f"not installed: {', '.join(absent)}")
+        return plugin
+
     def get(self, env_id: str) -> EnvPlugin:
         """The plugin ``env_id``, loading it if needed; PluginError if missing or broken."""
         self._discover()
@@ -161,6 +171,7 @@ class Registry:
                     splits={name: s.count for name, s in plugin.spec.splits.items()},
                     execution=plugin.execution.value,
                     has_oracle=plugin.oracle is not None,
+                    missing=plugin.missing(),
                 )
             )
         return rows

@@ -693,4 +693,5 @@ plugin = EnvPlugin(
     parse_action=parse_sciworld_action,
     oracle=SciWorldOracle,
     max_instances=4,
+    requires={"scienceworld": _INSTALL_HINT},
 )

@@ -375,4 +375,5 @@ plugin = EnvPlugin(
     oracle=TextWorldOracle,
     max_instances=16,
     prepare=pregenerate,
+    requires={"textworld": "pip install 'gymux[textworld]'"},
 )

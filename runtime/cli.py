@@ -202,7 +202,8 @@ def _cmd_envs(args: argparse.Namespace, registry: Registry) -> int:
         if row.ok:
             splits = ", ".join(f"{name}={count}" for name, count in row.splits.items())
             oracle = "yes" if row.has_oracle else "no"
-            _out(f"{row.id:<12} {row.version:<8} {row.execution:<8} {oracle:<7} {splits}")
+            needs = f"  (not installed: {', '.join(row.missing)})" if row.missing else ""
+            _out(f"{row.id:<12} {row.version:<8} {row.execution:<8} {oracle:<7} {splits}{needs}")
         else:
             _out(f"{row.id:<12} BROKEN   {row.error}")
     return EXIT_OK if all(r.ok for r in rows) else EXIT_FAILED
@@ -356,7 +357,7 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     # Check everything that can be checked before starting anything.
     policies: dict[str, Policy] = {}  # model policies, one object shared by workloads
     for workload in workloads:
-        plugin = registry.get(workload.env)
+        plugin = registry.get_runnable(workload.env)
         plan_jobs("check", workload, plugin)
         if workload.policy not in POLICY_NAMES:
             raise UnknownPolicyError(

@@ -232,7 +232,7 @@ def run_eval(
     registry = registry or default_registry()
     register_suite_bridges(suite, registry)
     for env in suite.envs:
-        registry.get(env.id)  # unknown envs fail before anything runs
+        registry.get_runnable(env.id)  # unknown or not installed: fail before anything runs
     _check_manifest(out, suite, policy)
     plan = plan_eval(suite, registry, read_store(out), rerun_failures=rerun_failures)
     opts: dict[str, Any] = {**suite.sampling, **(options or {})}

@@ -297,12 +297,13 @@ class Runtime:
         ``only`` keeps just the planned episodes it accepts (e.g. the ``(task, sample)``
         pairs a resumed evaluation still needs).
 
-        Raises ``PluginError`` for an unknown or broken env, ``KeyError`` for an unknown
+        Raises ``PluginError`` for an unknown or broken env or one whose optional
+        dependencies are not installed, ``KeyError`` for an unknown
         split, ``ValueError`` for unknown task ids or policy names.
         """
         if self._tg is None:
             raise RuntimeError("Runtime is not running; use 'async with Runtime(...)'")
-        plugin = self.registry.get(workload.env)
+        plugin = self.registry.get_runnable(workload.env)
         run_id = run_id or new_run_id()
         jobs = plan_jobs(run_id, workload, plugin)
         if only is not None:

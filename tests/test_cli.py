@@ -634,3 +634,38 @@ def test_prepare_generates_ahead_and_says_when_there_is_nothing(
     assert "prep: prepared 3 tasks" in capsys.readouterr().out
     assert main(["prepare", "prep", "--tasks", "nosuch"], registry=reg) == 2
     assert main(["prepare", "missing"], registry=reg) == 2
+
+
+def test_env_with_missing_optional_dependency_is_listed_and_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An env whose optional dependency is not installed shows it in ``gymux envs`` and a
+    run refuses in one line before starting anything."""
+    import msgspec
+
+    from gymux.env_plugins import EnvPlugin
+
+    reg = Registry(entry_points_group=None)
+    reg.register(maze_plugin)
+    spec = msgspec.structs.replace(MAZE_SPEC, id="needy")
+    hint = "pip install 'gymux[needy]'"
+    reg.register(
+        EnvPlugin(spec, maze_plugin.factory, requires={"no_such_module_xyz": hint, "json": "-"})
+    )
+    assert main(["envs"], registry=reg) == 0
+    listing = capsys.readouterr().out
+    assert f"not installed: no_such_module_xyz ({hint})" in listing
+    assert "json" not in listing.split("needy", 1)[1].splitlines()[0].split("not installed")[1]
+    out = tmp_path / "run"
+    code = main(["run", "--env", "needy", "--tasks", "0", "--out", str(out)], registry=reg)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "not installed: no_such_module_xyz" in err and hint in err
+    assert not out.exists()
+    suite = tmp_path / "needy.toml"
+    suite.write_text('name = "n"\n[[envs]]\nid = "needy"\n')
+    ev = tmp_path / "ev"
+    assert main(["eval", "--suite", str(suite), "--out", str(ev)], registry=reg) == 2
+    assert "not installed: no_such_module_xyz" in capsys.readouterr().err
+    assert not (ev / "store").exists()
+    assert main(["run", "--env", "maze", "--tasks", "0", "--out", str(out)], registry=reg) == 0

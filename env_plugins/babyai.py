@@ -48,9 +48,9 @@ AgentGym's evaluation budget of 20 turns (``AGENTGYM_TURNS``) is what the
 ``agenteval-offline`` suite applies, as AgentGym does.
 
 :class:`BabyAIOracle` plays with minigrid's BabyAI bot (``minigrid.utils.baby_ai_bot``) and
-the gold map. Each turn it rebuilds the level privately, replays the conversation's actions
-with the bot following along (the bot's advising mode, told every primitive move), and
-costs every available action by the bot's complete plan from the state that action leads
+the gold map. Each turn it replays the conversation's actions on a private copy of the
+level with the bot following along (the bot's advising mode, told every primitive move),
+and costs every available action by the bot's complete plan from the state that action leads
 to (roughly how many env actions, then primitive moves, remain); it looks one action
 further for the three best and takes the best pair's first action. So one turn usually
 covers many of the bot's primitive moves. Gold knowledge makes the bot's plans short: it
@@ -63,6 +63,9 @@ hand). On the test split it succeeds on all 90 tasks within the spec's 40 turns,
 of 90 (95.6%) within AgentGym's 20: the four that need more are the longest multi-part
 missions (BossLevel, BossLevelNoUnlock and SynthSeq share one 4-part mission at seed 0;
 MiniBossLevel at seed 1), which the oracle finishes in 22-30 high-level actions.
+Replays are cached (a bounded LRU keyed by task id and the exact actions so far, together
+with the ranking the previous turn's look-ahead already computed), so a turn extends the
+last one's work instead of starting over; the answers are the same as without the cache.
 
 Upstream: minigrid 3.2.0 (Apache-2.0), gymnasium 1.4.0 (MIT); no data files.
 """
@@ -71,7 +74,8 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from typing import Any
 
 import anyio.to_thread
@@ -294,28 +298,45 @@ def _gold_bot_class() -> Any:
         def _breadth_first_search(
             self, initial_states: Any, accept_fn: Any, ignore_blockers: bool
         ) -> tuple[Any, Any, dict[tuple[int, int], Any]]:
+            # The bot's search, made cheaper without changing its answers: cells are read
+            # straight from the grid's list and the mask from a Python copy, and a cell
+            # already reached is not queued again (it would be skipped when popped).
             grid = self.mission.unwrapped.grid
-            queue: deque[tuple[tuple[int, int, int, int], Any]] = deque(
-                (tuple(state), None) for state in initial_states
+            cells, width, height = grid.grid, grid.width, grid.height
+            seen = self.vis_mask.tolist()
+            queue: deque[tuple[int, int, int, int, Any]] = deque(
+                (int(s[0]), int(s[1]), int(s[2]), int(s[3]), None) for s in initial_states
             )
             came_from: dict[tuple[int, int], Any] = {}
+            pop, push = queue.popleft, queue.append
             while queue:
-                (i, j, di, dj), prev = queue.popleft()
-                if (i, j) in came_from:
+                i, j, di, dj, prev = pop()
+                here = (i, j)
+                if here in came_from:
                     continue
-                came_from[(i, j)] = prev
-                cell = grid.get(i, j)
-                if accept_fn((i, j), cell):
-                    path = [(i, j)]
+                came_from[here] = prev
+                cell = (
+                    cells[j * width + i] if 0 <= i < width and 0 <= j < height else grid.get(i, j)
+                )
+                if accept_fn(here, cell):
+                    path = [here]
                     while came_from[path[-1]] is not None:
                         path.append(came_from[path[-1]])
-                    return path, (i, j), came_from
-                if not self.vis_mask[i, j] or (
-                    cell is not None and not _crossable(cell, ignore_blockers)
-                ):
+                    return path, here, came_from
+                if not seen[i][j]:
                     continue
+                if cell is not None:
+                    kind = cell.type
+                    if kind == "wall":
+                        continue
+                    if kind == "door":
+                        if cell.is_locked:
+                            continue
+                    elif not ignore_blockers:
+                        continue
                 for k, m in ((di, dj), (dj, di), (-dj, -di), (-di, -dj)):
-                    queue.append(((i + k, j + m, k, m), (i, j)))
+                    if (i + k, j + m) not in came_from:
+                        push((i + k, j + m, k, m, here))
             return None, None, came_from
 
         def __init__(self, mission: Any) -> None:
@@ -417,14 +438,6 @@ def _clear_of_doors(grid: Any, x: int, y: int) -> bool:
     return True
 
 
-def _crossable(cell: Any, ignore_blockers: bool) -> bool:
-    if cell.type == "wall":
-        return False
-    if cell.type == "door":
-        return not cell.is_locked
-    return ignore_blockers
-
-
 def _key_in_box(game: BabyAIGame) -> tuple[int, int] | None:
     """Where a box hiding an object stands (KeyInBox), if any: the bot cannot open those."""
     grid = game.env.grid
@@ -436,12 +449,19 @@ def _key_in_box(game: BabyAIGame) -> tuple[int, int] | None:
     return None
 
 
+def _no_observation() -> None:
+    return None
+
+
 class _Replay:
     """A private copy of the episode with minigrid's bot following along."""
 
     def __init__(self, task_id: int) -> None:
         level, seed = level_and_seed(task_id)
         self.game = BabyAIGame(level, seed)
+        # The replay never reads minigrid's observations (the game and the bot look at the
+        # grid themselves), so spare minigrid from building one after every move.
+        self.game.env.gen_obs = _no_observation
         self.bot: Any = None
         self.suggestion: int | None = None
         self.start_bot()
@@ -563,27 +583,52 @@ def _box_phase_action(replay: _Replay, box: tuple[int, int]) -> str:
     return "turn left"
 
 
-def _choose(replay: _Replay) -> tuple[str, str]:
-    """The action to take now and a one-line reason."""
+_Score = tuple[int, int, int, int]
+#: A ranking: (score, action, the state after the action). Rankings kept in the cache keep
+#: the states of the first ``_LOOKAHEAD`` actions only (the rest are ``None``).
+_Ranking = list[tuple[_Score, str, "_Replay | None"]]
+
+
+def _choose(
+    replay: _Replay, ranked: _Ranking | None = None
+) -> tuple[str, str, tuple[_Replay, _Ranking] | None]:
+    """The action to take now, a one-line reason, and (when it can be reused) the state
+    after that action with the ranking already computed from it.
+
+    ``ranked`` is the ranking of ``replay`` if already known (from the cache).
+    """
     box = _key_in_box(replay.game)
     if box is not None:
-        return _box_phase_action(replay, box), "A box hides the key I need; I open it first."
+        return (
+            _box_phase_action(replay, box),
+            "A box hides the key I need; I open it first.",
+            None,
+        )
+    # The states after each action equal a fresh replay of the longer history only if the
+    # bot is not restarted here first (a restart happens where a replay has none).
+    reusable = replay.bot is not None
     if replay.bot is None:
         replay.start_bot()
     if replay.bot is None or replay.suggestion is None:
-        return "turn left", "I have no plan from here; I look around."
-    ranked = _rank(replay)
+        return "turn left", "I have no plan from here; I look around.", None
+    if ranked is None:
+        ranked = _rank(replay)
     if not ranked:
-        return _primitive_action(replay, replay.suggestion) or "turn left", (
-            "I follow the bot's next move."
-        )
+        action = _primitive_action(replay, replay.suggestion) or "turn left"
+        return action, "I follow the bot's next move.", None
     (turns, _, _, _), choice, _ = ranked[0]
     if turns < 0:
-        return choice, f'"{choice}" completes the goal.'
+        return choice, f'"{choice}" completes the goal.', None
     # Look one action further for the most promising few: the best pair wins.
     best: tuple[int, int, int] | None = None
+    follows: dict[str, tuple[_Replay, _Ranking]] = {}
     for rank, (_, action, trial) in enumerate(ranked[:_LOOKAHEAD]):
-        follow = _rank(trial)
+        assert trial is not None
+        # Ranking a state changes it only where it has no bot yet (it starts one).
+        pristine = reusable and trial.bot is not None
+        follow: _Ranking = _rank(trial)
+        if pristine:
+            follows[action] = (trial, follow)
         if not follow:
             continue
         (then_turns, then_moves, _, _), _, _ = follow[0]
@@ -591,15 +636,14 @@ def _choose(replay: _Replay) -> tuple[str, str]:
         if best is None or key < best:
             best, choice = key, action
     (turns, moves, _, _) = next(score for score, action, _ in ranked if action == choice)
-    return choice, (
-        f'After "{choice}" the plan needs about {turns} more actions ({moves} primitive moves).'
+    return (
+        choice,
+        f'After "{choice}" the plan needs about {turns} more actions ({moves} primitive moves).',
+        follows.get(choice),
     )
 
 
-_Score = tuple[int, int, int, int]
-
-
-def _rank(replay: _Replay) -> list[tuple[_Score, str, _Replay]]:
+def _rank(replay: _Replay) -> _Ranking:
     """The available actions with the bot's remaining plan after each, best first.
 
     An action's score is (estimated actions left, primitive moves left, its own moves,
@@ -615,7 +659,7 @@ def _rank(replay: _Replay) -> list[tuple[_Score, str, _Replay]]:
     if default in names:
         names.remove(default)
         names.insert(0, default)
-    ranked: list[tuple[_Score, str, _Replay]] = []
+    ranked: _Ranking = []
     shortest: int | None = None
     for order, action in enumerate(names):
         if action == CHECK:
@@ -629,24 +673,117 @@ def _rank(replay: _Replay) -> list[tuple[_Score, str, _Replay]]:
         if trial.game.ended:
             continue
         limit = _ROLLOUT_LIMIT if shortest is None else min(_ROLLOUT_LIMIT, 2 * shortest + 24)
-        rest = copy.deepcopy(trial).rollout(limit)
+        # The roll-out uses up the trial; the few states the look-ahead needs are made
+        # again below (replays are deterministic), which is cheaper than copying each.
+        rest = trial.rollout(limit)
         if rest is None:
             continue
         shortest = len(rest) if shortest is None else min(shortest, len(rest))
-        ranked.append(((_turns_estimate(rest), len(rest), prims, order), action, trial))
+        ranked.append(((_turns_estimate(rest), len(rest), prims, order), action, None))
     ranked.sort(key=lambda item: item[0])
+    for i, (score, action, kept) in enumerate(ranked[:_LOOKAHEAD]):
+        if kept is None:
+            kept = copy.deepcopy(replay)
+            kept.do(action)
+            ranked[i] = (score, action, kept)
     return ranked
+
+
+#: How many replayed states the oracle keeps (least recently used ones go first). An entry
+#: holds up to 1 + _LOOKAHEAD level copies, about 1-2 MB on the big levels.
+_CACHE_SIZE = 64
+
+
+class _ReplayCache:
+    """Deterministic replays, keyed by (task id, the exact actions taken so far).
+
+    A bounded LRU, shared by the threads the oracle runs in: the oracle keeps no episode
+    state of its own, only replays any call could recompute. An entry holds the replayed
+    state and, where known, its ranking (from the previous turn's look-ahead). Entries are
+    copied in and out, so callers never share one.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[int, tuple[str, ...]], tuple[_Replay, _Ranking | None]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def get(
+        self, task_id: int, actions: tuple[str, ...]
+    ) -> tuple[int, _Replay, _Ranking | None] | None:
+        """The longest cached prefix of ``actions``: (its length, a copy of its state, a
+        copy of its ranking if known and the prefix is all of ``actions``)."""
+        with self._lock:
+            for n in range(len(actions), -1, -1):
+                entry = self._entries.get((task_id, actions[:n]))
+                if entry is not None:
+                    self._entries.move_to_end((task_id, actions[:n]))
+                    break
+            else:
+                return None
+        replay, ranked = entry
+        if n < len(actions):
+            ranked = None
+        replay, ranked = copy.deepcopy((replay, ranked))
+        return n, replay, ranked
+
+    def put(
+        self, task_id: int, actions: tuple[str, ...], replay: _Replay, ranked: _Ranking | None
+    ) -> None:
+        """Keep ``replay`` (and its ranking) for ``actions``; the cache takes them over: the
+        caller must not change them afterwards."""
+        if self.size <= 0:
+            return
+        if ranked is not None:
+            ranked = [
+                (score, action, trial if i < _LOOKAHEAD else None)
+                for i, (score, action, trial) in enumerate(ranked)
+            ]
+        with self._lock:
+            self._entries[(task_id, actions)] = (replay, ranked)
+            self._entries.move_to_end((task_id, actions))
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+_CACHE = _ReplayCache(_CACHE_SIZE)
 
 
 def oracle_action(task_id: int, actions: list[str]) -> tuple[str, str]:
     """Replay ``actions`` (env actions, already parsed) on task ``task_id`` and choose the
-    next one; returns ``(action, reason)``. Blocking and CPU-bound."""
-    replay = _Replay(task_id)
-    for action in actions:
+    next one; returns ``(action, reason)``. Blocking and CPU-bound.
+
+    Replays are cached (:class:`_ReplayCache`): a call extends the longest replay cached
+    for a prefix of ``actions`` instead of starting over, and reuses the ranking the
+    previous turn's look-ahead computed for this state. The answers are the same as
+    without the cache.
+    """
+    history = tuple(actions)
+    hit = _CACHE.get(task_id, history)
+    ranked: _Ranking | None = None
+    if hit is None:
+        replay, done = _Replay(task_id), 0
+    else:
+        done, replay, ranked = hit
+    for action in actions[done:]:
         if replay.game.ended:
             break
         replay.do(action)
-    return _choose(replay)
+    if done < len(history):
+        _CACHE.put(task_id, history, copy.deepcopy(replay), None)
+    action, reason, after = _choose(replay, ranked)
+    if after is not None:
+        _CACHE.put(task_id, (*history, action), *after)
+    return action, reason
 
 
 def _taken_actions(request: PolicyRequest) -> list[str]:
@@ -664,8 +801,9 @@ def _taken_actions(request: PolicyRequest) -> list[str]:
 class BabyAIOracle(SimplePolicy):
     """minigrid's BabyAI bot, playing through the env's high-level actions.
 
-    Stateless: each call rebuilds the level from the task id, replays the actions of the
-    conversation's assistant messages, and chooses in a worker thread.
+    Stateless: each call replays the actions of the conversation's assistant messages on
+    the task's level and chooses in a worker thread. Only deterministic replays are kept
+    between calls (a bounded, thread-safe cache keyed by the exact action history).
     """
 
     name = "oracle"
@@ -685,4 +823,8 @@ plugin = EnvPlugin(
     parse_action=parse_babyai_action,
     oracle=BabyAIOracle,
     max_instances=16,
+    requires={
+        "minigrid": "pip install 'gymux[babyai]'",
+        "gymnasium": "pip install 'gymux[babyai]'",
+    },
 )

@@ -359,6 +359,42 @@ async def test_oracle_reads_the_conversation() -> None:
     assert oracle_action(12, ["turn right", "turn left"])[0] == "toggle and go through red door 1"
 
 
+def test_oracle_cache_gives_the_same_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay cache only saves work: with it, without it, and on a conversation that
+    leaves the cached path, the oracle answers alike; its size stays bounded."""
+    from gymux.env_plugins import babyai
+
+    def play(task_id: int, detour: int | None = None) -> list[tuple[str, str]]:
+        env = BabyAIEnv()
+        env.reset(Task(id=task_id, split="test"))
+        taken: list[str] = []
+        answers: list[tuple[str, str]] = []
+        for turn in range(MAX_TURNS):
+            answer = oracle_action(task_id, taken)
+            answers.append(answer)
+            action = "turn right" if turn == detour else answer[0]
+            taken.append(action)
+            if env.step(action).done:
+                break
+        return answers
+
+    cached = babyai._ReplayCache(babyai._CACHE_SIZE)
+    monkeypatch.setattr(babyai, "_CACHE", cached)
+    with_cache = [play(5), play(5, detour=1)]
+    assert 0 < len(cached) <= babyai._CACHE_SIZE
+    monkeypatch.setattr(babyai, "_CACHE", babyai._ReplayCache(0))
+    assert [play(5), play(5, detour=1)] == with_cache
+    assert len(babyai._CACHE) == 0
+
+    small = babyai._ReplayCache(2)
+    monkeypatch.setattr(babyai, "_CACHE", small)
+    for task_id in (0, 1, 2, 3):
+        oracle_action(task_id, ["turn left"])
+        assert len(small) <= 2
+    assert small.get(3, ("turn left",)) is not None
+    assert small.get(0, ("turn left",)) is None
+
+
 #: A deterministic sample of the test split: the tasks whose oracle episode takes under a
 #: second on a developer machine, plus a MiniBossLevel task: 53 tasks, 30 levels. The whole
 #: test split takes minutes; it was measured separately (86/90 successes, see the plugin's

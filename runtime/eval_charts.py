@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from gymux.eval_metrics import EvalMetrics
-from gymux.eval_report import Comparison, EnvDiff, RunData, score_series
+from gymux.eval_report import Comparison, EnvDiff, RunData, score_ranges_of, score_series
 
 __all__ = ["charts_available", "write_charts"]
 
@@ -125,9 +125,7 @@ def write_charts(out: Path, runs: Sequence[RunData], comparison: Comparison | No
         return []
     folder = out / "charts"
     folder.mkdir(parents=True, exist_ok=True)
-    ranges: dict[str, tuple[float, float]] = {}
-    for run in runs:
-        ranges.update(run.score_ranges)
+    ranges = score_ranges_of(runs)
     if comparison is None:
         labels = [runs[0].info.letter]
         metrics: list[EvalMetrics] = [runs[0].metrics]

@@ -36,6 +36,7 @@ from gymux.eval_report import (
     RunData,
     comparison_notes,
     run_title,
+    score_ranges_of,
     score_series,
 )
 from gymux.trajectory import Trajectory
@@ -676,10 +677,7 @@ def render_html(
             for r in comparison.runs
         )
         head += "</ul>"
-        ranges: dict[str, tuple[float, float]] = {}
-        for run in runs:
-            ranges.update(run.score_ranges)
-        body = _comparison_section(comparison, ranges)
+        body = _comparison_section(comparison, score_ranges_of(runs))
     data = episode_payload(runs, max_field_chars=max_field_chars, max_embed_chars=max_embed_chars)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

@@ -111,9 +111,11 @@ def latest_per_triple(trajectories: Iterable[Trajectory]) -> dict[Triple, Trajec
 ScoreRange = tuple[float, float]
 
 
-def _scaled(reward: float, span: ScoreRange) -> float:
-    lo, hi = span
-    return (reward - lo) / (hi - lo) if hi > lo else reward
+def scale_score(value: float, env: str, score_ranges: Mapping[str, ScoreRange]) -> float:
+    """``value`` (a reward, mean or bound in ``env``'s units) as a fraction of the env's
+    reward range in ``score_ranges``; envs not there count as 0..1 (unchanged)."""
+    lo, hi = score_ranges.get(env, (0.0, 1.0))
+    return (value - lo) / (hi - lo) if hi > lo else value
 
 
 def summarize(
@@ -132,9 +134,7 @@ def summarize(
     if score_ranges is None:
         scores = [float(t.reward) for t in trajectories]
     else:
-        scores = [
-            _scaled(float(t.reward), score_ranges.get(t.env_id, (0.0, 1.0))) for t in trajectories
-        ]
+        scores = [scale_score(float(t.reward), t.env_id, score_ranges) for t in trajectories]
     by_task: dict[tuple[str, int], list[bool]] = defaultdict(list)
     for t in trajectories:
         by_task[(t.env_id, t.task_id)].append(t.success)

@@ -24,6 +24,7 @@ from gymux.eval_metrics import (
     EnvMetrics,
     EvalMetrics,
     compute_metrics,
+    scale_score,
     wilson_interval,
 )
 from gymux.trajectory import Trajectory
@@ -39,6 +40,7 @@ __all__ = [
     "markdown_table",
     "newcombe_interval",
     "run_letter",
+    "score_ranges_of",
     "score_series",
     "write_comparison_reports",
     "write_reports",
@@ -157,10 +159,22 @@ def bootstrap_diff_ci(
 
 
 def _env_diff(
-    env: str, a: RunData, b: RunData, ta: list[Trajectory], tb: list[Trajectory], seed: int
+    env: str,
+    a: RunData,
+    b: RunData,
+    ta: list[Trajectory],
+    tb: list[Trajectory],
+    seed: int,
+    score_ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> EnvDiff:
+    """One row of differences; with ``score_ranges`` (the ``overall`` row) rewards are
+    first mapped to 0..1 by their env's range, as in the overall metrics."""
     ka, kb = sum(t.success for t in ta), sum(t.success for t in tb)
-    ra, rb = [float(t.reward) for t in ta], [float(t.reward) for t in tb]
+    if score_ranges is None:
+        ra, rb = [float(t.reward) for t in ta], [float(t.reward) for t in tb]
+    else:
+        ra = [scale_score(float(t.reward), t.env_id, score_ranges) for t in ta]
+        rb = [scale_score(float(t.reward), t.env_id, score_ranges) for t in tb]
     na, nb = len(ta), len(tb)
     sa, sb = (ka / na if na else 0.0), (kb / nb if nb else 0.0)
     ma, mb = (sum(ra) / na if na else 0.0), (sum(rb) / nb if nb else 0.0)
@@ -206,6 +220,7 @@ def compare_runs(runs: Sequence[RunData]) -> Comparison:
         for r in runs
     ]
     base = runs[0]
+    ranges = score_ranges_of(runs)
     diffs: list[list[EnvDiff]] = []
     for other in runs[1:]:
         rows = []
@@ -215,7 +230,7 @@ def compare_runs(runs: Sequence[RunData]) -> Comparison:
             rows.append(_env_diff(env, base, other, ta, tb, base.seed))
         ta = [t for t in base.trajectories if t.env_id in shared]
         tb = [t for t in other.trajectories if t.env_id in shared]
-        rows.append(_env_diff("overall", base, other, ta, tb, base.seed))
+        rows.append(_env_diff("overall", base, other, ta, tb, base.seed, ranges))
         diffs.append(rows)
     return Comparison(
         runs=[r.info for r in runs],
@@ -346,11 +361,17 @@ def score_series(
 ) -> tuple[str, list[float], list[tuple[float, float]]]:
     """A chart series of mean scores (and intervals) as fractions of each env's reward
     range in ``ranges`` (envs not there count as 0..1)."""
-
-    def scale(v: float, env: str) -> float:
-        lo, hi = ranges.get(env, (0.0, 1.0))
-        return (v - lo) / (hi - lo) if hi > lo else v
-
-    values = [scale(e.mean_score, e.env) for e in m.envs]
-    cis = [(scale(e.score_ci[0], e.env), scale(e.score_ci[1], e.env)) for e in m.envs]
+    values = [scale_score(e.mean_score, e.env, ranges) for e in m.envs]
+    cis = [
+        (scale_score(e.score_ci[0], e.env, ranges), scale_score(e.score_ci[1], e.env, ranges))
+        for e in m.envs
+    ]
     return label, values, cis
+
+
+def score_ranges_of(runs: Sequence[RunData]) -> dict[str, tuple[float, float]]:
+    """The reward ranges of every env of ``runs`` (each run's ``score_ranges``, merged)."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for run in runs:
+        ranges.update(run.score_ranges)
+    return ranges

@@ -194,12 +194,10 @@ async def _run_async(
                     continue
                 workload = _workload(suite, i, policy, options)
                 plugin = registry.get(env.id)
-                if policy in MODEL_POLICIES:
-                    if shared is None:
-                        shared = make_policy(policy, plugin, seed=suite.seed, options=options)
-                    env_policy = shared
-                else:
-                    env_policy = make_policy(policy, plugin, seed=suite.seed)
+                # Model policies: the one object built above serves every env.
+                env_policy = (
+                    shared if shared is not None else make_policy(policy, plugin, seed=suite.seed)
+                )
                 handles.append(
                     await rt.submit(workload, policy=env_policy, only=_keep_in(set(wanted)))
                 )

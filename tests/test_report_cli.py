@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from gymux.cli import main
@@ -265,3 +266,23 @@ def test_report_console_script(
     assert "| wordle | 100.0% | 0.0% | -100.0 pp" in done.stdout
     bad = run_gymux(["report", "nowhere"])
     assert bad.returncode == 2 and bad.stderr.strip() == "gymux: error: nowhere: no such folder"
+
+
+def test_overall_difference_uses_rewards_scaled_by_env_range() -> None:
+    """sciworld scores 0-100: the overall score row of a comparison maps each reward to
+    0..1 by its env's range, the same way as the overall metrics beside it."""
+    ranges = {"maze": (0.0, 1.0), "sciworld": (0.0, 100.0)}
+    runs = []
+    for letter, sci in (("A", 100.0), ("B", 50.0)):
+        run = _run(letter, "s", {"maze": [True, False], "sciworld": [True]})
+        run.trajectories[-1] = msgspec.structs.replace(run.trajectories[-1], reward=sci)
+        run.score_ranges = ranges
+        runs.append(run)
+    comp = compare_runs(runs)
+    overall = comp.diffs[0][-1]
+    assert overall.env == "overall"
+    assert overall.score_a == comp.metrics[0].overall.mean_score == (1 + 0 + 1.0) / 3
+    assert overall.score_b == comp.metrics[1].overall.mean_score == (1 + 0 + 0.5) / 3
+    assert overall.score_diff == pytest.approx(-0.5 / 3)
+    sci = next(d for d in comp.diffs[0] if d.env == "sciworld")
+    assert (sci.score_a, sci.score_b) == (100.0, 50.0)  # per-env rows keep the env's units

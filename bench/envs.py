@@ -15,7 +15,7 @@ live instances (``max_instances``: e.g. 4 JVMs for sciworld). The default policy
 and the runtime's cost; ``--policy oracle`` measures an expert-data run instead, where the
 oracle's planning is part of every step (babyai's bot-guided planner costs seconds).
 
-``--soak N`` also runs N sequential oracle episodes of each env (``gymux.soak``) and
+``--soak N`` also runs N sequential oracle episodes of each env (``gymux.testing.soak``) and
 prints the resource readings (RSS, open fds, processes, threads) along the way.
 
 Usage::
@@ -43,10 +43,10 @@ import anyio
 import msgspec
 
 from gymux import Runtime, RuntimeConfig, Workload
-from gymux.env_plugins.agentgym import agentgym_plugin
+from gymux.env_plugins.agentgym.client import agentgym_plugin
 from gymux.env_plugins.registry import PluginError, Registry, default_registry
 from gymux.policies.registry import make_policy
-from gymux.soak import soak
+from gymux.testing.soak import soak
 
 ENVS = ["maze", "wordle", "textcraft", "babyai", "sciworld", "textworld", "sqlgym"]
 #: Episodes per measurement (full run); --quick divides by 4. JVM and generator-backed

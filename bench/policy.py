@@ -1,7 +1,7 @@
 """SGLang policy benchmark: dispatch strategies against the SGLang TEST DOUBLE.
 
-2,000 concurrent episodes drive :class:`gymux.policies.sglang.SGLangPolicy` (the real
-aiohttp client) against ``tests/_sglang_double.py`` (a scripted stand-in for SGLang, no
+2,000 concurrent episodes drive :class:`gymux.policies.sglang.client.SGLangPolicy` (the real
+aiohttp client) against ``tests/doubles/sglang_double.py`` (a scripted stand-in for SGLang, no
 model) started as a SUBPROCESS, so the double's CPU does not share the client's event loop
 or GIL. Each configuration also runs its client in a fresh subprocess of this script, so
 its CPU time (``getrusage``) belongs to it alone. Both processes share the machine's cores
@@ -18,7 +18,7 @@ ledger, prompts only grow), then ``finish_episode`` and the next episode. Episod
 driven by plain tasks calling ``policy.act`` (not the Runtime), to isolate the policy.
 After a warm-up the double's stats are reset and a fixed window is measured.
 
-Strategies: ``single``, ``batch``, ``batch_stream`` (see policies/sglang.py) and the naive
+Strategies: ``single``, ``batch``, ``batch_stream`` (see policies/sglang/client.py) and the naive
 baseline ``naive``: one request per call, no coalescing, and a FRESH TCP connection per
 request (no keep-alive pool) -- because ``single`` already is "one request per call over a
 keep-alive pool".
@@ -62,11 +62,12 @@ import aiohttp
 import anyio
 
 ROOT = Path(__file__).resolve().parent.parent
-DOUBLE = ROOT / "tests" / "_sglang_double.py"
+DOUBLE = ROOT / "tests" / "doubles" / "sglang_double.py"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gymux.policies.protocol import Message, PolicyError, PolicyRequest  # noqa: E402
-from gymux.policies.sglang import SGLangPolicy  # noqa: E402
+from gymux.errors import PolicyError  # noqa: E402
+from gymux.messages import Message, PolicyRequest  # noqa: E402
+from gymux.policies.sglang.client import SGLangPolicy  # noqa: E402
 
 EPISODES = 2000
 TURNS = 8  # turns per episode before a fresh one starts
@@ -359,7 +360,7 @@ def main() -> None:
         anyio.run(_client, args)
         return
 
-    from _sglang_double import build_tiny_tokenizer
+    from doubles.sglang_double import build_tiny_tokenizer
 
     strategies = args.only or list(STRATEGIES)
     if "naive" not in strategies:

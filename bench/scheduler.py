@@ -56,9 +56,9 @@ from gymux.env_plugins.protocol import (
     splits_from,
 )
 from gymux.env_plugins.registry import Registry
+from gymux.messages import Message, PolicyRequest, PolicyResponse
 from gymux.policies.base import SimplePolicy
-from gymux.policies.protocol import Message, PolicyRequest, PolicyResponse
-from gymux.service import Runtime
+from gymux.runtime import Runtime
 
 #: Steps per episode (the env says ``done`` after K steps).
 K = 10

@@ -59,7 +59,7 @@ from typing import Any
 
 import msgspec
 
-from gymux.policies.protocol import Message
+from gymux.messages import Message
 from gymux.stores.codec import (
     decode_meta,
     decode_trajectory,

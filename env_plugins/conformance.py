@@ -32,7 +32,7 @@ from gymux.env_plugins.protocol import (
     Task,
 )
 from gymux.env_plugins.registry import PluginError, validate_plugin
-from gymux.policies.protocol import Message, PolicyRequest, PolicyResponse
+from gymux.messages import Message, PolicyRequest, PolicyResponse
 
 __all__ = ["ConformanceReport", "check_plugin"]
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
+from gymux.errors import ActionParseError, EnvError, TransientEnvError
+
 if TYPE_CHECKING:
     from gymux.policies.protocol import Policy
 
@@ -42,25 +44,6 @@ __all__ = [
 
 #: JSON-compatible scalar values allowed in ``info`` mappings.
 InfoValue = str | int | float | bool | None | list[Any] | dict[str, Any]
-
-
-class EnvError(Exception):
-    """An environment failed. The episode ends with finish reason ``env_error``."""
-
-
-class TransientEnvError(EnvError):
-    """An environment failure worth retrying (a flaky backend, a busy resource).
-
-    The scheduler reruns the whole episode on a fresh instance, with backoff, up to
-    ``RuntimeConfig.env_retries`` times.
-    """
-
-
-class ActionParseError(ValueError):
-    """The model's output holds no valid action.
-
-    The message is shown to the model as a corrective observation; the episode goes on.
-    """
 
 
 class Observation(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,6 +24,7 @@ import msgspec
 import structlog
 
 from gymux.env_plugins.protocol import EnvPlugin
+from gymux.errors import PluginError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -36,15 +37,6 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "gymux.envs"
 _log = structlog.get_logger("gymux.registry")
-
-
-class PluginError(Exception):
-    """An environment plugin is missing, failed to load, or breaks the protocol."""
-
-    def __init__(self, env_id: str, cause: str) -> None:
-        super().__init__(f"env plugin {env_id!r}: {cause}")
-        self.env_id = env_id
-        self.cause = cause
 
 
 class PluginStatus(msgspec.Struct, frozen=True, kw_only=True):

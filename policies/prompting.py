@@ -29,8 +29,8 @@ import json
 from collections.abc import Sequence
 
 from gymux.env_plugins.parsing import JSON_FORMAT_HINT, REACT_FORMAT_HINT
+from gymux.messages import Message
 from gymux.policies.base import react
-from gymux.policies.protocol import Message
 
 __all__ = [
     "PromptFormat",

@@ -8,9 +8,10 @@ the requests of all episodes waiting at the same moment and hands them over toge
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Literal, Protocol, Self, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
-import msgspec
+from gymux.errors import PolicyError
+from gymux.messages import Message, PolicyRequest, PolicyResponse
 
 __all__ = [
     "Message",
@@ -19,50 +20,6 @@ __all__ = [
     "PolicyRequest",
     "PolicyResponse",
 ]
-
-Role = Literal["system", "user", "assistant"]
-
-
-class Message(msgspec.Struct, frozen=True, kw_only=True):
-    """One chat message. ``loss`` marks messages a trainer should learn from."""
-
-    role: Role
-    content: str
-    loss: bool = False
-
-
-class PolicyError(Exception):
-    """The policy could not answer. The episode ends with finish reason ``policy_error``."""
-
-
-class PolicyRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """One turn's question to a policy."""
-
-    episode_id: str
-    env_id: str
-    task_id: int
-    turn: int
-    messages: list[Message]
-    #: Actions the env accepts now, when it can enumerate them.
-    admissible_actions: list[str] | None = None
-    #: Sample index within the task (``0 .. samples-1``); handy for seeding.
-    sample: int = 0
-
-
-class PolicyResponse(msgspec.Struct, frozen=True, kw_only=True):
-    """A policy's answer.
-
-    ``finish_reason`` is ``"stop"`` for a normal answer, ``"length"`` when generation hit its
-    token limit, and ``"context_limit"`` when the prompt no longer fits the model's context
-    (the episode then ends with finish reason ``context_limit``).
-    """
-
-    text: str
-    finish_reason: Literal["stop", "length", "context_limit"] = "stop"
-    token_ids: list[int] | None = None
-    logprobs: list[float] | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
 
 
 @runtime_checkable

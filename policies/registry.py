@@ -1,11 +1,11 @@
 """Policies by name, for the CLI and config files.
 
 * ``oracle``: the env's own oracle; ``random``: random example actions.
-* ``openai``: :class:`gymux.policies.openai_compat.OpenAICompatPolicy`; options
+* ``openai``: :class:`gymux.policies.openai.OpenAICompatPolicy`; options
   ``base_url`` and ``model`` (required), ``api_key_env``, ``max_concurrency``,
   ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``logprobs``, ``request_timeout_s``,
   ``max_retries``.
-* ``sglang``: ``gymux.policies.sglang.SGLangPolicy`` (imported only when asked for);
+* ``sglang``: ``gymux.policies.sglang.client.SGLangPolicy`` (imported only when asked for);
   options ``urls`` (required, a list of server URLs), ``tokenizer_path`` (the model path
   the tokenizer is loaded from; passed as ``tokenizer`` where the class takes that), and
   whatever else that class accepts (``max_new_tokens``, ...), passed through as keywords.
@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gymux.env_plugins.protocol import EnvPlugin
+from gymux.errors import PolicyOptionsError, UnknownPolicyError
 from gymux.policies.protocol import Policy, PolicyError
 from gymux.policies.scripted import RandomPolicy
 
@@ -54,14 +55,6 @@ OPENAI_OPTIONS = frozenset(
 )
 
 
-class UnknownPolicyError(ValueError):
-    """No policy of that name, or it does not exist for that env."""
-
-
-class PolicyOptionsError(ValueError):
-    """A policy's options are missing or invalid."""
-
-
 def make_policy(
     name: str,
     plugin: EnvPlugin,
@@ -85,7 +78,7 @@ def make_policy(
 
 
 def _make_openai(opts: dict[str, Any]) -> Policy:
-    from gymux.policies.openai_compat import OpenAICompatPolicy
+    from gymux.policies.openai import OpenAICompatPolicy
 
     unknown = sorted(set(opts) - OPENAI_OPTIONS)
     if unknown:
@@ -111,15 +104,15 @@ def _make_sglang(opts: dict[str, Any]) -> Policy:
     if not urls:
         raise PolicyOptionsError("policy 'sglang' needs at least one server URL (--server URL)")
     try:
-        module = importlib.import_module("gymux.policies.sglang")
+        module = importlib.import_module("gymux.policies.sglang.client")
     except ImportError as exc:
         raise UnknownPolicyError(
-            f"policy 'sglang' is not available: cannot import gymux.policies.sglang ({exc})"
+            f"policy 'sglang' is not available: cannot import gymux.policies.sglang.client ({exc})"
         ) from None
     cls = getattr(module, "SGLangPolicy", None)
     if cls is None:
         raise UnknownPolicyError(
-            "policy 'sglang' is not available: gymux.policies.sglang has no SGLangPolicy"
+            "policy 'sglang' is not available: gymux.policies.sglang.client has no SGLangPolicy"
         )
     # The tokenizer's keyword: ``tokenizer_path`` or ``tokenizer``, whichever the class takes.
     for given, other in (("tokenizer_path", "tokenizer"), ("tokenizer", "tokenizer_path")):

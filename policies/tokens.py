@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gymux.policies.protocol import Message, PolicyError
+from gymux.errors import PolicyError
+from gymux.messages import Message
 from gymux.stores.codec import pack_float32, pack_int32, pack_uint8
 from gymux.trajectory import TokenData
 

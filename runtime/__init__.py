@@ -30,7 +30,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from gymux.config import GymuxConfig, RuntimeConfig, Workload, load_config
-    from gymux.service import RunHandle, RunResult, Runtime
+    from gymux.runtime import RunHandle, RunResult, Runtime
     from gymux.trajectory import FinishReason, Trajectory, Turn
 
 _LAZY = {
@@ -38,9 +38,9 @@ _LAZY = {
     "RuntimeConfig": "gymux.config",
     "Workload": "gymux.config",
     "load_config": "gymux.config",
-    "RunHandle": "gymux.service",
-    "RunResult": "gymux.service",
-    "Runtime": "gymux.service",
+    "RunHandle": "gymux.runtime",
+    "RunResult": "gymux.runtime",
+    "Runtime": "gymux.runtime",
     "FinishReason": "gymux.trajectory",
     "Trajectory": "gymux.trajectory",
     "Turn": "gymux.trajectory",

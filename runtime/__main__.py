@@ -1,6 +1,6 @@
 """``python -m gymux``."""
 
-from gymux.cli import console_main
+from gymux.cli.main import console_main
 
 if __name__ == "__main__":
     console_main()

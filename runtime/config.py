@@ -32,6 +32,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gymux.errors import ConfigError
+
 __all__ = ["ConfigError", "GymuxConfig", "RuntimeConfig", "Workload", "load_config"]
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -42,10 +44,6 @@ NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 
 #: Policies that take ``policy_options``.
 MODEL_POLICIES = ("openai", "sglang")
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid."""
 
 
 class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

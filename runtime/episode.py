@@ -7,7 +7,6 @@ propagates, after the trajectory has been recorded as ``cancelled``.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -16,6 +15,7 @@ import anyio
 import msgspec
 import structlog
 
+from gymux._backoff import backoff_delay
 from gymux.config import RuntimeConfig
 from gymux.env_plugins.protocol import (
     ActionParseError,
@@ -27,7 +27,8 @@ from gymux.env_plugins.protocol import (
 )
 from gymux.env_plugins.registry import PluginError
 from gymux.events import EpisodeError, EpisodeStarted, EventBus, TurnFinished
-from gymux.policies.protocol import Message, Policy, PolicyRequest, PolicyResponse
+from gymux.messages import Message, PolicyRequest, PolicyResponse
+from gymux.policies.protocol import Policy
 from gymux.pool import EnvPool, Lease
 from gymux.trajectory import FinishReason, TokenData, Trajectory, Turn
 
@@ -198,8 +199,9 @@ async def _run_attempts(ctx: _Context, traj: Trajectory) -> None:
                 traj.error = f"{message} (after {attempt} attempts)"
                 return
             _take_tokens(ctx.policy, ctx.job.episode_id)  # the failed attempt's tokens go
-            delay = min(config.retry_backoff_max_s, config.retry_backoff_s * 2 ** (attempt - 1))
-            await anyio.sleep(delay * (0.5 + random.random() / 2))
+            await anyio.sleep(
+                backoff_delay(attempt, config.retry_backoff_s, config.retry_backoff_max_s)
+            )
 
 
 def _publish_error(ctx: _Context, traj: Trajectory, attempt: int, *, will_retry: bool) -> None:

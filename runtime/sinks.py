@@ -17,13 +17,10 @@ from typing import IO, Protocol, runtime_checkable
 import anyio
 import msgspec
 
+from gymux.errors import SinkError
 from gymux.trajectory import Trajectory
 
 __all__ = ["JsonlSink", "Sink", "SinkError", "read_jsonl"]
-
-
-class SinkError(Exception):
-    """A sink could not persist trajectories. This stops the run: data would be lost."""
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ import enum
 
 import msgspec
 
-from gymux.policies.protocol import Message
+from gymux.messages import Message
 
 __all__ = ["SCHEMA_VERSION", "FinishReason", "TokenData", "Trajectory", "Turn"]
 

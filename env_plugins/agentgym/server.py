@@ -1,0 +1,567 @@
+"""``gymux serve-env NAME``: any gymux environment behind AgentGym's HTTP protocol.
+
+AgentGym's clients and the RL trainers built on them (AgentGym-RL, verl-agent's AgentGym
+adapters) talk to one HTTP server per environment. This module serves a gymux plugin the
+same way, so those clients use gymux environments unchanged:
+
+=========================  =====================================================
+``POST /create``           a new instance -> ``{"id": n}`` (or the family's shape)
+``POST /reset``            ``{id, data_idx}`` -> first observation
+``POST /step``             ``{id, action}`` -> ``{observation, reward, done, info}``
+``GET  /observation?id=``  the latest observation text
+``POST /close``            ``{id}`` -> ``{"closed": true}``
+``GET  /health``           ``{status, env, dialect, instances, max_instances}``
+``GET  /spec``             the env's :class:`~gymux.env_plugins.EnvSpec` as JSON
+=========================  =====================================================
+
+Field names and reply shapes follow the plugin's AgentGym family where one exists (the
+table in :mod:`gymux.env_plugins.agentgym.dialects`): ``maze`` and ``wordle`` live under
+``/maze/`` and ``/wordle/`` and reset with ``game`` / ``seed``, ``sqlgym`` uses ``env_idx``
+and ``item_id`` and answers ``state``, BabyAI and SciWorld also answer ``score``, and so on;
+other envs speak the ``gymux`` dialect above. ``--dialect`` picks another family.
+
+Unlike AgentGym's servers, failures use real HTTP status codes with a JSON body
+``{"error": "<message>"}``: 400 malformed body or missing field, 404 unknown (or reaped)
+instance, 409 the instance is busy with another call, was not reset, or its episode is
+over, 422 a field with a bad value (unknown task id, empty action), 500 the env failed,
+503 at ``--max-instances`` capacity or a transient env failure (clients retry), 504 an env
+call exceeded ``--call-timeout`` (the instance is discarded).
+
+The action: AgentGym's clients differ in what they send -- the maze, wordle, BabyAI,
+SciWorld and TextCraft clients send the text after ``Action:``, WebShop and ALFWorld the
+action their adapter extracted, SQLGym the bare SQL, the tool, WebArena and SearchQA clients
+the model's whole output. The server therefore accepts both: it runs the plugin's own action
+parser on the text; if that finds no action it retries with ``"Action: "`` prepended; text
+without any ``Action:`` marker that still does not parse is taken as the bare action (the env
+reports invalid actions in its observation). A parse failure of text that has a marker
+comes back as an ordinary step: ``observation = "Invalid action: <why>"``, reward 0,
+``done`` false, ``info.invalid_action`` set -- as gymux's runtime shows it.
+
+Concurrency: each instance has a lock; a second call while one runs gets 409 (AgentGym
+clients drive an instance sequentially). Blocking envs run through gymux's adapters (worker
+threads or a worker process), never on the event loop. Instances idle for
+``--idle-timeout`` seconds are closed by a reaper; SIGINT/SIGTERM stop accepting requests
+and close every instance.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from aiohttp import web
+
+from gymux.env_plugins.adapters import factory_ref, make_instance
+from gymux.env_plugins.agentgym.dialects import DIALECTS, GYMUX_ACTIONS_KEY, Dialect
+from gymux.env_plugins.protocol import (
+    ActionParseError,
+    Env,
+    EnvError,
+    EnvPlugin,
+    Execution,
+    Observation,
+    Task,
+    TransientEnvError,
+)
+
+__all__ = [
+    "EnvServer",
+    "HttpError",
+    "add_serve_env_parser",
+    "default_dialect",
+    "run_serve_env",
+    "serve",
+]
+
+_log = structlog.get_logger("gymux.env_plugins.agentgym.server")
+#: An "Action:" line: text that has one is model output, not a bare action.
+_MARKER = re.compile(r"^[\s*_#>]*action[\s*_]*:", re.IGNORECASE | re.MULTILINE)
+
+
+class HttpError(Exception):
+    """Ends a request with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Slot:
+    __slots__ = ("closing", "env", "last_used", "lock", "observation", "over", "task")
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.lock = anyio.Lock()
+        self.last_used = time.monotonic()
+        self.task: Task | None = None
+        self.observation: Observation | None = None
+        self.over = False
+        self.closing = False
+
+
+def default_dialect(plugin: EnvPlugin) -> Dialect:
+    """The AgentGym family named like the env (maze, wordle, babyai, ...), else ``gymux``."""
+    name = plugin.id.rsplit("/", 1)[-1]
+    if name in DIALECTS and name not in {"tool", "gymux"}:
+        return DIALECTS[name]
+    return DIALECTS["gymux"]
+
+
+class EnvServer:
+    """The HTTP app serving one plugin; :meth:`app` builds the aiohttp application."""
+
+    def __init__(
+        self,
+        plugin: EnvPlugin,
+        *,
+        dialect: Dialect | None = None,
+        max_instances: int | None = None,
+        idle_timeout_s: float = 600.0,
+        call_timeout_s: float = 300.0,
+    ) -> None:
+        max_instances = plugin.max_instances if max_instances is None else max_instances
+        if max_instances < 1:
+            raise ValueError("max_instances must be >= 1")
+        self.plugin = plugin
+        self.dialect = dialect or default_dialect(plugin)
+        self.max_instances = max_instances
+        self.idle_timeout_s = idle_timeout_s
+        self.call_timeout_s = call_timeout_s
+        self._slots: dict[int, _Slot] = {}
+        self._reserved = 0
+        self._next_id = 0
+        self._reaped: set[int] = set()
+        self._limiter = anyio.CapacityLimiter(max_instances)
+        self._process_ref = factory_ref(plugin) if plugin.execution is Execution.PROCESS else None
+        self._task_split = {tid: s.name for s in plugin.spec.splits.values() for tid in s.ids}
+        self._reaper: Any = None
+
+    # -- application ------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        d = self.dialect
+        app = web.Application(middlewares=[_errors])
+        routes = [
+            web.post(d.path("/create"), self._create),
+            web.post(d.path("/reset"), self._reset),
+            web.post(d.path("/step"), self._step),
+            web.get(d.path("/observation"), self._observation),
+            web.post(d.path("/close"), self._close),
+            web.get(d.path("/available_actions"), self._available_actions),
+            web.get("/health", self._health),
+            web.get("/spec", self._spec),
+            web.get("/", self._hello),
+        ]
+        if d.prefix:
+            routes.append(web.get(d.path("/health"), self._health))
+        app.add_routes(routes)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        import asyncio
+
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        await self.close_all()
+
+    @property
+    def instances(self) -> int:
+        return len(self._slots)
+
+    async def close_all(self) -> None:
+        """Close every instance (shutdown)."""
+        slots, self._slots = list(self._slots.values()), {}
+        for slot in slots:
+            await self._dispose(slot)
+
+    async def _dispose(self, slot: _Slot) -> None:
+        slot.closing = True
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(self.call_timeout_s):
+                    await slot.env.close()
+            except Exception as exc:  # closing must not fail the server
+                _log.warning("env close failed", env=self.plugin.id, error=repr(exc))
+
+    # -- reaping ----------------------------------------------------------------------
+
+    async def reap_idle(self, now: float | None = None) -> list[int]:
+        """Close instances idle for longer than the idle timeout; their ids."""
+        now = time.monotonic() if now is None else now
+        stale = [
+            i
+            for i, s in self._slots.items()
+            if not s.lock.locked() and now - s.last_used > self.idle_timeout_s
+        ]
+        for i in stale:
+            slot = self._slots.pop(i)
+            self._reaped.add(i)
+            await self._dispose(slot)
+            _log.info("idle instance reaped", env=self.plugin.id, id=i)
+        return stale
+
+    async def _reap_forever(self) -> None:
+        period = max(0.05, min(self.idle_timeout_s / 4, 5.0))
+        while True:
+            await anyio.sleep(period)
+            await self.reap_idle()
+
+    # -- request helpers --------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise HttpError(400, f"request body is not JSON: {exc}") from None
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise HttpError(400, "request body must be a JSON object")
+        return body
+
+    def _int_field(self, body: dict[str, Any], name: str) -> int:
+        if name not in body:
+            raise HttpError(400, f"missing field {name!r}")
+        value = body[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+            raise HttpError(400, f"field {name!r} must be an integer, got {value!r}")
+        return value
+
+    def _slot(self, instance: int) -> _Slot:
+        slot = self._slots.get(instance)
+        if slot is None or slot.closing:
+            why = "was closed after being idle" if instance in self._reaped else "does not exist"
+            raise HttpError(404, f"instance {instance} {why}")
+        return slot
+
+    async def _locked(self, slot: _Slot, instance: int, call: Callable[[], Awaitable[Any]]) -> Any:
+        if slot.lock.locked():
+            raise HttpError(409, f"instance {instance} is busy with another call")
+        async with slot.lock:
+            slot.last_used = time.monotonic()
+            try:
+                with anyio.fail_after(self.call_timeout_s):
+                    return await call()
+            except TimeoutError:
+                self._slots.pop(instance, None)
+                await self._dispose(slot)
+                raise HttpError(
+                    504, f"env call exceeded {self.call_timeout_s}s; instance {instance} discarded"
+                ) from None
+            except TransientEnvError as exc:
+                raise HttpError(503, f"transient env failure: {exc}") from None
+            except EnvError as exc:
+                raise HttpError(500, f"env error: {exc}") from None
+            finally:
+                slot.last_used = time.monotonic()
+
+    def _json(self, payload: Any, status: int = 200) -> web.Response:
+        return web.Response(
+            body=msgspec.json.encode(payload), status=status, content_type="application/json"
+        )
+
+    # -- routes -----------------------------------------------------------------------
+
+    async def _hello(self, request: web.Request) -> web.Response:
+        return web.Response(text=f"This is gymux environment {self.plugin.id}.")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return self._json(
+            {
+                "status": "ok",
+                "env": self.plugin.id,
+                "version": self.plugin.spec.version,
+                "dialect": self.dialect.name,
+                "instances": len(self._slots),
+                "max_instances": self.max_instances,
+            }
+        )
+
+    async def _spec(self, request: web.Request) -> web.Response:
+        return self._json(self.plugin.spec)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        await self._body(request)  # AgentGym families send bodies we do not need
+        if len(self._slots) + self._reserved >= self.max_instances:
+            raise HttpError(503, f"at capacity ({self.max_instances} instances)")
+        self._reserved += 1
+        try:
+            env = await make_instance(self.plugin, self._limiter, self._process_ref)
+        except EnvError as exc:
+            raise HttpError(500, f"cannot create an instance: {exc}") from None
+        finally:
+            self._reserved -= 1
+        instance = self._next_id
+        self._next_id += 1
+        self._slots[instance] = _Slot(env)
+        d = self.dialect
+        if d.create_reply == "bare":
+            return self._json(instance)
+        reply: dict[str, Any] = {d.id_field: instance}
+        if d.create_body is not None and "commands" in d.create_body:
+            reply["observation"] = ""  # textcraft answers an observation too; reset sets it
+        return self._json(reply)
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        d = self.dialect
+        body = await self._body(request)
+        instance = self._int_field(body, d.id_field)
+        task_id = self._int_field(body, d.reset_field)
+        slot = self._slot(instance)
+        split = self._task_split.get(task_id)
+        if split is None:
+            raise HttpError(422, f"env {self.plugin.id!r} has no task {task_id}")
+        task = Task(id=task_id, split=split)
+
+        async def call() -> Observation:
+            return await slot.env.reset(task)
+
+        obs: Observation = await self._locked(slot, instance, call)
+        slot.task, slot.observation, slot.over = task, obs, False
+        if d.reset_reply == "pair":
+            return self._json([obs.text, None])
+        if d.reset_reply == "text":
+            return self._json(obs.text)
+        reply: dict[str, Any] = {k: "" for k in d.reset_obs_keys}
+        reply.update(observation=obs.text, reward=0.0, score=0.0, done=False)
+        reply[d.id_field] = instance
+        self._add_actions(reply, obs.admissible_actions)
+        return self._json(reply)
+
+    def _add_actions(self, reply: dict[str, Any], actions: list[str] | None) -> None:
+        """The admissible actions: under the family's key where it has one; else, when the
+        env can list them, under ``available_actions`` -- an extra field AgentGym's clients
+        ignore and gymux's client reads, so a bridged env keeps its action list."""
+        key = self.dialect.actions_key
+        if key:
+            reply[key] = actions or []
+        elif actions is not None:
+            reply[GYMUX_ACTIONS_KEY] = actions
+
+    def _parse(self, text: str) -> str:
+        parse = self.plugin.parse_action
+        try:
+            return parse(text)
+        except ActionParseError as first:
+            try:
+                return parse(f"Action: {text}")
+            except ActionParseError:
+                if _MARKER.search(text):
+                    raise first from None
+                return text.strip()
+
+    async def _step(self, request: web.Request) -> web.Response:
+        d = self.dialect
+        body = await self._body(request)
+        instance = self._int_field(body, d.id_field)
+        if "action" not in body:
+            raise HttpError(400, "missing field 'action'")
+        text = body["action"]
+        if not isinstance(text, str) or not text.strip():
+            raise HttpError(422, "field 'action' must be a non-empty string")
+        slot = self._slot(instance)
+        if slot.lock.locked():
+            raise HttpError(409, f"instance {instance} is busy with another call")
+        if slot.task is None:
+            raise HttpError(409, f"instance {instance} has not been reset")
+        if slot.over:
+            raise HttpError(409, f"the episode of instance {instance} is over; reset it")
+        try:
+            action = self._parse(text)
+        except ActionParseError as exc:
+            message = f"Invalid action: {exc}"
+            slot.observation = Observation(text=message)
+            return self._step_reply(message, 0.0, False, {"invalid_action": str(exc)}, None)
+
+        async def call() -> Any:
+            return await slot.env.step(action)
+
+        result = await self._locked(slot, instance, call)
+        slot.observation, slot.over = result.observation, result.done
+        return self._step_reply(
+            result.observation.text,
+            result.reward,
+            result.done,
+            dict(result.info),
+            result.observation.admissible_actions,
+        )
+
+    def _step_reply(
+        self, text: str, reward: float, done: bool, info: dict[str, Any], actions: list[str] | None
+    ) -> web.Response:
+        d = self.dialect
+        reply: dict[str, Any] = {"observation": text, "reward": reward, "info": info}
+        reply[d.step_obs_key] = text
+        reply[d.reward_key] = reward
+        reply["done"] = done
+        if "terminated" in d.done_keys:
+            reply.update(terminated=done, truncated=False)
+        self._add_actions(reply, actions)
+        return self._json(reply)
+
+    def _query_id(self, request: web.Request) -> int:
+        name = self.dialect.id_field
+        value = request.query.get(name)
+        if value is None:
+            raise HttpError(400, f"missing query parameter {name!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise HttpError(400, f"query parameter {name!r} must be an integer") from None
+
+    async def _observation(self, request: web.Request) -> web.Response:
+        instance = self._query_id(request)
+        slot = self._slot(instance)
+        if slot.observation is None:
+            raise HttpError(409, f"instance {instance} has not been reset")
+        slot.last_used = time.monotonic()
+        return self._json(slot.observation.text)
+
+    async def _available_actions(self, request: web.Request) -> web.Response:
+        instance = self._query_id(request)
+        slot = self._slot(instance)
+        if slot.observation is None:
+            raise HttpError(409, f"instance {instance} has not been reset")
+        return self._json(slot.observation.admissible_actions or [])
+
+    async def _close(self, request: web.Request) -> web.Response:
+        d = self.dialect
+        body = await self._body(request)
+        instance = self._int_field(body, d.id_field)
+        slot = self._slot(instance)
+        slot.closing = True
+        async with slot.lock:  # let a running call finish first
+            self._slots.pop(instance, None)
+            await self._dispose(slot)
+        if d.close_reply_text:
+            return web.Response(text="closed")
+        return self._json({"closed": True, d.id_field: instance})
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HttpError as exc:
+        return web.Response(
+            body=msgspec.json.encode({"error": exc.message}),
+            status=exc.status,
+            content_type="application/json",
+        )
+    except web.HTTPException as exc:
+        return web.Response(
+            body=msgspec.json.encode({"error": exc.reason}),
+            status=exc.status,
+            content_type="application/json",
+        )
+    except Exception as exc:  # a bug must not kill the server
+        _log.exception("request failed", path=request.path)
+        return web.Response(
+            body=msgspec.json.encode({"error": f"internal error: {exc!r}"}),
+            status=500,
+            content_type="application/json",
+        )
+
+
+async def serve(server: EnvServer, host: str, port: int, *, out: Callable[[str], None]) -> None:
+    """Serve until SIGINT/SIGTERM, then close every instance."""
+    runner = web.AppRunner(server.app(), handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await site.start()
+            bound = [a for a in runner.addresses if isinstance(a, tuple)]
+            real_port = bound[0][1] if bound else port
+            shown = f"[{host}]" if ":" in host else host
+            out(
+                f"gymux serve-env: {server.plugin.id} ({server.dialect.name} dialect) "
+                f"listening on http://{shown}:{real_port}{server.dialect.prefix}"
+            )
+            async for signum in signals:
+                out(f"gymux serve-env: signal {signum}, shutting down")
+                break
+    finally:
+        await runner.cleanup()
+    out("gymux serve-env: stopped")
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def add_serve_env_parser(sub: Any) -> None:
+    """Add ``gymux serve-env`` to the ``gymux`` subcommands."""
+    p = sub.add_parser("serve-env", help="serve an environment over AgentGym's HTTP protocol")
+    p.add_argument("name", help="environment id (see 'gymux envs')")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=36001, help="TCP port (0: any free port)")
+    p.add_argument(
+        "--max-instances", type=int, help="live instances at most (default: the plugin's)"
+    )
+    p.add_argument(
+        "--idle-timeout", type=float, default=600.0, help="close instances idle this many seconds"
+    )
+    p.add_argument("--call-timeout", type=float, default=300.0, help="seconds an env call may take")
+    p.add_argument(
+        "--dialect",
+        choices=sorted(DIALECTS),
+        help="AgentGym family to speak (default: the env's own, else gymux)",
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def run_serve_env(args: Any, registry: Any) -> int:
+    """``gymux serve-env``; returns the exit code."""
+    import sys
+
+    from gymux.cli.common import EXIT_OK, UsageError, out
+    from gymux.log import configure_logging
+
+    if args.log_level:
+        configure_logging(args.log_level)
+    for flag, value in (
+        ("--max-instances", 1 if args.max_instances is None else args.max_instances),
+        ("--idle-timeout", args.idle_timeout),
+        ("--call-timeout", args.call_timeout),
+    ):
+        if value <= 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0..65535, got {args.port}")
+    plugin = registry.get(args.name)
+    server = EnvServer(
+        plugin,
+        dialect=DIALECTS[args.dialect] if args.dialect else None,
+        max_instances=args.max_instances,
+        idle_timeout_s=args.idle_timeout,
+        call_timeout_s=args.call_timeout,
+    )
+
+    def say(text: str) -> None:
+        out(text)
+        sys.stdout.flush()
+
+    async def main() -> None:
+        await serve(server, args.host, args.port, out=say)
+
+    anyio.run(main)
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""The built-in babyai environment: see :mod:`.env`."""

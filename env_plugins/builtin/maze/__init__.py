@@ -1,0 +1,1 @@
+"""The built-in maze environment: see :mod:`.env`."""

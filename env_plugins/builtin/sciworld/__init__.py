@@ -1,0 +1,1 @@
+"""The built-in sciworld environment: see :mod:`.env`."""

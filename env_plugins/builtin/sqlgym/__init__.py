@@ -1,0 +1,1 @@
+"""The built-in sqlgym environment: see :mod:`.env`."""

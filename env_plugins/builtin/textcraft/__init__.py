@@ -1,0 +1,1 @@
+"""The built-in textcraft environment: see :mod:`.env`."""

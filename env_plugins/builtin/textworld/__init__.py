@@ -1,0 +1,1 @@
+"""The built-in textworld environment: see :mod:`.env`."""

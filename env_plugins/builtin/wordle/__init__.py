@@ -1,0 +1,1 @@
+"""The built-in wordle environment: see :mod:`.env`."""

@@ -1,0 +1,386 @@
+"""``gymux store``: look after a trajectory store from the command line.
+
+::
+
+    gymux store info PATH [--stream S] [--segments] [--json]
+    gymux store tail PATH [--stream S] [--n N] [--follow] [--json]
+    gymux store verify PATH [--stream S] [--json]          # exit 0 clean, 1 damaged
+    gymux store export PATH --format agenttraj|chat|parquet --out FILE
+                      [--env E]... [--success | --failed] [--min-policy-step N] ...
+    gymux store compact PATH [--stream S] [--target-mb MB] [--salvage] [--json]
+
+Bad input (no store at PATH, an unknown stream, a bad option) prints one line
+``gymux: error: ...`` on stderr and exits 2; an operation that fails on a good input (a
+stream locked by a writer, damage found while exporting or compacting) exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gymux.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from gymux.cli.common import err as _err
+from gymux.cli.common import out as _out
+from gymux.stores.codec import TrajectoryMeta, decode_meta
+from gymux.stores.errors import StoreError
+from gymux.stores.export import FORMATS, export
+from gymux.stores.format import SEGMENT_HEADER, RecordType, segment_name
+from gymux.stores.maintenance import (
+    DEFAULT_TARGET_BYTES,
+    CompactResult,
+    StreamInfo,
+    VerifyReport,
+    compact,
+    store_info,
+    verify,
+)
+from gymux.stores.reader import Position, StreamReader
+from gymux.stores.store import DEFAULT_STREAM, Store
+from gymux.trajectory import FinishReason
+
+__all__ = ["add_store_parser", "run_store"]
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MiB, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of MiB, got {text}")
+    return value
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def add_store_parser(sub: Any) -> None:
+    """Register ``gymux store`` and its subcommands on the top-level subparsers."""
+    store = sub.add_parser("store", help="inspect, tail, verify, export or compact a store")
+    cmds = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, *, stream_help: str) -> None:
+        p.add_argument("path", metavar="PATH", help="the store folder (e.g. runs/x/store)")
+        p.add_argument("--stream", help=stream_help)
+
+    info = cmds.add_parser("info", help="streams, segments, records, committed position, writer")
+    common(info, stream_help="only this stream (default: all)")
+    info.add_argument("--segments", action="store_true", help="also list every segment")
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    tail = cmds.add_parser("tail", help="the latest trajectories, one line each")
+    common(tail, stream_help=f"stream (default: {DEFAULT_STREAM})")
+    tail.add_argument("--n", "-n", type=_count, default=10, help="how many (default 10)")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    ver = cmds.add_parser("verify", help="check every record and index; exit 1 if damaged")
+    common(ver, stream_help="only this stream (default: all)")
+    ver.add_argument("--json", action="store_true", help="print JSON")
+
+    exp = cmds.add_parser("export", help="write trajectories as AgentTraj/chat JSONL or Parquet")
+    common(exp, stream_help=f"stream (default: {DEFAULT_STREAM})")
+    exp.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    exp.add_argument("--out", required=True, help="output file ('-': stdout, JSONL only)")
+    exp.add_argument("--env", action="append", help="only this env (repeatable)")
+    outcome = exp.add_mutually_exclusive_group()
+    outcome.add_argument("--success", action="store_true", help="only successful episodes")
+    outcome.add_argument("--failed", action="store_true", help="only failed episodes")
+    exp.add_argument("--min-policy-step", type=_count, help="only policy_step >= N")
+    exp.add_argument("--policy", help="only this policy")
+    exp.add_argument("--split", help="only this task split")
+    exp.add_argument(
+        "--finish-reason",
+        action="append",
+        choices=[r.value for r in FinishReason],
+        help="only these finish reasons (repeatable)",
+    )
+    exp.add_argument("--committed-only", action="store_true", help="stop at the durable offset")
+    exp.add_argument("--salvage", action="store_true", help="skip damaged records")
+
+    com = cmds.add_parser("compact", help="merge small sealed segments; rebuild indexes")
+    common(com, stream_help=f"stream (default: {DEFAULT_STREAM})")
+    com.add_argument(
+        "--target-mb",
+        type=_megabytes,
+        default=DEFAULT_TARGET_BYTES / 2**20,
+        help="size of a merged segment in MiB (default 64)",
+    )
+    com.add_argument("--salvage", action="store_true", help="drop damaged ranges (reported)")
+    com.add_argument("--json", action="store_true", help="print JSON")
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace) -> Store:
+    path = Path(args.path)
+    if not path.exists():
+        raise UsageError(f"no such store: {path}")
+    try:
+        return Store(path, create=False)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _stream(store: Store, name: str | None) -> str:
+    stream = name or DEFAULT_STREAM
+    try:
+        exists = store.stream_path(stream).is_dir()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not exists:
+        known = ", ".join(store.streams()) or "none"
+        raise UsageError(f"no stream {stream!r} in {store.path} (streams: {known})")
+    return stream
+
+
+def _info_lines(stream: StreamInfo, segments: bool) -> list[str]:
+    seqs = f"seq {stream.first_seq}-{stream.last_seq}" if stream.first_seq is not None else "no seq"
+    lines = [
+        f"stream {stream.name}: {stream.records} records ({seqs}), {stream.segments} segment(s), "
+        f"{_size(stream.bytes)}"
+    ]
+    c = stream.committed
+    if c is None:
+        lines.append("  committed: none published")
+    else:
+        lines.append(
+            f"  committed: next seq {c.next_seq} ({segment_name(c.segment)} byte {c.offset})"
+        )
+    lines.append(f"  writer: {stream.writer or 'none'}")
+    if stream.tail_bytes:
+        lines.append(f"  active segment tail: {stream.tail_bytes} bytes after the last record")
+    if segments:
+        for seg in stream.segment_list:
+            last = f"..{seg.last_seq}" if seg.last_seq is not None else ""
+            state = "sealed" if seg.sealed else "active"
+            indexed = "indexed" if seg.indexed else "no index" if seg.sealed else ""
+            lines.append(
+                f"  {seg.name}  {state}  {seg.records:>8} records  seq {seg.first_seq}{last}  "
+                f"{_size(seg.bytes)}  {indexed}".rstrip()
+            )
+    return lines
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    store = _store(args)
+    stream = _stream(store, args.stream) if args.stream else None
+    info = store_info(store, stream)
+    if args.json:
+        _out(msgspec.json.encode(info).decode())
+        return EXIT_OK
+    _out(f"store {info.path} (format {info.format_version}), {len(info.streams)} stream(s)")
+    for s in info.streams:
+        for line in _info_lines(s, args.segments):
+            _out(line)
+    return EXIT_OK
+
+
+def _tail_line(seq: int, meta: TrajectoryMeta, as_json: bool) -> str:
+    if as_json:
+        return msgspec.json.encode(
+            {
+                "seq": seq,
+                "env": meta.env_id,
+                "task_id": meta.task_id,
+                "reward": meta.reward,
+                "success": meta.success,
+                "finish_reason": meta.finish_reason,
+                "episode_id": meta.episode_id,
+                "policy": meta.policy,
+                "num_turns": meta.num_turns,
+            }
+        ).decode()
+    ok = "yes" if meta.success else "no"
+    return (
+        f"{seq:>8}  {meta.env_id:<10} {meta.task_id:>6}  {meta.reward:>8.3f}  {ok:<7}  "
+        f"{meta.finish_reason}"
+    )
+
+
+_TAIL_HEADER = f"{'seq':>8}  {'env':<10} {'task':>6}  {'reward':>8}  {'success':<7}  finish"
+
+
+def _last(reader: StreamReader, n: int) -> tuple[list[tuple[int, TrajectoryMeta]], Position]:
+    """The last ``n`` trajectories and the position after the last record."""
+    firsts = reader.segments()
+    if not firsts:
+        return [], reader.start()
+    # Start from the newest segments whose indexes together count at least n records.
+    start = len(firsts) - 1
+    have = 0
+    while start > 0:
+        have += reader.index(firsts[start]).count
+        if have >= n:
+            break
+        start -= 1
+    while True:
+        first = firsts[start]
+        pos = Position(first, SEGMENT_HEADER.size, first)
+        last: collections.deque[tuple[int, TrajectoryMeta]] = collections.deque(maxlen=n)
+        for record in reader.records(pos):
+            pos = record.next
+            if record.type == RecordType.TRAJECTORY and n:
+                last.append((record.seq, decode_meta(record.payload)))
+        if len(last) >= n or start == 0:
+            return list(last), pos
+        start = 0  # other record types in between: read it all
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    store = _store(args)
+    stream = _stream(store, args.stream)
+    reader = store.reader(stream)
+    try:
+        rows, pos = _last(reader, args.n)
+        if not args.json:
+            _out(_TAIL_HEADER)
+        for seq, meta in rows:
+            _out(_tail_line(seq, meta, args.json))
+        sys.stdout.flush()
+        if not args.follow:
+            return EXIT_OK
+        for record in reader.records(pos, follow=True, poll_s=0.05):
+            if record.type == RecordType.TRAJECTORY:
+                _out(_tail_line(record.seq, decode_meta(record.payload), args.json))
+                sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C is how --follow ends
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    store = _store(args)
+    stream = _stream(store, args.stream) if args.stream else None
+    report: VerifyReport = verify(store, stream)
+    if args.json:
+        _out(msgspec.json.encode(report).decode())
+        return EXIT_OK if report.clean else EXIT_FAILED
+    _out(f"verify {report.path}")
+    for s in report.streams:
+        state = "clean" if not s.problems else f"{len(s.problems)} problem(s)"
+        writer = f", writer: {s.writer}" if s.writer else ""
+        _out(
+            f"stream {s.name}: {s.segments} segment(s), {s.records} valid records: {state}{writer}"
+        )
+        for p in s.problems:
+            _out(f"  {p.kind.upper():<22} {p.where}: {p.reason}")
+        for note in s.notes:
+            _out(f"  note: {note}")
+    problems = report.problems
+    if report.clean:
+        _out("result: clean")
+        return EXIT_OK
+    damaged = sum(p.bytes for p in problems)
+    _out(f"result: DAMAGED ({len(problems)} problem(s), {damaged} bytes in damaged ranges)")
+    return EXIT_FAILED
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    store = _store(args)
+    stream = _stream(store, args.stream)
+    to_stdout = args.out == "-"
+    if to_stdout and args.format == "parquet":
+        raise UsageError("--out -: Parquet cannot be written to stdout; give a file name")
+    if not to_stdout and not Path(args.out).resolve().parent.is_dir():
+        raise UsageError(f"--out: folder {Path(args.out).parent} does not exist")
+    filters: dict[str, Any] = {
+        "env": args.env,
+        "success": True if args.success else False if args.failed else None,
+        "min_policy_step": args.min_policy_step,
+        "policy": args.policy,
+        "split": args.split,
+        "finish_reasons": args.finish_reason,
+    }
+    result = export(
+        store,
+        sys.stdout.buffer if to_stdout else args.out,
+        args.format,
+        stream=stream,
+        committed_only=args.committed_only,
+        salvage=args.salvage,
+        **filters,
+    )
+    if to_stdout:
+        sys.stdout.flush()
+        return EXIT_OK
+    _out(
+        f"exported {result.trajectories} trajectories ({result.format}) to {result.path} "
+        f"({_size(result.bytes)})"
+    )
+    if result.skipped_bytes:
+        _out(f"salvage: skipped {result.skipped_bytes} damaged bytes")
+    return EXIT_OK
+
+
+def _compact_lines(r: CompactResult) -> list[str]:
+    lines = [
+        f"compacted {r.stream}: {r.segments_before} -> {r.segments_after} segment(s) "
+        f"({r.segments_written} written, {r.indexes_rebuilt} index(es) rebuilt), "
+        f"{r.records} records, {_size(r.bytes_before)} -> {_size(r.bytes_after)}"
+    ]
+    if r.resumed:
+        lines.insert(0, "finished an interrupted compaction first")
+    if r.dropped:
+        lines.append(f"salvage dropped {len(r.dropped)} range(s), {r.dropped_bytes} bytes:")
+        for d in r.dropped:
+            lines.append(f"  {d.segment} bytes {d.start}-{d.end} ({d.end - d.start}): {d.reason}")
+    return lines
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    store = _store(args)
+    stream = _stream(store, args.stream)
+    result = compact(store, stream, target_bytes=int(args.target_mb * 2**20), salvage=args.salvage)
+    if args.json:
+        _out(msgspec.json.encode(result).decode())
+    else:
+        for line in _compact_lines(result):
+            _out(line)
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "info": _cmd_info,
+    "tail": _cmd_tail,
+    "verify": _cmd_verify,
+    "export": _cmd_export,
+    "compact": _cmd_compact,
+}
+
+
+def run_store(args: argparse.Namespace) -> int:
+    """Run a parsed ``gymux store ...`` command; returns the exit code."""
+    try:
+        return _COMMANDS[args.store_command](args)
+    except (UsageError, ValueError) as exc:
+        _err(f"gymux: error: {exc}")
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+    except (StoreError, OSError) as exc:
+        _err(f"gymux: error: {exc}")
+        return EXIT_FAILED

@@ -1,0 +1,1 @@
+"""Evaluation: suites, resumable eval runs, metrics, and the Markdown/JSON/HTML reports."""

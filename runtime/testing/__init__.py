@@ -1,0 +1,1 @@
+"""Tools for plugin authors and embedders to use in their own tests."""

@@ -1,0 +1,1 @@
+"""Test doubles: stand-in servers, test environments and helper processes, in one place."""

@@ -1,0 +1,598 @@
+"""TEST DOUBLE of an SGLang server (not SGLang, no model): aiohttp.web on loopback.
+
+It implements the parts of SGLang's native HTTP API that gymux uses, with the request and
+response shapes SGLang documents:
+
+* ``POST /generate``: ``text`` or ``input_ids`` (a list, or a list of lists for a batch),
+  ``sampling_params`` (``max_new_tokens``, ``temperature``, ``top_p``, ``stop``, ...),
+  ``return_logprob``, ``stream``, ``rid``. A single request answers ``{"text",
+  "output_ids", "meta_info": {"id", "prompt_tokens", "completion_tokens", "cached_tokens",
+  "finish_reason": {"type": "stop"|"length"|"abort", ...}, "output_token_logprobs":
+  [[logprob, token_id, null], ...], "e2e_latency"}}``; a batch answers a list of those.
+  Streaming is SSE: ``data: {...}`` chunks (cumulative text/output_ids/meta_info, with
+  ``index`` in a batch) ending with ``data: [DONE]``.
+* ``GET /health``, ``GET /get_model_info``, ``POST /abort_request`` (``{"rid"}``).
+* Test-only: ``GET /_double/stats`` and ``POST /_double/reset``.
+
+Generation is scripted: ``model(input_ids) -> output ids`` (deterministic), cut at
+``max_new_tokens`` and at the first ``sampling_params.stop`` string (a string or a list)
+found in the decoded output, as SGLang does: ``output_ids`` end with the token that
+completed the match, ``text`` ends before the stop string, and ``finish_reason`` is
+``{"type": "stop", "matched": "<the stop string>"}``. A cost model
+charges a serialized per-request and per-sequence overhead (the frontend) and
+``per_token_s`` per generated token while the sequence holds one of ``capacity`` (B) decode
+slots; extra sequences queue. Failures are injected with :meth:`SGLangDouble.fail_next`
+(``stale_keepalive``: close the connection the request arrived on before reading it, as a
+server does when it times out an idle keep-alive connection just as the client reuses it).
+``keepalive_timeout`` closes idle keep-alive connections after that many seconds.
+Run standalone (the benchmark does) with ``python tests/doubles/sglang_double.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+Model = Callable[[list[int]], list[int]]
+
+FAILURES = (
+    "http500",
+    "http503",
+    "malformed",
+    "wrong_count",
+    "die_after_headers",
+    "die_mid_stream",
+    "hang",
+    "stale_keepalive",
+)
+
+
+@dataclass
+class CostModel:
+    request_overhead_s: float = 0.0  # serialized, per HTTP /generate request
+    item_overhead_s: float = 0.0  # serialized, per sequence
+    per_token_s: float = 0.0  # per generated token, while holding a decode slot
+    capacity: int = 64  # B: sequences decoding at once
+
+
+@dataclass
+class Stats:
+    requests: int = 0  # /generate HTTP requests
+    batch_requests: int = 0  # of which batched (list input)
+    stream_requests: int = 0
+    sequences: int = 0
+    max_batch_items: int = 0
+    concurrent: int = 0
+    max_concurrent: int = 0
+    busy_s: float = 0.0  # slot-seconds spent decoding
+    generated_tokens: int = 0
+    aborted_rids: list[str] = field(default_factory=list)
+    abort_requests: int = 0
+    health_checks: int = 0
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # rid -> input_ids
+    rids: list[str] = field(default_factory=list)  # in arrival order
+    stale_closed: int = 0  # connections closed by the stale_keepalive failure
+    last_sampling_params: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "inputs"}
+        out["aborted_rids"] = list(self.aborted_rids)
+        out["rids"] = len(self.rids)
+        return out
+
+
+def default_logprob(position: int, token: int) -> float:
+    return -((token * 7 + position) % 50) / 100.0
+
+
+class _Seq:
+    __slots__ = ("aborted", "done", "finish", "input_ids", "logprobs", "out", "rid", "stop")
+
+    def __init__(self, rid: str, input_ids: list[int]) -> None:
+        self.rid = rid
+        self.input_ids = input_ids
+        self.out: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish: dict[str, Any] | None = None
+        self.aborted = False
+        self.stop: str | None = None  # the stop string that ended the output
+        self.done = asyncio.Event()
+
+
+class SGLangDouble:
+    """A scripted SGLang stand-in. ``await start()``, ``url``, ``await stop()``."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        cost: CostModel | None = None,
+        decode: Callable[[list[int]], str] | None = None,
+        encode: Callable[[str], list[int]] | None = None,
+        eos_id: int | None = None,
+        logprob: Callable[[int, int], float] = default_logprob,
+        model_path: str = "test-double/tiny",
+        context_length: int = 4096,
+        stream_interval: int = 4,
+        hang_s: float = 3600.0,
+        keepalive_timeout: float = 75.0,
+        port: int = 0,
+    ) -> None:
+        self.model = model
+        self.cost = cost or CostModel()
+        self.decode = decode or (lambda ids: " ".join(map(str, ids)))
+        self.encode = encode
+        self.eos_id = eos_id
+        self.logprob = logprob
+        self.model_path = model_path
+        self.context_length = context_length
+        self.stream_interval = max(1, stream_interval)
+        self.hang_s = hang_s
+        self.keepalive_timeout = keepalive_timeout
+        self.port = port
+        self.stats = Stats()
+        self._failures: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self._slots = asyncio.Semaphore(self.cost.capacity)
+        self._frontend = asyncio.Lock()
+        self._live: dict[str, _Seq] = {}
+        self._rid_counter = 0
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_post("/generate", self._generate)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/health_generate", self._health)
+        app.router.add_get("/get_model_info", self._model_info)
+        app.router.add_post("/abort_request", self._abort)
+        app.router.add_get("/_double/stats", self._stats)
+        app.router.add_post("/_double/reset", self._reset)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=0.05,
+            keepalive_timeout=self.keepalive_timeout,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self.port, backlog=4096)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Stop listening and drop every connection (clients then see connection refused)."""
+        runner, self._runner = self._runner, None
+        for task in list(self._handlers):
+            task.cancel()
+        for seq in self._live.values():
+            seq.aborted = True
+        if runner is not None:
+            await runner.cleanup()
+
+    def fail_next(self, kind: str, times: int = 1) -> None:
+        """Make the next ``times`` /generate requests fail in the way ``kind`` names."""
+        if kind not in FAILURES:
+            raise ValueError(f"unknown failure {kind!r}; one of {FAILURES}")
+        self._failures.extend([kind] * times)
+
+    def reset_stats(self) -> None:
+        # `concurrent` is a gauge of sequences decoding right now, not a counter: it
+        # survives a reset, or sequences finishing after it would drive it negative.
+        running = self.stats.concurrent
+        self.stats = Stats(concurrent=running, max_concurrent=running)
+
+    # -- endpoints --------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        self.stats.health_checks += 1
+        return web.Response(text="")
+
+    async def _model_info(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "model_path": self.model_path,
+                "tokenizer_path": self.model_path,
+                "is_generation": True,
+                "max_context_length": self.context_length,
+            }
+        )
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.as_json())
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.reset_stats()
+        return web.json_response({"ok": True})
+
+    async def _abort(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        rid = str(body.get("rid", ""))
+        self.stats.abort_requests += 1
+        self.stats.aborted_rids.append(rid)
+        seq = self._live.get(rid)
+        if seq is not None:
+            seq.aborted = True
+        return web.Response(text="")
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            return await self._generate_inner(request)
+        finally:
+            self._handlers.discard(task)
+
+    async def _generate_inner(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        failure = self._failures.pop(0) if self._failures else None
+        if failure == "stale_keepalive":
+            # Nothing read, nothing generated: the client sees the connection drop before
+            # any response byte (aiohttp: ServerDisconnectedError).
+            self.stats.stale_closed += 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        if failure == "hang":
+            await asyncio.sleep(self.hang_s)
+        if failure in ("http500", "http503"):
+            status = 500 if failure == "http500" else 503
+            return web.json_response(
+                {"error": {"message": f"injected HTTP {status}"}}, status=status
+            )
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": {"message": "bad JSON"}}, status=400)
+        self.stats.requests += 1
+        batched, prompts = self._prompts(body)
+        if prompts is None:
+            return web.json_response(
+                {"error": {"message": "either text or input_ids should be provided"}}, status=400
+            )
+        if batched:
+            self.stats.batch_requests += 1
+        self.stats.max_batch_items = max(self.stats.max_batch_items, len(prompts))
+        rids = body.get("rid")
+        if rids is None:
+            rids = [self._new_rid() for _ in prompts]
+        elif isinstance(rids, str):
+            rids = [rids]
+        params = body.get("sampling_params") or {}
+        if isinstance(params, list):
+            params = params[0] if params else {}
+        self.stats.last_sampling_params = dict(params)
+        max_new = int(params.get("max_new_tokens", 128))
+        stop = params.get("stop") or []
+        stops = [stop] if isinstance(stop, str) else [str(x) for x in stop]
+        want_logprob = bool(body.get("return_logprob", False))
+        stream = bool(body.get("stream", False))
+        if stream:
+            self.stats.stream_requests += 1
+        async with self._frontend:  # serialized tokenizer-manager work
+            cost = self.cost.request_overhead_s + self.cost.item_overhead_s * len(prompts)
+            if cost > 0:
+                await asyncio.sleep(cost)
+        seqs = []
+        for rid, ids in zip(rids, prompts, strict=False):
+            seq = _Seq(str(rid), ids)
+            self.stats.sequences += 1
+            self.stats.rids.append(seq.rid)
+            self.stats.inputs[seq.rid] = list(ids)
+            self._live[seq.rid] = seq
+            seqs.append(seq)
+        tasks = [asyncio.ensure_future(self._decode(seq, max_new, stream, stops)) for seq in seqs]
+        try:
+            if stream:
+                return await self._respond_stream(
+                    request, seqs, batched, want_logprob, failure, started
+                )
+            await asyncio.gather(*tasks)
+            items = [self._item(seq, want_logprob, started) for seq in seqs]
+            if failure == "wrong_count":
+                items = items[:-1] if len(items) > 1 else items * 2
+                return web.json_response(items)
+            payload = items if batched else items[0]
+            if failure in ("die_after_headers", "die_mid_stream", "malformed"):
+                text = json.dumps(payload)
+                if failure == "malformed":
+                    return web.Response(
+                        text=text[: len(text) // 2], content_type="application/json"
+                    )
+                return await self._die(request, text, after_headers=failure == "die_after_headers")
+            return web.json_response(payload)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for seq in seqs:
+                self._live.pop(seq.rid, None)
+
+    async def _die(
+        self, request: web.Request, text: str, *, after_headers: bool
+    ) -> web.StreamResponse:
+        data = text.encode()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        if not after_headers:
+            await resp.write(data[: len(data) // 2])
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    async def _respond_stream(
+        self,
+        request: web.Request,
+        seqs: list[_Seq],
+        batched: bool,
+        want_logprob: bool,
+        failure: str | None,
+        started: float,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if failure == "die_after_headers":
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        sent = [0] * len(seqs)
+        chunks = 0
+        pending = set(range(len(seqs)))
+        while pending:
+            waiters = [asyncio.ensure_future(seqs[i].done.wait()) for i in pending]
+            await asyncio.wait(
+                waiters,
+                timeout=self.cost.per_token_s * self.stream_interval or 0.005,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for w in waiters:
+                w.cancel()
+            for i in sorted(pending):
+                seq = seqs[i]
+                if len(seq.out) == sent[i] and seq.finish is None:
+                    continue
+                sent[i] = len(seq.out)
+                item = self._item(seq, want_logprob, started)
+                if batched:
+                    item["index"] = i
+                if failure == "malformed" and chunks == 0:
+                    await resp.write(b"data: {not json\n\n")
+                else:
+                    await resp.write(b"data: " + json.dumps(item).encode() + b"\n\n")
+                chunks += 1
+                if failure == "die_mid_stream" and chunks >= 1:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return resp
+                if seq.finish is not None:
+                    pending.discard(i)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    # -- model ------------------------------------------------------------------------
+
+    def _new_rid(self) -> str:
+        self._rid_counter += 1
+        return f"double-{self._rid_counter}"
+
+    def _prompts(self, body: dict[str, Any]) -> tuple[bool, list[list[int]] | None]:
+        ids = body.get("input_ids")
+        if ids is None and body.get("text") is not None:
+            text = body["text"]
+            enc = self.encode or (lambda s: [b for b in s.encode()])
+            if isinstance(text, list):
+                return True, [enc(t) for t in text]
+            return False, [enc(text)]
+        if not isinstance(ids, list):
+            return False, None
+        if ids and isinstance(ids[0], list):
+            return True, [list(map(int, x)) for x in ids]
+        return False, [list(map(int, ids))]
+
+    def _cut_at_stop(self, full: list[int], stops: list[str]) -> tuple[list[int], str] | None:
+        """The output up to the token that completes the first stop string, and that string."""
+        if not stops:
+            return None
+        for i in range(len(full)):
+            text = self.decode([t for t in full[: i + 1] if t != self.eos_id])
+            hits = [(text.find(s), s) for s in stops if s and s in text]
+            if hits:
+                return full[: i + 1], min(hits)[1]
+        return None
+
+    async def _decode(
+        self, seq: _Seq, max_new: int, stream: bool, stops: list[str] | None = None
+    ) -> None:
+        full = list(self.model(seq.input_ids))
+        cut = self._cut_at_stop(full[:max_new], stops or [])
+        if cut is not None:
+            out, seq.stop = cut
+            finish: dict[str, Any] = {"type": "stop", "matched": seq.stop}
+        elif len(full) > max_new:
+            out, finish = full[:max_new], {"type": "length", "length": max_new}
+        elif full and self.eos_id is not None and full[-1] == self.eos_id:
+            out, finish = full, {"type": "stop", "matched": self.eos_id}
+        else:
+            out, finish = full, {"type": "stop", "matched": None}
+        await self._slots.acquire()
+        self.stats.concurrent += 1
+        self.stats.max_concurrent = max(self.stats.max_concurrent, self.stats.concurrent)
+        t0 = time.perf_counter()
+        try:
+            step = self.stream_interval if stream else max(16, self.stream_interval)
+            i = 0
+            while i < len(out):
+                if seq.aborted:
+                    finish = {"type": "abort", "message": f"abort request {seq.rid}"}
+                    break
+                n = min(step, len(out) - i)
+                if self.cost.per_token_s > 0:
+                    await asyncio.sleep(self.cost.per_token_s * n)
+                for j in range(i, i + n):
+                    seq.logprobs.append(self.logprob(len(seq.input_ids) + j, out[j]))
+                seq.out.extend(out[i : i + n])
+                i += n
+            seq.finish = finish
+        finally:
+            self.stats.busy_s += time.perf_counter() - t0
+            self.stats.generated_tokens += len(seq.out)
+            self.stats.concurrent -= 1
+            self._slots.release()
+            if seq.finish is None:
+                seq.finish = {"type": "abort", "message": "server shutting down"}
+            seq.done.set()
+
+    def _item(self, seq: _Seq, want_logprob: bool, started: float) -> dict[str, Any]:
+        ids = list(seq.out)
+        visible = [t for t in ids if t != self.eos_id]
+        meta: dict[str, Any] = {
+            "id": seq.rid,
+            "finish_reason": seq.finish,
+            "prompt_tokens": len(seq.input_ids),
+            "completion_tokens": len(ids),
+            "cached_tokens": 0,
+            "e2e_latency": time.perf_counter() - started,
+        }
+        if want_logprob:
+            meta["output_token_logprobs"] = [
+                [lp, t, None] for lp, t in zip(seq.logprobs, ids, strict=False)
+            ]
+        text = self.decode(visible)
+        if seq.stop is not None and seq.stop in text:
+            text = text[: text.find(seq.stop)]
+        return {"text": text, "output_ids": ids, "meta_info": meta}
+
+
+# -- helpers for tests and the benchmark ------------------------------------------------
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_tiny_tokenizer(folder: Path, extra_text: list[str] | None = None) -> Path:
+    """Train a small byte-level BPE tokenizer locally and write it with a ChatML template.
+
+    Byte-level, so any text encodes and decodes exactly; special tokens ``<|im_start|>``,
+    ``<|im_end|>`` (EOS) and ``<|endoftext|>``. No downloads.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from gymux.env_plugins.builtin.maze.env import MAZE_SPEC
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = [MAZE_SPEC.instruction] * 3
+    for r in range(12):
+        for c in range(12):
+            corpus.append(
+                f"The goal is at position ({r}, {c}). Your current position is at position "
+                f"({c}, {r}). There are walls above you and to your left. You solved the maze!"
+            )
+    for a in ("up", "down", "left", "right"):
+        corpus.append(f"Thought: I should move {a} to get closer.\nAction: move {a}")
+    corpus.extend(extra_text or [])
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": CHATML_TEMPLATE,
+                "eos_token": "<|im_end|>",
+                "bos_token": None,
+                "model_max_length": 4096,
+            }
+        )
+    )
+    return folder
+
+
+def lengths_model(short: int, long: int, long_frac: float, token: int, eos: int) -> Model:
+    """Deterministic from the prompt: ``long`` tokens for ~``long_frac`` of prompts, else
+    ``short``; each output ends with ``eos``."""
+
+    def model(ids: list[int]) -> list[int]:
+        h = zlib.crc32(json.dumps(ids[-64:]).encode() + str(len(ids)).encode())
+        n = long if (h % 1000) < long_frac * 1000 else short
+        return [token] * (n - 1) + [eos]
+
+    return model
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    double = SGLangDouble(
+        lengths_model(args.short, args.long, args.long_frac, args.token, args.eos),
+        cost=CostModel(
+            request_overhead_s=args.request_overhead_s,
+            item_overhead_s=args.item_overhead_s,
+            per_token_s=args.per_token_s,
+            capacity=args.capacity,
+        ),
+        eos_id=args.eos,
+        context_length=args.context_length,
+        stream_interval=args.stream_interval,
+        port=args.port,
+    )
+    await double.start()
+    print(f"PORT {double.port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="SGLang TEST DOUBLE (scripted, no model)")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--capacity", type=int, default=64)
+    p.add_argument("--per-token-s", type=float, default=0.001)
+    p.add_argument("--request-overhead-s", type=float, default=0.0005)
+    p.add_argument("--item-overhead-s", type=float, default=0.00002)
+    p.add_argument("--short", type=int, default=8)
+    p.add_argument("--long", type=int, default=128)
+    p.add_argument("--long-frac", type=float, default=0.2)
+    p.add_argument("--token", type=int, default=100)
+    p.add_argument("--eos", type=int, default=2)
+    p.add_argument("--context-length", type=int, default=1 << 20)
+    p.add_argument("--stream-interval", type=int, default=8)
+    args = p.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -116,7 +116,7 @@ class _BenchPolicy(SGLangPolicy):
 
     def _to_response(self, server: Any, request: PolicyRequest, answer: Any) -> Any:
         with contextlib.suppress(KeyError, TypeError, ValueError):
-            self.e2e[request.episode_id] = float(answer["meta_info"]["e2e_latency"])
+            self.e2e[request.episode_id] = float(answer.meta_info.e2e_latency)
         return super()._to_response(server, request, answer)
 
 

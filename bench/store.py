@@ -581,67 +581,74 @@ def _raw_task(group: str, size: str, pay: Payloads, n: int) -> Task:
     return f"{group}/raw", run, ""
 
 
-def _raw_chunked_task(group: str, size: str, pay: Payloads, n: int) -> Task:
+def _read_row(
+    name: str, kind: str, mode: str, records: int, nbytes: int, seconds: float, cpu_s: float
+) -> dict[str, Any]:
+    return _row(
+        "read",
+        name,
+        kind=kind,
+        mode=mode,
+        size="2.5KB",
+        producers=1,
+        records=records,
+        nbytes=nbytes,
+        seconds=seconds,
+        cpu_s=cpu_s,
+    )
+
+
+def _baseline_task(
+    group: str,
+    name: str,
+    mode: str,
+    size: str,
+    n: int,
+    write: Callable[[Path], tuple[float, float, int]],
+    keep: str = "",
+) -> Task:
+    """A one-row baseline: ``write(path)`` returns (seconds, cpu seconds, bytes)."""
+
     def run(path: Path) -> list[dict[str, Any]]:
-        t_w, _t_s, cpu = raw_write(path, pay, n, chunk=1 << 20)
+        seconds, cpu, nbytes = write(path)
         return [
             _row(
                 group,
-                "raw-1MiB",
+                name,
                 kind="baseline",
-                mode="os.write 1MiB",
+                mode=mode,
                 size=size,
                 producers=1,
                 records=n,
-                nbytes=pay.total_bytes(n),
-                seconds=t_w,
+                nbytes=nbytes,
+                seconds=seconds,
                 cpu_s=cpu,
             )
         ]
 
-    return f"{group}/raw-1MiB", run, ""
+    return f"{group}/{name}", run, keep
+
+
+def _raw_chunked_task(group: str, size: str, pay: Payloads, n: int) -> Task:
+    def write(path: Path) -> tuple[float, float, int]:
+        t_w, _t_s, cpu = raw_write(path, pay, n, chunk=1 << 20)
+        return t_w, cpu, pay.total_bytes(n)
+
+    return _baseline_task(group, "raw-1MiB", "os.write 1MiB", size, n, write)
 
 
 def _fsync_each_task(group: str, size: str, pay: Payloads, n: int) -> Task:
-    def run(path: Path) -> list[dict[str, Any]]:
+    def write(path: Path) -> tuple[float, float, int]:
         t, cpu = raw_write_fsync_each(path, pay, n)
-        return [
-            _row(
-                group,
-                "raw-fsync-each",
-                kind="baseline",
-                mode="write+fsync/rec",
-                size=size,
-                producers=1,
-                records=n,
-                nbytes=pay.total_bytes(n),
-                seconds=t,
-                cpu_s=cpu,
-            )
-        ]
+        return t, cpu, pay.total_bytes(n)
 
-    return f"{group}/raw-fsync-each", run, ""
+    return _baseline_task(group, "raw-fsync-each", "write+fsync/rec", size, n, write)
 
 
 def _jsonl_task(group: str, size: str, pay: Payloads, n: int) -> Task:
-    def run(path: Path) -> list[dict[str, Any]]:
-        t, cpu, nb = jsonl_write(path, pay, n)
-        return [
-            _row(
-                group,
-                "jsonl",
-                kind="baseline",
-                mode="json.dumps+write",
-                size=size,
-                producers=1,
-                records=n,
-                nbytes=nb,
-                seconds=t,
-                cpu_s=cpu,
-            )
-        ]
-
-    return f"{group}/jsonl", run, "jsonl"
+    return _baseline_task(
+        group, "jsonl", "json.dumps+write", size, n, lambda path: jsonl_write(path, pay, n), "jsonl"
+    )
 
 
 def _store_task(
@@ -704,59 +711,20 @@ def _read_tasks(b: Bench) -> list[Task]:
         store = b.keep["store-small"]
         t, cpu, nb = raw_read(sorted(store.glob("*.seg")))
         n = b.count("small")
-        return [
-            _row(
-                "read",
-                "raw",
-                kind="baseline",
-                mode="file.read",
-                size="2.5KB",
-                producers=1,
-                records=n,
-                nbytes=nb,
-                seconds=t,
-                cpu_s=cpu,
-            )
-        ]
+        return [_read_row("raw", "baseline", "file.read", n, nb, t, cpu)]
 
     def store(how: str) -> Callable[[Path], list[dict[str, Any]]]:
         def run(_p: Path) -> list[dict[str, Any]]:
             t, cpu, n, nb = store_read(b.keep["store-small"], how)
             if n != b.count("small"):
                 raise SystemExit(f"read {n} records, wrote {b.count('small')}")
-            return [
-                _row(
-                    "read",
-                    how,
-                    kind="store",
-                    mode=_READ_MODES[how],
-                    size="2.5KB",
-                    producers=1,
-                    records=n,
-                    nbytes=nb,
-                    seconds=t,
-                    cpu_s=cpu,
-                )
-            ]
+            return [_read_row(how, "store", _READ_MODES[how], n, nb, t, cpu)]
 
         return run
 
     def jsonl(_p: Path) -> list[dict[str, Any]]:
         t, cpu, n, nb = jsonl_read(b.keep["jsonl"])
-        return [
-            _row(
-                "read",
-                "jsonl",
-                kind="baseline",
-                mode="json.loads",
-                size="2.5KB",
-                producers=1,
-                records=n,
-                nbytes=nb,
-                seconds=t,
-                cpu_s=cpu,
-            )
-        ]
+        return [_read_row("jsonl", "baseline", "json.loads", n, nb, t, cpu)]
 
     tasks: list[Task] = [("read/raw", raw, "")]
     tasks += [(f"read/{how}", store(how), "") for how in _READ_MODES]

@@ -18,6 +18,10 @@ the plugin has one -- the oracle finishing every task it is given.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
 import anyio
 import msgspec
 
@@ -28,6 +32,7 @@ from gymux.env_plugins.protocol import (
     EnvPlugin,
     Execution,
     Observation,
+    Oracle,
     StepResult,
     Task,
 )
@@ -133,11 +138,43 @@ async def check_plugin(
     return report
 
 
+_Answer = Callable[[PolicyRequest], Awaitable[str]]
+
+
+@asynccontextmanager
+async def _oracle_answers(
+    plugin: EnvPlugin,
+) -> AsyncIterator[Callable[[PolicyRequest], Awaitable[str]]]:
+    """The plugin's oracle as ``request -> answer text``, closed on the way out.
+
+    An :class:`Oracle` answers through ``solve`` (and is closed with its ``aclose``, if it
+    has one); a factory made for older gymux returns a policy, entered as one.
+    """
+    assert plugin.oracle is not None
+    made: Any = plugin.oracle()
+    if isinstance(made, Oracle):
+        try:
+            yield made.solve
+        finally:
+            close = getattr(made, "aclose", None)
+            if close is not None:
+                await close()
+        return
+    async with made as policy:
+
+        async def act(request: PolicyRequest) -> str:
+            response = await policy.act(request)
+            assert isinstance(response, PolicyResponse)
+            return str(response.text)
+
+        yield act
+
+
 async def _check_oracle(plugin: EnvPlugin, tasks: list[Task], report: ConformanceReport) -> None:
     spec = plugin.spec
     env = await _new(plugin)
     try:
-        async with plugin.oracle() as oracle:  # type: ignore[misc]
+        async with _oracle_answers(plugin) as answer:
             for task in tasks:
                 obs = await env.reset(task)
                 messages = [
@@ -148,7 +185,7 @@ async def _check_oracle(plugin: EnvPlugin, tasks: list[Task], report: Conformanc
                 reward, done = 0.0, False
                 admissible = obs.admissible_actions
                 for turn in range(spec.max_turns):
-                    response = await oracle.act(
+                    text = await answer(
                         PolicyRequest(
                             episode_id=f"conformance-{task.id}",
                             env_id=spec.id,
@@ -158,9 +195,8 @@ async def _check_oracle(plugin: EnvPlugin, tasks: list[Task], report: Conformanc
                             admissible_actions=admissible,
                         )
                     )
-                    assert isinstance(response, PolicyResponse)
-                    messages.append(Message(role="assistant", content=response.text, loss=True))
-                    result = await env.step(plugin.parse_action(response.text))
+                    messages.append(Message(role="assistant", content=text, loss=True))
+                    result = await env.step(plugin.parse_action(text))
                     reward, done = result.reward, result.done
                     if done:
                         break

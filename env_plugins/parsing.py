@@ -25,7 +25,8 @@ import re
 from collections.abc import Callable, Collection
 from typing import Any
 
-from gymux.env_plugins.protocol import ActionParseError
+from gymux.errors import ActionParseError
+from gymux.react import ACTION_MARKER
 
 __all__ = [
     "JSON_FORMAT_HINT",
@@ -41,7 +42,20 @@ REACT_FORMAT_HINT = 'Answer as "Thought: <reasoning>\\nAction: <action>".'
 #: The function-call (JSON) format reminder, as it appears in parse-error messages.
 JSON_FORMAT_HINT = 'Answer with one JSON object: {"thought": "<reasoning>", "action": "<action>"}.'
 
-_ACTION_RE = re.compile(r"^[\s*_#>]*action[\s*_]*:[\s*_]*(.*)$", re.IGNORECASE | re.MULTILINE)
+# What follows an action marker: emphasis and blank space (across lines), then the action's line.
+_ACTION_TAIL = re.compile(r"[\s*_]*(.*)$", re.MULTILINE)
+
+
+def _last_action(text: str) -> re.Match[str] | None:
+    """The tail (group 1: the action's line) after the last :data:`ACTION_MARKER` that is
+    not inside an earlier marker's tail, or ``None`` when there is no marker."""
+    last = None
+    pos = 0
+    while (marker := ACTION_MARKER.search(text, pos)) is not None:
+        last = _ACTION_TAIL.match(text, marker.end())
+        assert last is not None  # ``(.*)$`` always matches
+        pos = last.end()
+    return last
 
 
 def parse_react_action(text: str) -> str:
@@ -51,10 +65,9 @@ def parse_react_action(text: str) -> str:
     the next non-empty line (AgentGym writes ``Action:\\nmove up``). Surrounding backticks
     and quotes are stripped.
     """
-    matches = list(_ACTION_RE.finditer(text))
-    if not matches:
+    last = _last_action(text)
+    if last is None:
         raise ActionParseError(f'no "Action:" found. {REACT_FORMAT_HINT}')
-    last = matches[-1]
     action = last.group(1).strip()
     if not action:
         rest = text[last.end() :].strip()
@@ -231,7 +244,9 @@ def parse_any_action(text: str) -> str:
                 f"or {JSON_FORMAT_HINT[0].lower()}{JSON_FORMAT_HINT[1:]}"
             ) from None
     # "Action: {...}" or "Action:\n```json ...": decode the JSON after the last "Action:".
-    tail = text[list(_ACTION_RE.finditer(text))[-1].start(1) :].lstrip(" \t*_\n")
+    last = _last_action(text)
+    assert last is not None  # parse_react_action found one
+    tail = text[last.start(1) :].lstrip(" \t*_\n")
     if tail.startswith(("{", "```")):
         try:
             return _json_action(tail)

@@ -9,22 +9,20 @@ Two flavours are first-class:
 
 Each plugin publishes one :class:`EnvPlugin`: its :class:`EnvSpec` (id, version,
 task splits, instruction, action format, turn budget, reward range and success rule),
-a factory that makes fresh instances, the action parser, and optionally an oracle
-policy factory.
+a factory that makes fresh instances, the action parser, and optionally an
+:class:`Oracle` factory: a gold solver that the ``oracle`` policy wraps.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from gymux.errors import ActionParseError, EnvError, TransientEnvError
-
-if TYPE_CHECKING:
-    from gymux.policies.protocol import Policy
+from gymux.errors import ActionParseError, EnvError, TransientEnvError, UnknownSplitError
+from gymux.messages import PolicyRequest
 
 __all__ = [
     "ActionParseError",
@@ -34,12 +32,15 @@ __all__ = [
     "EnvSpec",
     "Execution",
     "Observation",
+    "Oracle",
     "StepResult",
     "SuccessRule",
     "SyncEnv",
     "Task",
     "TaskSplit",
     "TransientEnvError",
+    "assistant_turn",
+    "splits_from",
 ]
 
 #: JSON-compatible scalar values allowed in ``info`` mappings.
@@ -123,7 +124,9 @@ class EnvSpec(msgspec.Struct, frozen=True, kw_only=True):
             return self.splits[name]
         except KeyError:
             known = ", ".join(sorted(self.splits)) or "none"
-            raise KeyError(f"env {self.id!r} has no split {name!r} (known: {known})") from None
+            raise UnknownSplitError(
+                f"env {self.id!r} has no split {name!r} (known: {known})"
+            ) from None
 
 
 @runtime_checkable
@@ -148,6 +151,31 @@ class SyncEnv(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class Oracle(Protocol):
+    """A gold solver: answers an episode's turns from the env's gold information.
+
+    ``solve`` gets the turn's request (episode id, ``task_id``, the conversation so far,
+    admissible actions) and returns the answer text, e.g.
+    ``gymux.react.format_react(thought, action)``. One instance serves many concurrent
+    episodes: keep no per-episode state, derive everything from the request. ``version`` is
+    recorded on trajectories as the version of the ``oracle`` policy.
+
+    An oracle that holds resources (a process, a JVM) also defines ``async def aclose()``;
+    it is called once, when the policy wrapping the oracle is closed, and may be called again.
+    """
+
+    version: str
+
+    async def solve(self, request: PolicyRequest) -> str: ...
+
+
+def assistant_turn(request: PolicyRequest) -> int:
+    """Which answer of the episode ``request`` asks for, counting from 0: the number of
+    assistant messages after the opening ``OK``. Replaying oracles play gold step k here."""
+    return max(0, sum(1 for m in request.messages if m.role == "assistant") - 1)
+
+
 def _default_parser(text: str) -> str:
     from gymux.env_plugins.parsing import parse_react_action
 
@@ -165,8 +193,9 @@ class EnvPlugin:
         parse_action: turns the model's raw output into an action string, raising
             :class:`ActionParseError` if there is none. Defaults to ReAct
             ``Thought: ... Action: ...`` parsing.
-        oracle: zero-argument callable returning a policy that solves the env using its
-            gold information, or ``None``.
+        oracle: zero-argument callable returning an :class:`Oracle` (a gold solver; the
+            ``oracle`` policy wraps it), or ``None``. A callable returning a ready
+            ``gymux.policies.Policy`` is accepted too and used as it is.
         max_instances: default cap on live instances of this env (the runtime config can
             lower or raise it).
         prepare: optional blocking callable taking a list of task ids that fetches,
@@ -196,7 +225,7 @@ class EnvPlugin:
         *,
         execution: Execution | str = Execution.ASYNC,
         parse_action: Callable[[str], str] | None = None,
-        oracle: Callable[[], Policy] | None = None,
+        oracle: Callable[[], Oracle] | Callable[[], object] | None = None,
         max_instances: int = 64,
         prepare: Callable[[list[int]], object] | None = None,
         requires: Mapping[str, str] | None = None,

@@ -22,17 +22,20 @@ before deciding), so a burst of simultaneous calls still forms one batch.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
-from types import TracebackType
-from typing import Self
+from collections.abc import Callable, Sequence
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from gymux.errors import PolicyOptionsError
+from gymux.policies.base import BasePolicy
 from gymux.policies.protocol import PolicyError, PolicyRequest, PolicyResponse
 
-__all__ = ["BatchingPolicy"]
+__all__ = ["BatchingPolicy", "OnResult"]
+
+#: ``on_result(index, result)``: item ``index`` of a batch is answered (a response or an error).
+OnResult = Callable[[int, "PolicyResponse | BaseException"], None]
 
 
 class _Pending:
@@ -46,17 +49,18 @@ class _Pending:
         self.cancelled = False
 
 
-class BatchingPolicy:
+class BatchingPolicy(BasePolicy):
     """Base class: implement :meth:`act_batch`; episodes call :meth:`act`."""
 
-    name: str = "batching"
-    version: str = "0"
+    name = "batching"
 
     def __init__(
         self, *, max_batch: int = 64, window_s: float = 0.002, max_inflight_batches: int = 4
     ) -> None:
         if max_batch < 1 or max_inflight_batches < 1 or window_s < 0:
-            raise ValueError("max_batch and max_inflight_batches must be >= 1, window_s >= 0")
+            raise PolicyOptionsError(
+                "max_batch and max_inflight_batches must be >= 1, window_s >= 0"
+            )
         self.max_batch = max_batch
         self.window_s = window_s
         self.max_inflight_batches = max_inflight_batches
@@ -91,19 +95,15 @@ class BatchingPolicy:
         assert pending.response is not None
         return pending.response
 
-    async def __aenter__(self) -> Self:
+    async def aopen(self) -> None:
+        """Start the dispatcher in the policy's own task group."""
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         tg.start_soon(self._dispatch, tg)
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Stop the dispatcher and in-flight batches; fail what is still queued."""
         tg, self._tg = self._tg, None
         if tg is None:
             return
@@ -157,12 +157,34 @@ class BatchingPolicy:
                     continue
                 tg.start_soon(self._run_batch, batch)
 
+    async def _answer_batch(
+        self, requests: Sequence[PolicyRequest], on_result: OnResult
+    ) -> Sequence[PolicyResponse | BaseException]:
+        """The dispatcher's call for one batch. Subclasses that can answer items before the
+        rest of their batch is done override it and call ``on_result(index, result)``."""
+        return await self.act_batch(requests)
+
     async def _run_batch(self, batch: list[_Pending]) -> None:
+        def deliver(pending: _Pending, result: object) -> None:
+            if pending.done.is_set():
+                return  # answered early
+            if isinstance(result, PolicyResponse):
+                pending.response = result
+            elif isinstance(result, BaseException):
+                pending.error = result
+            else:
+                pending.error = PolicyError(
+                    f"{self.name}: act_batch returned {type(result).__name__}"
+                )
+            pending.done.set()
+
         try:
             self.batches += 1
             self.batched_requests += len(batch)
             try:
-                results = await self.act_batch([p.request for p in batch])
+                results = await self._answer_batch(
+                    [p.request for p in batch], lambda i, result: deliver(batch[i], result)
+                )
                 if len(results) != len(batch):
                     raise PolicyError(
                         f"{self.name}: batch of {len(batch)} got {len(results)} answers"
@@ -171,15 +193,7 @@ class BatchingPolicy:
                 error = exc if isinstance(exc, PolicyError) else PolicyError(repr(exc))
                 results = [error] * len(batch)
             for pending, result in zip(batch, results, strict=True):
-                if isinstance(result, PolicyResponse):
-                    pending.response = result
-                elif isinstance(result, BaseException):
-                    pending.error = result
-                else:
-                    pending.error = PolicyError(
-                        f"{self.name}: act_batch returned {type(result).__name__}"
-                    )
-                pending.done.set()
+                deliver(pending, result)
         finally:
             for pending in batch:
                 if not pending.done.is_set():

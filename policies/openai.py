@@ -22,11 +22,15 @@ layer, ... ::
   when absent), at most ``max_rate_limit_retries`` times; a ``Retry-After`` longer than
   ``max_retry_after_s`` fails the call at once rather than blocking the episode.
 * HTTP 5xx, connection errors and per-request timeouts (``request_timeout_s``) are
-  retried ``max_retries`` times with exponential backoff and full jitter.
+  retried ``max_retries`` times with exponential backoff and equal jitter
+  (:func:`gymux._backoff.backoff_delay`).
 * HTTP 400 whose message says the prompt exceeds the model's context ->
   ``PolicyResponse(finish_reason="context_limit")`` (the episode ends ``context_limit``).
   Other 4xx, malformed JSON and responses without ``choices`` raise :class:`PolicyError`
-  with the status and an excerpt of the body.
+  with the status and an excerpt of the body. Answers are decoded into msgspec Structs
+  (:class:`ChatCompletion`, :class:`ErrorBody`); what does not fit is a malformed response.
+* Options: :class:`gymux.policies.options.OpenAIOptions` (``options=``), or the same names
+  as keywords; an invalid one raises :class:`PolicyOptionsError` naming the field.
 * ``logprobs=True`` asks for ``logprobs`` and reads ``choices[0].logprobs.content[*].logprob``
   when the server returns them.
 
@@ -40,20 +44,28 @@ from __future__ import annotations
 
 import email.utils
 import os
-import random
 import re
 import time
-from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 import aiohttp
 import anyio
 import msgspec
 
+from gymux._backoff import backoff_delay
+from gymux.errors import PolicyOptionsError
+from gymux.policies.base import BasePolicy
+from gymux.policies.options import OpenAIOptions, build_options
 from gymux.policies.protocol import PolicyError, PolicyRequest, PolicyResponse
 
-__all__ = ["OpenAICompatPolicy", "chat_completions_url", "parse_retry_after"]
+__all__ = [
+    "ChatCompletion",
+    "ErrorBody",
+    "OpenAICompatPolicy",
+    "OpenAIOptions",
+    "chat_completions_url",
+    "parse_retry_after",
+]
 
 _CONTEXT_RE = re.compile(
     r"context[ _-]?(length|window|size)|maximum context|too many tokens|prompt is too long"
@@ -62,11 +74,58 @@ _CONTEXT_RE = re.compile(
 )
 
 
+# -- the wire: what an OpenAI-compatible server answers ---------------------------------------
+
+
+class _TokenLogprob(msgspec.Struct):
+    logprob: float
+
+
+class _Logprobs(msgspec.Struct):
+    content: list[_TokenLogprob] | None = None
+
+
+class _ChatMessage(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _ChatMessage
+    finish_reason: str | None = None
+    #: Decoded only when the policy asked for logprobs.
+    logprobs: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class ChatCompletion(msgspec.Struct):
+    """The parts of a ``/v1/chat/completions`` answer the policy reads."""
+
+    choices: Annotated[list[_Choice], msgspec.Meta(min_length=1)]
+    usage: _Usage | None = None
+
+
+class _ErrorDetail(msgspec.Struct):
+    message: str | None = None
+    code: str | int | None = None
+    type: str | None = None
+
+
+class ErrorBody(_ErrorDetail):
+    """An error answer: ``{"error": {"message", "code", "type"}}``, ``{"error": "..."}`` or
+    the detail fields at the top level."""
+
+    error: _ErrorDetail | str | None = None
+
+
 def chat_completions_url(base_url: str) -> str:
     """``http://h:8000`` / ``http://h:8000/v1`` / ``.../v1/chat/completions`` -> the endpoint."""
     url = base_url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        raise PolicyOptionsError(f"base_url must start with http:// or https://, got {base_url!r}")
     if url.endswith("/chat/completions"):
         return url
     if url.endswith("/v1"):
@@ -110,79 +169,43 @@ def _excerpt(body: bytes | str, limit: int = 300) -> str:
 def _error_message(body: bytes) -> str:
     """The ``error.message`` of an OpenAI-style error body, else the body excerpt."""
     try:
-        data = msgspec.json.decode(body)
+        data = msgspec.json.decode(body, type=ErrorBody)
     except msgspec.DecodeError:
         return _excerpt(body)
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            parts = [str(err[k]) for k in ("message", "code", "type") if err.get(k)]
-            if parts:
-                return _excerpt(" | ".join(parts))
-        elif isinstance(err, str):
-            return _excerpt(err)
-        if isinstance(data.get("message"), str):
-            return _excerpt(data["message"])
+    if isinstance(data.error, str):
+        return _excerpt(data.error)
+    detail = data.error or data
+    parts = [str(v) for v in (detail.message, detail.code, detail.type) if v]
+    if parts:
+        return _excerpt(" | ".join(parts))
+    if data.message:
+        return _excerpt(data.message)
     return _excerpt(body)
 
 
-class OpenAICompatPolicy:
-    """Chat completions over HTTP; see the module docstring for behaviour."""
+class OpenAICompatPolicy(BasePolicy):
+    """Chat completions over HTTP; see the module docstring for behaviour.
 
-    name: str = "openai"
+    Give the options as ``options=OpenAIOptions(...)`` or as keywords of the same names.
+    """
 
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        model: str,
-        api_key_env: str = "OPENAI_API_KEY",
-        max_concurrency: int = 64,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        logprobs: bool = False,
-        request_timeout_s: float = 120.0,
-        connect_timeout_s: float = 10.0,
-        max_retries: int = 4,
-        max_rate_limit_retries: int = 8,
-        max_retry_after_s: float = 120.0,
-        backoff_s: float = 0.5,
-        backoff_max_s: float = 30.0,
-        extra_body: Mapping[str, Any] | None = None,
-        name: str | None = None,
-    ) -> None:
-        if not model:
-            raise ValueError("model must be a non-empty model name")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if request_timeout_s <= 0 or connect_timeout_s <= 0:
-            raise ValueError("timeouts must be positive")
-        if max_retries < 0 or max_rate_limit_retries < 0:
-            raise ValueError("retry counts must be >= 0")
-        if not api_key_env:
-            raise ValueError("api_key_env must name an environment variable")
-        self.url = chat_completions_url(base_url)
-        self.model = model
-        self.version = model
-        if name is not None:
-            self.name = name
-        self.api_key_env = api_key_env
-        self.max_concurrency = max_concurrency
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_tokens = max_tokens
-        self.stop = list(stop) if stop is not None else None
-        self.logprobs = logprobs
-        self.request_timeout_s = request_timeout_s
-        self.connect_timeout_s = connect_timeout_s
-        self.max_retries = max_retries
-        self.max_rate_limit_retries = max_rate_limit_retries
-        self.max_retry_after_s = max_retry_after_s
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
-        self.extra_body = dict(extra_body or {})
+    name = "openai"
+    Options = OpenAIOptions
+
+    def __init__(self, *, options: OpenAIOptions | None = None, **keywords: Any) -> None:
+        opts = self.options = build_options(
+            OpenAIOptions, options, keywords, who="OpenAICompatPolicy"
+        )
+        self.url = chat_completions_url(opts.base_url)
+        self.model = opts.model
+        self.version = opts.model
+        if opts.name is not None:
+            self.name = opts.name
+        self.api_key_env = opts.api_key_env
+        self.max_concurrency = opts.max_concurrency
+        self.logprobs = opts.logprobs
+        self.request_timeout_s = opts.request_timeout_s
+        self.max_retry_after_s = opts.max_retry_after_s
         self._session: aiohttp.ClientSession | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         #: Counters, for tests and progress displays.
@@ -201,7 +224,8 @@ class OpenAICompatPolicy:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
+    async def aopen(self) -> None:
+        """Open the keep-alive connection pool (reading the API key now)."""
         if self._session is not None:
             raise RuntimeError("OpenAICompatPolicy is already entered")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -211,14 +235,8 @@ class OpenAICompatPolicy:
         connector = aiohttp.TCPConnector(limit=self.max_concurrency, keepalive_timeout=60)
         self._session = aiohttp.ClientSession(connector=connector, headers=headers)
         self._limiter = anyio.CapacityLimiter(self.max_concurrency)
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             with anyio.CancelScope(shield=True):
@@ -228,32 +246,38 @@ class OpenAICompatPolicy:
 
     def build_body(self, request: PolicyRequest) -> dict[str, Any]:
         """The JSON body sent for ``request``."""
+        opts = self.options
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
         }
-        if self.temperature is not None:
-            body["temperature"] = self.temperature
-        if self.top_p is not None:
-            body["top_p"] = self.top_p
-        if self.max_tokens is not None:
-            body["max_tokens"] = self.max_tokens
-        if self.stop:
-            body["stop"] = self.stop
+        if opts.temperature is not None:
+            body["temperature"] = opts.temperature
+        if opts.top_p is not None:
+            body["top_p"] = opts.top_p
+        if opts.max_tokens is not None:
+            body["max_tokens"] = opts.max_tokens
+        if opts.stop:
+            body["stop"] = opts.stop
         if self.logprobs:
             body["logprobs"] = True
-        body.update(self.extra_body)
+        body.update(opts.extra_body)
         return body
 
     def _backoff(self, attempt: int) -> float:
-        cap = min(self.backoff_max_s, self.backoff_s * (2**attempt))
-        return random.uniform(cap / 2, cap)  # "equal jitter": never zero, never above cap
+        """Seconds before the retry after the ``attempt``-th failure (``attempt >= 1``)."""
+        return backoff_delay(attempt, self.options.backoff_s, self.options.backoff_max_s)
+
+    def _give_up(self, message: str) -> PolicyError:
+        self.stats["failed"] += 1
+        return PolicyError(f"{self.url}: {message}")
 
     async def act(self, request: PolicyRequest) -> PolicyResponse:
         session, limiter = self._session, self._limiter
         if session is None or limiter is None:
             raise PolicyError("OpenAICompatPolicy used outside 'async with policy'")
         payload = msgspec.json.encode(self.build_body(request))
+        opts = self.options
         failures = 0
         rate_limits = 0
         async with limiter:
@@ -264,37 +288,33 @@ class OpenAICompatPolicy:
                     if retry.rate_limited:
                         rate_limits += 1
                         self.stats["rate_limited"] += 1
-                        if rate_limits > self.max_rate_limit_retries:
-                            self.stats["failed"] += 1
-                            raise PolicyError(
-                                f"{self.url}: still rate limited (HTTP 429) after "
-                                f"{self.max_rate_limit_retries} retries: {retry}"
+                        if rate_limits > opts.max_rate_limit_retries:
+                            raise self._give_up(
+                                f"still rate limited (HTTP 429) after "
+                                f"{opts.max_rate_limit_retries} retries: {retry}"
                             ) from None
                         wait = retry.wait_s
                         if wait is None:
-                            wait = self._backoff(rate_limits - 1)
+                            wait = self._backoff(rate_limits)
                         elif wait > self.max_retry_after_s:
-                            self.stats["failed"] += 1
-                            raise PolicyError(
-                                f"{self.url}: rate limited (HTTP 429) with Retry-After "
-                                f"{wait:.0f}s, more than max_retry_after_s="
-                                f"{self.max_retry_after_s:g}"
+                            raise self._give_up(
+                                f"rate limited (HTTP 429) with Retry-After {wait:.0f}s, more "
+                                f"than max_retry_after_s={self.max_retry_after_s:g}"
                             ) from None
                     else:
                         failures += 1
-                        if failures > self.max_retries:
-                            self.stats["failed"] += 1
-                            raise PolicyError(
-                                f"{self.url}: failed after {failures} attempts: {retry}"
+                        if failures > opts.max_retries:
+                            raise self._give_up(
+                                f"failed after {failures} attempts: {retry}"
                             ) from None
-                        wait = self._backoff(failures - 1)
+                        wait = self._backoff(failures)
                     self.stats["retried"] += 1
                     await anyio.sleep(wait)
 
     async def _attempt(self, session: aiohttp.ClientSession, payload: bytes) -> PolicyResponse:
         self.stats["requests"] += 1
         timeout = aiohttp.ClientTimeout(
-            total=self.request_timeout_s, sock_connect=self.connect_timeout_s
+            total=self.request_timeout_s, sock_connect=self.options.connect_timeout_s
         )
         try:
             async with session.post(self.url, data=payload, timeout=timeout) as resp:
@@ -315,54 +335,35 @@ class OpenAICompatPolicy:
             message = _error_message(body)
             if status in (400, 413, 422) and _CONTEXT_RE.search(message):
                 return PolicyResponse(text="", finish_reason="context_limit")
-            self.stats["failed"] += 1
-            raise PolicyError(f"{self.url}: HTTP {status}: {message}")
+            raise self._give_up(f"HTTP {status}: {message}")
         return self._parse(body)
 
     def _parse(self, body: bytes) -> PolicyResponse:
         def bad(why: str) -> PolicyError:
-            self.stats["failed"] += 1
-            return PolicyError(f"{self.url}: malformed response ({why}): {_excerpt(body)!r}")
+            return self._give_up(f"malformed response ({why}): {_excerpt(body)!r}")
 
         try:
-            data = msgspec.json.decode(body)
+            data = msgspec.json.decode(body, type=ChatCompletion)
+        except msgspec.ValidationError as exc:
+            raise bad(str(exc)) from None
         except msgspec.DecodeError:
             raise bad("not JSON") from None
-        if not isinstance(data, dict):
-            raise bad("not a JSON object")
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise bad("no choices")
-        choice = choices[0]
-        message = choice.get("message")
-        if not isinstance(message, dict):
-            raise bad("choices[0].message missing")
-        content = message.get("content")
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise bad("choices[0].message.content is not a string")
-        finish: Literal["stop", "length"] = (
-            "length" if choice.get("finish_reason") == "length" else "stop"
-        )
+        choice = data.choices[0]
+        finish: Literal["stop", "length"] = "length" if choice.finish_reason == "length" else "stop"
         logprobs: list[float] | None = None
-        lp = choice.get("logprobs")
-        if self.logprobs and isinstance(lp, dict) and isinstance(lp.get("content"), list):
+        if self.logprobs:
             try:
-                logprobs = [float(item["logprob"]) for item in lp["content"]]
-            except (KeyError, TypeError, ValueError):
-                raise bad("choices[0].logprobs.content[*].logprob unreadable") from None
-        usage = data.get("usage")
-        prompt_tokens = completion_tokens = None
-        if isinstance(usage, dict):
-            p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            prompt_tokens = p if isinstance(p, int) else None
-            completion_tokens = c if isinstance(c, int) else None
+                read = msgspec.json.decode(choice.logprobs, type=_Logprobs | None)
+            except msgspec.DecodeError as exc:
+                raise bad(f"choices[0].logprobs unreadable: {exc}") from None
+            if read is not None and read.content is not None:
+                logprobs = [item.logprob for item in read.content]
+        usage = data.usage or _Usage()
         return PolicyResponse(
-            text=content,
+            text=choice.message.content or "",
             finish_reason=finish,
             token_ids=None,
             logprobs=logprobs,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
         )

@@ -28,9 +28,8 @@ import enum
 import json
 from collections.abc import Sequence
 
-from gymux.env_plugins.parsing import JSON_FORMAT_HINT, REACT_FORMAT_HINT
 from gymux.messages import Message
-from gymux.policies.base import react
+from gymux.react import JSON_FORMAT_HINT, REACT_FORMAT_HINT, format_react
 
 __all__ = [
     "PromptFormat",
@@ -52,11 +51,11 @@ class PromptFormat(enum.StrEnum):
 
 
 def react_example(thought: str, action: str) -> str:
-    """An answer in ReAct format, exactly as :func:`gymux.policies.base.react` writes it.
+    """An answer in ReAct format, exactly as :func:`gymux.react.format_react` writes it.
 
     ``parse_react_action(react_example(t, a)) == a``.
     """
-    return react(thought, action)
+    return format_react(thought, action)
 
 
 def function_call_example(thought: str, action: str) -> str:

@@ -12,6 +12,7 @@ from typing import Protocol, Self, runtime_checkable
 
 from gymux.errors import PolicyError
 from gymux.messages import Message, PolicyRequest, PolicyResponse
+from gymux.trajectory import TokenData
 
 __all__ = [
     "Message",
@@ -29,16 +30,27 @@ class Policy(Protocol):
     Policies are async context managers: the runtime enters each policy once before the
     first request and exits it at shutdown (start and stop dispatchers, sessions, ...).
 
-    Optional: ``finish_episode(episode_id) -> TokenData | None``. A policy that keeps an
-    episode's exact token sequence (ids, logprobs, loss mask) returns it here; the runtime
-    calls it when the episode ends (and before a retry, discarding the result) and stores
-    it as ``Trajectory.tokens``. The policy should forget the episode then.
+    ``step`` and ``finish_episode`` have defaults in the base classes
+    (:class:`gymux.policies.base.BasePolicy` and its subclasses); a policy written without
+    them (only ``name``, ``version``, ``act`` and the context manager) still runs: the
+    runtime adapts it with :func:`gymux.policies.base.with_defaults`.
     """
 
     name: str
     version: str
+    #: The training step of the policy's weights (recorded as ``Trajectory.policy_step``,
+    #: for RL staleness filters), or ``None``.
+    step: int | None
 
     async def act(self, request: PolicyRequest) -> PolicyResponse: ...
+
+    def finish_episode(self, episode_id: str) -> TokenData | None:
+        """The episode's exact token record (ids, logprobs, loss mask), or ``None``.
+
+        The runtime calls it when the episode ends (and before a retry, discarding the
+        result) and stores it as ``Trajectory.tokens``; the policy forgets the episode then.
+        """
+        ...
 
     async def __aenter__(self) -> Self: ...
 

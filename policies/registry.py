@@ -1,58 +1,50 @@
 """Policies by name, for the CLI and config files.
 
 * ``oracle``: the env's own oracle; ``random``: random example actions.
-* ``openai``: :class:`gymux.policies.openai.OpenAICompatPolicy`; options
-  ``base_url`` and ``model`` (required), ``api_key_env``, ``max_concurrency``,
-  ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``logprobs``, ``request_timeout_s``,
-  ``max_retries``.
+* ``openai``: :class:`gymux.policies.openai.OpenAICompatPolicy`; options: the fields of
+  :class:`gymux.policies.options.OpenAIOptions` (``base_url`` and ``model`` required).
 * ``sglang``: ``gymux.policies.sglang.client.SGLangPolicy`` (imported only when asked for);
-  options ``urls`` (required, a list of server URLs), ``tokenizer_path`` (the model path
-  the tokenizer is loaded from; passed as ``tokenizer`` where the class takes that), and
-  whatever else that class accepts (``max_new_tokens``, ...), passed through as keywords.
+  options: the fields of :class:`gymux.policies.options.SGLangOptions` (``urls`` required,
+  a list of server URLs; ``tokenizer_path``, the model path the tokenizer is loaded from,
+  also accepted as ``tokenizer``).
 
 Options come from the CLI's model flags and from a config workload's ``policy_options``
-table (:class:`gymux.config.Workload`). A missing or unknown option raises
-:class:`PolicyOptionsError`; the CLI reports it in one line.
+table (:class:`gymux.config.Workload`) and are converted into the policy's ``Options``
+Struct with ``msgspec.convert``. A missing, unknown or invalid option raises
+:class:`PolicyOptionsError` naming it; the CLI reports it in one line.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from gymux.env_plugins.protocol import EnvPlugin
 from gymux.errors import PolicyOptionsError, UnknownPolicyError
+from gymux.policies.options import OpenAIOptions, SGLangOptions, field_names
 from gymux.policies.protocol import Policy, PolicyError
 from gymux.policies.scripted import RandomPolicy
 
 __all__ = [
     "OPENAI_OPTIONS",
     "POLICY_NAMES",
+    "SGLANG_OPTIONS",
     "PolicyOptionsError",
     "UnknownPolicyError",
     "make_policy",
 ]
 
+_O = TypeVar("_O", bound=msgspec.Struct)
+
 POLICY_NAMES = ("oracle", "random", "openai", "sglang")
 
 #: Options ``make_policy("openai", ...)`` accepts.
-OPENAI_OPTIONS = frozenset(
-    {
-        "base_url",
-        "model",
-        "api_key_env",
-        "max_concurrency",
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "stop",
-        "logprobs",
-        "request_timeout_s",
-        "max_retries",
-    }
-)
+OPENAI_OPTIONS = field_names(OpenAIOptions)
+#: Options ``make_policy("sglang", ...)`` accepts.
+SGLANG_OPTIONS = field_names(SGLangOptions)
 
 
 def make_policy(
@@ -65,9 +57,9 @@ def make_policy(
     """Build the policy ``name`` for ``plugin``'s env (``options`` for openai / sglang)."""
     opts = dict(options or {})
     if name == "oracle":
-        if plugin.oracle is None:
-            raise UnknownPolicyError(f"env {plugin.id!r} has no oracle policy")
-        return plugin.oracle()
+        from gymux.policies.oracle import oracle_policy
+
+        return oracle_policy(plugin)
     if name == "random":
         return RandomPolicy(plugin.spec.example_actions, seed=seed)
     if name == "openai":
@@ -77,23 +69,38 @@ def make_policy(
     raise UnknownPolicyError(f"unknown policy {name!r} (choose from: {', '.join(POLICY_NAMES)})")
 
 
+def _check_known(policy: str, opts: Mapping[str, Any], options_type: type[msgspec.Struct]) -> None:
+    known = field_names(options_type)
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise PolicyOptionsError(
+            f"policy {policy!r}: unknown option(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+
+
+def _options(policy: str, opts: Mapping[str, Any], options_type: type[_O]) -> _O:
+    """``opts`` as ``options_type``: unknown names listed, invalid values named."""
+    _check_known(policy, opts, options_type)
+    try:
+        return msgspec.convert(opts, options_type)
+    except msgspec.ValidationError as exc:
+        raise PolicyOptionsError(f"policy {policy!r}: invalid option: {exc}") from None
+
+
 def _make_openai(opts: dict[str, Any]) -> Policy:
     from gymux.policies.openai import OpenAICompatPolicy
 
-    unknown = sorted(set(opts) - OPENAI_OPTIONS)
-    if unknown:
-        raise PolicyOptionsError(
-            f"policy 'openai': unknown option(s) {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(OPENAI_OPTIONS))})"
-        )
+    _check_known("openai", opts, OpenAIOptions)
     missing = [key for key in ("base_url", "model") if not opts.get(key)]
     if missing:
         raise PolicyOptionsError(
             f"policy 'openai' needs {' and '.join(missing)} (--base-url URL --model NAME)"
         )
+    options = _options("openai", opts, OpenAIOptions)
     try:
-        return OpenAICompatPolicy(**opts)
-    except (TypeError, ValueError) as exc:
+        return OpenAICompatPolicy(options=options)
+    except PolicyOptionsError as exc:
         raise PolicyOptionsError(f"policy 'openai': {exc}") from None
 
 
@@ -103,6 +110,8 @@ def _make_sglang(opts: dict[str, Any]) -> Policy:
         opts["urls"] = urls = [urls]
     if not urls:
         raise PolicyOptionsError("policy 'sglang' needs at least one server URL (--server URL)")
+    if "tokenizer" in opts and "tokenizer_path" not in opts:
+        opts["tokenizer_path"] = opts.pop("tokenizer")
     try:
         module = importlib.import_module("gymux.policies.sglang.client")
     except ImportError as exc:
@@ -114,20 +123,9 @@ def _make_sglang(opts: dict[str, Any]) -> Policy:
         raise UnknownPolicyError(
             "policy 'sglang' is not available: gymux.policies.sglang.client has no SGLangPolicy"
         )
-    # The tokenizer's keyword: ``tokenizer_path`` or ``tokenizer``, whichever the class takes.
-    for given, other in (("tokenizer_path", "tokenizer"), ("tokenizer", "tokenizer_path")):
-        if given in opts and not _accepts(cls, given) and _accepts(cls, other):
-            opts[other] = opts.pop(given)
+    options = _options("sglang", opts, SGLangOptions)
     try:
-        policy: Policy = cls(**opts)
-    except (TypeError, ValueError, OSError, PolicyError) as exc:  # bad options, no tokenizer
+        policy: Policy = cls(options=options)
+    except (OSError, PolicyError, PolicyOptionsError) as exc:  # no tokenizer, bad options
         raise PolicyOptionsError(f"policy 'sglang': {exc}") from None
     return policy
-
-
-def _accepts(cls: Any, keyword: str) -> bool:
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-    return keyword in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -34,8 +34,7 @@ from typing import Any
 
 from gymux.errors import PolicyError
 from gymux.messages import Message
-from gymux.stores.codec import pack_float32, pack_int32, pack_uint8
-from gymux.trajectory import TokenData
+from gymux.trajectory import TokenData, pack_float32, pack_int32, pack_uint8
 
 __all__ = ["ChatTokenizer", "TokenLedger"]
 

@@ -28,6 +28,7 @@ from gymux.env_plugins.protocol import (
 from gymux.env_plugins.registry import PluginError
 from gymux.events import EpisodeError, EpisodeStarted, EventBus, TurnFinished
 from gymux.messages import Message, PolicyRequest, PolicyResponse
+from gymux.policies.base import with_defaults
 from gymux.policies.protocol import Policy
 from gymux.pool import EnvPool, Lease
 from gymux.trajectory import FinishReason, TokenData, Trajectory, Turn
@@ -100,6 +101,7 @@ async def run_episode(
     On cancellation the trajectory is recorded as ``cancelled`` (shielded, bounded by
     ``close_timeout_s``) before the cancellation propagates.
     """
+    policy = with_defaults(policy)  # a policy written without the optional members runs too
     ctx = _Context(job, plugin, pool, policy, bus, config)
     spec = plugin.spec
     traj = Trajectory(
@@ -112,7 +114,7 @@ async def run_episode(
         sample=job.sample,
         policy=policy.name,
         policy_version=policy.version,
-        policy_step=getattr(policy, "step", None),
+        policy_step=policy.step,
         started_at=time.time(),
     )
     start = _clock()
@@ -136,13 +138,10 @@ async def run_episode(
 
 
 def _take_tokens(policy: Policy, episode_id: str) -> TokenData | None:
-    """The episode's exact token record from a policy that keeps one (optional
-    ``finish_episode(episode_id) -> TokenData | None``), which also frees its state."""
-    finish = getattr(policy, "finish_episode", None)
-    if finish is None:
-        return None
+    """The episode's exact token record from a policy that keeps one
+    (``finish_episode(episode_id) -> TokenData | None``), which also frees its state."""
     try:
-        tokens = finish(episode_id)
+        tokens: object = policy.finish_episode(episode_id)
     except Exception as exc:
         _log.warning("policy finish_episode failed", episode_id=episode_id, error=repr(exc))
         return None

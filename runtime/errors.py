@@ -9,7 +9,8 @@ The tree::
 
     GymuxError
     ├── ConfigError (ValueError)          a config file, suite or option is invalid
-    │   └── SuiteError                    an eval suite is missing or invalid
+    │   ├── SuiteError                    an eval suite is missing or invalid
+    │   └── UnknownSplitError (KeyError)  an env has no task split of that name
     ├── PluginError                       an env plugin is missing, broken or not installed
     ├── EnvError                          an env failed (episode ends ``env_error``)
     │   └── TransientEnvError             ... worth retrying on a fresh instance
@@ -22,7 +23,8 @@ The tree::
         ├── StoreLockedError              another writer holds the lock
         ├── RecordTooLargeError (ValueError)
         ├── StoreClosedError              the writer is closed or failed
-        └── CorruptionError               damaged data followed by valid data
+        ├── CorruptionError               damaged data followed by valid data
+        └── DamagedStreamError            sealed segments damaged, no salvage asked for
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "ActionParseError",
     "ConfigError",
     "CorruptionError",
+    "DamagedStreamError",
     "EnvError",
     "GymuxError",
     "PluginError",
@@ -44,6 +47,7 @@ __all__ = [
     "SuiteError",
     "TransientEnvError",
     "UnknownPolicyError",
+    "UnknownSplitError",
 ]
 
 
@@ -57,6 +61,13 @@ class ConfigError(GymuxError, ValueError):
 
 class SuiteError(ConfigError):
     """A suite file is missing or invalid; the message names the file and the key."""
+
+
+class UnknownSplitError(ConfigError, KeyError):
+    """An env has no task split of that name; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError's str() is the repr of its key: show the message
+        return str(self.args[0]) if self.args else ""
 
 
 class PluginError(GymuxError):
@@ -136,3 +147,7 @@ class CorruptionError(StoreError):
         self.offset = offset
         self.reason = reason
         self.resume_offset = resume_offset
+
+
+class DamagedStreamError(StoreError):
+    """Sealed segments hold damaged ranges and salvage was not asked for (``compact``)."""

@@ -11,7 +11,18 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ACTION_MARKER", "format_react", "last_action_marker"]
+__all__ = [
+    "ACTION_MARKER",
+    "JSON_FORMAT_HINT",
+    "REACT_FORMAT_HINT",
+    "format_react",
+    "last_action_marker",
+]
+
+#: The ReAct format reminder, as it appears in parse-error messages and prompts.
+REACT_FORMAT_HINT = 'Answer as "Thought: <reasoning>\\nAction: <action>".'
+#: The function-call (JSON) format reminder, likewise.
+JSON_FORMAT_HINT = 'Answer with one JSON object: {"thought": "<reasoning>", "action": "<action>"}.'
 
 #: Start of a line that opens an action; ``match.end()`` is just past its colon.
 ACTION_MARKER = re.compile(r"^[\s*_#>]*action[\s*_]*:", re.IGNORECASE | re.MULTILINE)

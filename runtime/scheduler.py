@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 import anyio
 import structlog
 
-from gymux.config import RuntimeConfig, Workload
+from gymux.config import ConfigError, RuntimeConfig, Workload
 from gymux.env_plugins.protocol import EnvPlugin
 from gymux.episode import EpisodeJob, run_episode
 from gymux.events import EventBus
@@ -34,7 +34,7 @@ def plan_jobs(run_id: str, workload: Workload, plugin: EnvPlugin) -> list[Episod
         membership = {tid: name for name, s in spec.splits.items() for tid in s.ids}
         unknown = [tid for tid in ids if tid not in membership]
         if unknown:
-            raise ValueError(f"env {spec.id!r} has no task ids {unknown[:10]}")
+            raise ConfigError(f"env {spec.id!r} has no task ids {unknown[:10]}")
         names = {membership[tid] for tid in ids}
         split_name = names.pop() if len(names) == 1 else ""
     if workload.limit is not None:

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import enum
+import sys
+from array import array
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from gymux.messages import Message
 
-__all__ = ["SCHEMA_VERSION", "FinishReason", "TokenData", "Trajectory", "Turn"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "FinishReason",
+    "TokenData",
+    "Trajectory",
+    "Turn",
+    "pack_float32",
+    "pack_int32",
+    "pack_uint8",
+]
 
 #: Version of the :class:`Trajectory` layout. Readers of version N read version N-1.
 #: 1: first release. 2: ``tokens``, ``policy_step``, ``Turn.policy_finish``.
@@ -102,3 +115,28 @@ class Trajectory(msgspec.Struct, kw_only=True):
     @property
     def num_turns(self) -> int:
         return len(self.turns)
+
+
+# -- packing TokenData's arrays (little-endian, whatever the host) ----------------------
+
+
+def _packed(typecode: str, values: Sequence[Any]) -> bytes:
+    arr = array(typecode, values)
+    if sys.byteorder != "little":
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def pack_int32(values: Sequence[int]) -> bytes:
+    """Token ids as packed little-endian int32."""
+    return _packed("i", values)
+
+
+def pack_float32(values: Sequence[float]) -> bytes:
+    """Logprobs as packed little-endian float32."""
+    return _packed("f", values)
+
+
+def pack_uint8(values: Sequence[int]) -> bytes:
+    """A loss mask as bytes of 0/1."""
+    return bytes(values)

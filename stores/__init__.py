@@ -1,40 +1,108 @@
 """The append-only trajectory store: segmented, CRC-framed, crash-safe, tailable.
 
-See docs/store-format.md for the on-disk format.
+See docs/store-format.md for the on-disk format. The names here are the public API:
+
+* the store and its streams: :class:`Store`, :class:`StreamWriter`,
+  :class:`AsyncStreamWriter`, :class:`StreamReader` (:class:`Record`, :class:`Position`),
+  and :class:`StoreSink`, the runtime's default sink;
+* trajectories: :func:`encode_trajectory` / :func:`decode_trajectory`, filters
+  (:func:`make_filter`, :class:`TrajectoryMeta`) and :func:`token_arrays`;
+* training: :class:`TrajectoryDataset` and :class:`TorchTrajectoryDataset` (loaded on first
+  use: it imports torch, the ``torch`` extra), the exports (:func:`export_agenttraj`,
+  :func:`export_chat`, :func:`export_parquet`, :func:`to_arrow_table`;
+  ``gymux.stores.export.export`` dispatches on a format name) and :func:`load_hf_dataset`;
+* maintenance: :func:`store_info`, :func:`verify`, :func:`compact`;
+* errors: :class:`StoreError` and its subclasses.
 """
 
-from gymux.stores.codec import decode_trajectory, encode_trajectory, make_filter
+from typing import TYPE_CHECKING, Any
+
+from gymux.stores.async_writer import AsyncStreamWriter
+from gymux.stores.codec import (
+    MetaFilter,
+    TrajectoryMeta,
+    decode_trajectory,
+    encode_trajectory,
+    make_filter,
+    token_arrays,
+)
+from gymux.stores.compaction import CompactResult, compact
 from gymux.stores.dataset import TrajectoryDataset
 from gymux.stores.errors import (
     CorruptionError,
+    DamagedStreamError,
     RecordTooLargeError,
     StoreClosedError,
     StoreError,
     StoreLockedError,
 )
+from gymux.stores.export import (
+    FORMATS,
+    ExportResult,
+    export_agenttraj,
+    export_chat,
+    export_parquet,
+    iter_trajectories,
+    to_arrow_table,
+)
 from gymux.stores.format import RecordType
+from gymux.stores.hf import load_hf_dataset
+from gymux.stores.info import StoreInfo, store_info
 from gymux.stores.reader import Position, Record, StreamReader
 from gymux.stores.sink import StoreSink
 from gymux.stores.store import DEFAULT_STREAM, Store
-from gymux.stores.writer import AsyncStreamWriter, StreamWriter
+from gymux.stores.sync_writer import StreamWriter
+from gymux.stores.verification import Problem, VerifyReport, verify
+
+if TYPE_CHECKING:
+    from gymux.stores.torch_dataset import TorchTrajectoryDataset
 
 __all__ = [
     "DEFAULT_STREAM",
+    "FORMATS",
     "AsyncStreamWriter",
+    "CompactResult",
     "CorruptionError",
+    "DamagedStreamError",
+    "ExportResult",
+    "MetaFilter",
     "Position",
+    "Problem",
     "Record",
     "RecordTooLargeError",
     "RecordType",
     "Store",
     "StoreClosedError",
     "StoreError",
+    "StoreInfo",
     "StoreLockedError",
     "StoreSink",
     "StreamReader",
     "StreamWriter",
+    "TorchTrajectoryDataset",
     "TrajectoryDataset",
+    "TrajectoryMeta",
+    "VerifyReport",
+    "compact",
     "decode_trajectory",
     "encode_trajectory",
+    "export_agenttraj",
+    "export_chat",
+    "export_parquet",
+    "iter_trajectories",
+    "load_hf_dataset",
     "make_filter",
+    "store_info",
+    "to_arrow_table",
+    "token_arrays",
+    "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # TorchTrajectoryDataset imports torch (an optional extra): only when asked for.
+    if name == "TorchTrajectoryDataset":
+        from gymux.stores.torch_dataset import TorchTrajectoryDataset
+
+        return TorchTrajectoryDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

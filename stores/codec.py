@@ -11,18 +11,24 @@ step, ...), so a reader can skip records without decoding the body.
 from __future__ import annotations
 
 import struct
-import sys
-from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from gymux.trajectory import FinishReason, TokenData, Trajectory
+from gymux.trajectory import (
+    FinishReason,
+    TokenData,
+    Trajectory,
+    pack_float32,
+    pack_int32,
+    pack_uint8,
+)
 
 __all__ = [
     "MetaFilter",
     "TrajectoryMeta",
+    "and_filters",
     "decode_meta",
     "decode_trajectory",
     "encode_trajectory",
@@ -136,26 +142,17 @@ def make_filter(
     return keep
 
 
-def _packed(typecode: str, values: Sequence[Any]) -> bytes:
-    arr = array(typecode, values)
-    if sys.byteorder != "little":
-        arr.byteswap()
-    return arr.tobytes()
+def and_filters(first: MetaFilter | None, second: MetaFilter | None) -> MetaFilter | None:
+    """A filter keeping what both keep (``first`` asked first); ``None`` if both are."""
+    if first is None:
+        return second
+    if second is None:
+        return first
 
+    def keep(meta: TrajectoryMeta) -> bool:
+        return first(meta) and second(meta)
 
-def pack_int32(values: Sequence[int]) -> bytes:
-    """Token ids as packed little-endian int32."""
-    return _packed("i", values)
-
-
-def pack_float32(values: Sequence[float]) -> bytes:
-    """Logprobs as packed little-endian float32."""
-    return _packed("f", values)
-
-
-def pack_uint8(values: Sequence[int]) -> bytes:
-    """A loss mask as bytes of 0/1."""
-    return bytes(values)
+    return keep
 
 
 def token_arrays(tokens: TokenData) -> dict[str, Any]:

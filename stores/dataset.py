@@ -52,11 +52,17 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from gymux.stores.codec import MetaFilter, decode_meta, decode_trajectory, make_filter
+from gymux.stores.codec import (
+    MetaFilter,
+    and_filters,
+    decode_meta,
+    decode_trajectory,
+    make_filter,
+)
 from gymux.stores.errors import StoreError
 from gymux.stores.format import RecordType
 from gymux.stores.reader import Position, StreamReader
-from gymux.stores.store import DEFAULT_STREAM, Store
+from gymux.stores.store import DEFAULT_STREAM, Store, as_store
 from gymux.trajectory import FinishReason
 
 __all__ = ["STATE_VERSION", "TrajectoryDataset"]
@@ -154,7 +160,7 @@ class TrajectoryDataset:
         policy: str | None = None,
         split: str | None = None,
     ) -> None:
-        self.store = store if isinstance(store, Store) else Store(store, create=False)
+        self.store = as_store(store)
         self.stream = stream
         self.stream_path = self.store.stream_path(stream)
         self.rank = rank
@@ -212,14 +218,7 @@ class TrajectoryDataset:
         self.epoch = epoch
 
     def _predicate(self) -> MetaFilter | None:
-        keep = make_filter(**self.filters)
-        where = self.where
-        if where is None:
-            return keep
-        if keep is None:
-            return where
-        both = keep
-        return lambda meta: both(meta) and where(meta)
+        return and_filters(make_filter(**self.filters), self.where)
 
     def __repr__(self) -> str:
         return (

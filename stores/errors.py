@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gymux.errors import (
     CorruptionError,
+    DamagedStreamError,
     RecordTooLargeError,
     StoreClosedError,
     StoreError,
@@ -12,6 +13,7 @@ from gymux.errors import (
 
 __all__ = [
     "CorruptionError",
+    "DamagedStreamError",
     "RecordTooLargeError",
     "StoreClosedError",
     "StoreError",

@@ -48,10 +48,10 @@ from typing import IO, Any
 
 import msgspec
 
-from gymux.stores.codec import decode_meta, decode_trajectory, make_filter
+from gymux.stores.codec import decode_trajectory, make_filter
 from gymux.stores.errors import StoreError
-from gymux.stores.format import RecordType
-from gymux.stores.store import DEFAULT_STREAM, Store
+from gymux.stores.reader import StreamReader
+from gymux.stores.store import DEFAULT_STREAM, StorePath, as_store, trajectory_records
 from gymux.trajectory import Trajectory
 
 __all__ = [
@@ -77,7 +77,6 @@ DEFAULT_BATCH_ROWS = 1024
 #: A batch is also closed once it holds this many tokens (keeps list offsets in int32).
 _MAX_BATCH_TOKENS = 1 << 28
 
-StorePath = str | os.PathLike[str] | Store
 _json = msgspec.json.Encoder()
 
 
@@ -95,10 +94,6 @@ class ExportResult(msgspec.Struct, kw_only=True):
 # -- reading ----------------------------------------------------------------------------
 
 
-def _open_store(store: StorePath) -> Store:
-    return store if isinstance(store, Store) else Store(store, create=False)
-
-
 class _Source:
     """Decoded, filtered trajectories of one stream, with their sequence numbers."""
 
@@ -111,22 +106,14 @@ class _Source:
         salvage: bool,
         filters: dict[str, Any],
     ) -> None:
-        st = _open_store(store)
-        path = st.stream_path(stream)
-        if not path.is_dir():
-            known = ", ".join(st.streams()) or "none"
-            raise StoreError(f"no stream {stream!r} in {st.path} (streams: {known})")
-        self.reader = st.reader(stream, salvage=salvage)
+        st = as_store(store)
+        self.reader = StreamReader(st.existing_stream(stream), salvage=salvage)
         self.keep = make_filter(**filters)
         self.committed_only = committed_only
 
     def __iter__(self) -> Iterator[tuple[int, Trajectory]]:
-        keep = self.keep
-        for record in self.reader.records(committed_only=self.committed_only):
-            if record.type != RecordType.TRAJECTORY:
-                continue
-            if keep is not None and not keep(decode_meta(record.payload)):
-                continue
+        records = self.reader.records(committed_only=self.committed_only)
+        for record in trajectory_records(records, self.keep):
             yield record.seq, decode_trajectory(record.payload)
 
 

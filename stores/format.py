@@ -30,6 +30,7 @@ import enum
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import google_crc32c
@@ -52,8 +53,10 @@ __all__ = [
     "parse_frame",
     "parse_index",
     "parse_segment_header",
+    "read_index",
     "segment_name",
     "unmask",
+    "write_file_durable",
 ]
 
 FORMAT_VERSION = 1
@@ -258,6 +261,28 @@ def parse_index(data: bytes) -> IndexData | None:
         _INDEX_ENTRY.unpack_from(data, _INDEX_HEAD.size + i * _INDEX_ENTRY.size) for i in range(n)
     ]
     return IndexData(first, count, end, next_seq, interval, entries)
+
+
+def read_index(stream_dir: Path, first_seq: int) -> IndexData | None:
+    """The index of segment ``first_seq``; ``None`` if it is missing or damaged."""
+    try:
+        data = (stream_dir / index_name(first_seq)).read_bytes()
+    except FileNotFoundError:
+        return None
+    return parse_index(data)
+
+
+def write_file_durable(path: Path, data: bytes, fsync: Callable[[int], None] = os.fsync) -> None:
+    """Write ``path`` through a synced ``PATH.tmp`` and a rename (the caller fsyncs the
+    directory). ``fsync`` syncs the temporary file (the writer passes its fdatasync)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def fsync_dir(path: Path) -> None:

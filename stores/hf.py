@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from gymux.stores.errors import StoreError
-from gymux.stores.export import StorePath, arrow_schema, iter_arrow_batches, to_arrow_table
-from gymux.stores.store import DEFAULT_STREAM
+from gymux.stores.export import arrow_schema, iter_arrow_batches, to_arrow_table
+from gymux.stores.store import DEFAULT_STREAM, StorePath
 
 __all__ = ["load_hf_dataset"]
 

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import google_crc32c
 import msgspec
 
+from gymux.stores.commit import read_commit
 from gymux.stores.errors import CorruptionError, StoreError
 from gymux.stores.format import (
     DEFAULT_MAX_RECORD,
@@ -37,11 +38,10 @@ from gymux.stores.format import (
     FrameStatus,
     IndexData,
     find_next_frame,
-    index_name,
     list_segments,
     parse_frame,
-    parse_index,
     parse_segment_header,
+    read_index,
     segment_name,
 )
 from gymux.stores.format import (
@@ -51,7 +51,6 @@ from gymux.stores.format import (
     MASK_DELTA as _MASK_DELTA,
 )
 from gymux.stores.scan import DEFAULT_INDEX_INTERVAL, scan_segment
-from gymux.stores.writer import read_commit
 
 __all__ = ["Position", "Record", "StreamReader", "iter_segment_records"]
 
@@ -200,10 +199,7 @@ class StreamReader:
         cached = self._indexes.get(first)
         if cached is not None:
             return cached
-        idx_path = self.path / index_name(first)
-        index = None
-        if idx_path.exists():
-            index = parse_index(idx_path.read_bytes())
+        index = read_index(self.path, first)
         sealed = first != self.segments()[-1]
         if index is None:
             scan = scan_segment(

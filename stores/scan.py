@@ -5,6 +5,7 @@ Used by writer recovery, ``gymux store verify`` and index rebuilding.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -18,9 +19,10 @@ from gymux.stores.format import (
     find_next_frame,
     parse_frame,
     parse_segment_header,
+    segment_name,
 )
 
-__all__ = ["DamagedRange", "SegmentScan", "scan_segment"]
+__all__ = ["DamagedRange", "SegmentScan", "scan_buffer", "scan_segment", "scan_stream"]
 
 DEFAULT_INDEX_INTERVAL = 64 * 1024
 
@@ -171,3 +173,26 @@ def scan_segment(
         interval=interval,
         min_seq=min_seq,
     )
+
+
+def scan_stream(
+    stream_dir: Path, firsts: Iterable[int], *, max_len: int
+) -> Iterator[tuple[int, bytes, SegmentScan]]:
+    """``(first_seq, data, scan)`` of each segment in ``firsts``, in order, collecting every
+    damaged range; a segment's records must come after the previous segment's (a valid
+    frame with a lower sequence number is damage)."""
+    prev_next: int | None = None
+    for first in firsts:
+        path = stream_dir / segment_name(first)
+        data = path.read_bytes()
+        scan = scan_buffer(
+            data,
+            path=str(path),
+            first_seq=first,
+            max_len=max_len,
+            collect_all=True,
+            min_seq=max(first, prev_next) if prev_next is not None else None,
+        )
+        if scan.records:
+            prev_next = scan.next_seq
+        yield first, data, scan

@@ -5,23 +5,25 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from gymux.sinks import SinkError
+from gymux._lifecycle import AsyncResource
+from gymux.errors import SinkError
+from gymux.stores.async_writer import AsyncStreamWriter
 from gymux.stores.codec import encode_trajectory
 from gymux.stores.errors import StoreError
 from gymux.stores.format import RecordType
 from gymux.stores.store import DEFAULT_STREAM, Store
-from gymux.stores.writer import AsyncStreamWriter
 from gymux.trajectory import Trajectory
 
 __all__ = ["StoreSink"]
 
 
-class StoreSink:
+class StoreSink(AsyncResource):
     """Writes each finished trajectory as one ``TRAJECTORY`` record.
 
     ``write`` returns once the record is queued (``batch``/``os``) or fsynced (``always``);
     the writer thread's bounded queue is the backpressure. ``flush`` waits for
-    durability.
+    durability. The runtime calls ``open``/``aclose`` (the :class:`~gymux.sinks.Sink`
+    protocol); ``async with StoreSink(...)`` does the same.
     """
 
     def __init__(
@@ -38,14 +40,18 @@ class StoreSink:
         self._writer: AsyncStreamWriter | None = None
         self.written = 0
 
-    async def open(self) -> None:
+    async def aopen(self) -> None:
         try:
             store = Store(self.path)
             self._writer = store.async_writer(self.stream, **self._options)
-            await self._writer.__aenter__()
+            await self._writer.aopen()
         except (StoreError, OSError) as exc:
             self._writer = None
             raise SinkError(f"cannot open store {self.path}: {exc}") from exc
+
+    async def open(self) -> None:
+        """The :class:`~gymux.sinks.Sink` name of :meth:`aopen`."""
+        await self.aopen()
 
     async def write(self, trajectory: Trajectory) -> None:
         if self._writer is None:

@@ -14,28 +14,40 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gymux.stores.async_writer import AsyncStreamWriter
 from gymux.stores.codec import (
     MetaFilter,
-    TrajectoryMeta,
+    and_filters,
     decode_meta,
     decode_trajectory,
     make_filter,
 )
 from gymux.stores.errors import StoreError
 from gymux.stores.format import FORMAT_VERSION, RecordType
-from gymux.stores.reader import Position, StreamReader
-from gymux.stores.writer import AsyncStreamWriter, StreamWriter
+from gymux.stores.reader import Position, Record, StreamReader
+from gymux.stores.sync_writer import StreamWriter
 from gymux.trajectory import Trajectory
 
-__all__ = ["DEFAULT_STREAM", "Store"]
+__all__ = ["DEFAULT_STREAM", "Store", "StorePath", "as_store", "trajectory_records"]
 
 DEFAULT_STREAM = "trajectories"
 MARKER = "STORE"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def trajectory_records(records: Iterable[Record], keep: MetaFilter | None) -> Iterator[Record]:
+    """The ``TRAJECTORY`` records of ``records`` whose metadata ``keep`` keeps (all if
+    ``None``); the body is never decoded here."""
+    for record in records:
+        if record.type != RecordType.TRAJECTORY:
+            continue
+        if keep is not None and not keep(decode_meta(record.payload)):
+            continue
+        yield record
 
 
 class Store:
@@ -72,6 +84,21 @@ class Store:
     def streams(self) -> list[str]:
         return sorted(p.name for p in self.path.iterdir() if p.is_dir() and _NAME.match(p.name))
 
+    def existing_stream(self, name: str) -> Path:
+        """The directory of stream ``name``; :class:`StoreError` naming the streams there
+        are if it does not exist."""
+        path = self.stream_path(name)
+        if not path.is_dir():
+            known = ", ".join(self.streams()) or "none"
+            raise StoreError(f"no stream {name!r} in {self.path} (streams: {known})")
+        return path
+
+    def stream_dirs(self, stream: str | None = None) -> list[tuple[str, Path]]:
+        """``(name, directory)`` of every stream, or of ``stream`` alone (which must exist)."""
+        if stream is None:
+            return [(name, self.path / name) for name in self.streams()]
+        return [(stream, self.existing_stream(stream))]
+
     def writer(self, stream: str = DEFAULT_STREAM, **options: Any) -> StreamWriter:
         """A (not yet opened) writer; use it as a context manager."""
         return StreamWriter(self.stream_path(stream), **options)
@@ -97,20 +124,19 @@ class Store:
         """Decoded trajectories; ``filters`` are :func:`gymux.stores.codec.make_filter`
         keywords (``env``, ``success``, ``min_policy_step``, ...), checked on the record's
         metadata before the body is decoded."""
-        by_keywords = make_filter(**filters)
-        keep: MetaFilter | None
-        if where is not None and by_keywords is not None:
-
-            def keep(meta: TrajectoryMeta) -> bool:
-                return where(meta) and by_keywords(meta)
-        else:
-            keep = where or by_keywords
+        keep = and_filters(where, make_filter(**filters))
         reader = self.reader(stream, salvage=salvage)
-        for record in reader.records(
+        records = reader.records(
             start, committed_only=committed_only, follow=follow, idle_timeout_s=idle_timeout_s
-        ):
-            if record.type != RecordType.TRAJECTORY:
-                continue
-            if keep is not None and not keep(decode_meta(record.payload)):
-                continue
+        )
+        for record in trajectory_records(records, keep):
             yield decode_trajectory(record.payload)
+
+
+#: A store, or the path of an existing one.
+StorePath = str | os.PathLike[str] | Store
+
+
+def as_store(store: StorePath) -> Store:
+    """``store`` itself, or the existing store at that path (:class:`StoreError` if none)."""
+    return store if isinstance(store, Store) else Store(store, create=False)

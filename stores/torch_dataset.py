@@ -38,9 +38,10 @@ def _import_torch() -> Any:
     try:
         return importlib.import_module("torch")
     except ImportError as exc:
-        raise ImportError(
+        raise ModuleNotFoundError(
             "gymux.stores.torch_dataset needs PyTorch, which is not installed: "
-            "pip install gymux[torch]"
+            "pip install gymux[torch]",
+            name="torch",
         ) from exc
 
 

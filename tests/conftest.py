@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -11,8 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-#: The repository root (the folder holding pyproject.toml).
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from doubles.procs import clean_env
 
 
 @pytest.fixture
@@ -28,18 +26,6 @@ def fresh_structlog() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """os.environ without variables that could make a child import the wrong code."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH"}
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
 
 
 RunGymux = Callable[..., subprocess.CompletedProcess[str]]

@@ -26,12 +26,15 @@ Errors are typed:
 * a reply ``{"error": "..."}`` (even with HTTP 200, as LMRL-Gym's servers answer) and any 4xx
   raise :class:`AgentGymError` (an :class:`~gymux.env_plugins.protocol.EnvError`) carrying
   the server's message: the episode ends with ``env_error``;
+* a reply that does not have its route's shape in the family's dialect (decoded into the
+  msgspec Structs of :mod:`~gymux.env_plugins.agentgym.replies`) raises
+  :class:`AgentGymError` naming the route, the field and the reply;
 * 5xx, connection failures and timeouts are transient: retried with exponential backoff and
-  full jitter, then raised as :class:`AgentGymTransientError` (a
-  :class:`~gymux.env_plugins.protocol.TransientEnvError`, so the scheduler reruns the episode
-  on a fresh instance). ``/step`` is not idempotent, so a step is retried only when the
-  server cannot have applied it (connection refused, HTTP 503); a step that timed out is
-  not resent.
+  equal jitter (:func:`gymux._backoff.backoff_delay`), then raised as
+  :class:`AgentGymTransientError` (a :class:`~gymux.env_plugins.protocol.TransientEnvError`,
+  so the scheduler reruns the episode on a fresh instance). ``/step`` is not idempotent, so a
+  step is retried only when the server cannot have applied it (connection refused, HTTP 503);
+  a step that timed out is not resent.
 
 Every HTTP call is bounded by ``timeout_s``. Reward and success: the family's reward field
 (``score`` for SciWorld and BabyAI, as AgentGym's clients report it); success is
@@ -40,22 +43,27 @@ Every HTTP call is bounded by ``timeout_s``. Reward and success: the family's re
 
 from __future__ import annotations
 
-import json
-import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
+import msgspec
 import structlog
 
+from gymux._backoff import backoff_delay
 from gymux.env_plugins.agentgym.dialects import (
     AGENTGYM_ENVS,
     DIALECTS,
-    GYMUX_ACTIONS_KEY,
     Dialect,
     dialect_for,
     extract_action,
+)
+from gymux.env_plugins.agentgym.replies import (
+    AgentGymError,
+    ObservationReply,
+    decode,
+    reply_types,
 )
 from gymux.env_plugins.protocol import (
     EnvError,
@@ -68,6 +76,7 @@ from gymux.env_plugins.protocol import (
     TransientEnvError,
     splits_from,
 )
+from gymux.errors import ConfigError
 
 __all__ = [
     "AGENTGYM_ENVS",
@@ -94,15 +103,6 @@ if TYPE_CHECKING:
 _CLOSE_TIMEOUT_S = 5.0
 
 
-class AgentGymError(EnvError):
-    """The server refused a call (4xx, or an ``{"error": ...}`` body)."""
-
-    def __init__(self, message: str, *, status: int | None = None, route: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.route = route
-
-
 class AgentGymTransientError(TransientEnvError):
     """The server was unreachable, timed out or failed (5xx) on every try."""
 
@@ -121,11 +121,27 @@ class _Retry(Exception):
         self.resend_ok = resend_ok
 
 
+class _ErrorBody(msgspec.Struct):
+    """The fields servers put their error message in (FastAPI: ``detail``)."""
+
+    error: Any = msgspec.UNSET
+    detail: Any = msgspec.UNSET
+    message: Any = msgspec.UNSET
+
+
+def _error_body(payload: Any) -> _ErrorBody | None:
+    try:
+        return msgspec.convert(payload, _ErrorBody)
+    except msgspec.ValidationError:  # not an object: no error fields
+        return None
+
+
 def _error_message(payload: Any, text: str) -> str:
-    if isinstance(payload, dict):
-        for key in ("error", "detail", "message"):
-            if key in payload:
-                return str(payload[key])
+    body = _error_body(payload)
+    if body is not None:
+        for value in (body.error, body.detail, body.message):
+            if value is not msgspec.UNSET:
+                return str(value)
     return text.strip()[:500] or "(empty body)"
 
 
@@ -150,6 +166,7 @@ class AgentGymEnv:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.replies = reply_types(dialect)
         self.instance_id: Any = None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -185,8 +202,8 @@ class AgentGymEnv:
         payload: Any = None
         if not text or status != 200:
             try:
-                payload = json.loads(raw) if raw.strip() else None
-            except ValueError:
+                payload = msgspec.json.decode(raw) if raw.strip() else None
+            except msgspec.DecodeError:
                 if status == 200:
                     raise AgentGymError(
                         f"agentgym/{self.env}: {route} answered non-JSON: {raw[:200]!r}",
@@ -205,9 +222,10 @@ class AgentGymEnv:
                 status=status,
                 route=route,
             )
-        if isinstance(payload, dict) and payload.get("error") is not None:
+        body = _error_body(payload)
+        if body is not None and body.error not in (None, msgspec.UNSET):
             raise AgentGymError(
-                f"agentgym/{self.env}: {route}: {payload['error']}", status=status, route=route
+                f"agentgym/{self.env}: {route}: {body.error}", status=status, route=route
             )
         return raw if text else payload
 
@@ -233,8 +251,7 @@ class AgentGymEnv:
                         status=exc.status,
                         route=route,
                     ) from exc
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                delay *= random.random()  # full jitter: spread out clients retrying together
+                delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s)
                 _log.info("agentgym call retried", env=self.env, route=route, error=str(exc))
                 await anyio.sleep(delay)
 
@@ -242,17 +259,11 @@ class AgentGymEnv:
 
     async def _create(self) -> None:
         d = self.dialect
-        reply = await self._call("POST", "/create", d.create_body)
-        if d.create_reply == "bare":
-            if not isinstance(reply, int):
-                raise AgentGymError(f"agentgym/{self.env}: /create answered {reply!r}")
-            self.instance_id = reply
-        else:
-            if not isinstance(reply, dict) or d.id_field not in reply:
-                raise AgentGymError(
-                    f"agentgym/{self.env}: /create answered {reply!r}, expected {d.id_field!r}"
-                )
-            self.instance_id = reply[d.id_field]
+        reply = self._decode(await self._call("POST", "/create", d.create_body), "create")
+        self.instance_id = reply if d.create_reply == "bare" else reply.id
+
+    def _decode(self, payload: Any, route: str) -> Any:
+        return decode(payload, getattr(self.replies, route), env=self.env, route=f"/{route}")
 
     def _body(self, **fields: Any) -> dict[str, Any]:
         return {self.dialect.id_field: self.instance_id, **fields}
@@ -260,65 +271,60 @@ class AgentGymEnv:
     def _reset_body(self, task: Task) -> dict[str, Any]:
         return self._body(**{self.dialect.reset_field: task.id}, **self.dialect.reset_extra)
 
-    def _actions(self, reply: Any) -> list[str] | None:
-        key = self.dialect.actions_key or GYMUX_ACTIONS_KEY
-        if isinstance(reply, dict) and isinstance(reply.get(key), list):
-            return [str(a) for a in reply[key]]
-        return None
+    @staticmethod
+    def _actions(reply: Any) -> list[str] | None:
+        actions = getattr(reply, "actions", None)
+        return None if actions is None else [str(a) for a in actions]
 
     async def _observe(self) -> str:
-        reply = await self._call(
+        payload = await self._call(
             "GET", "/observation", params={self.dialect.id_field: str(self.instance_id)}
         )
-        if isinstance(reply, dict) and "observation" in reply:
-            return str(reply["observation"])
-        return str(reply)
+        reply: ObservationReply | str = decode(
+            payload, ObservationReply | str, env=self.env, route="/observation"
+        )
+        return str(reply.observation if isinstance(reply, ObservationReply) else reply)
 
     async def reset(self, task: Task) -> Observation:
         d = self.dialect
         if self.instance_id is None:
             await self._create()
         try:
-            reply = await self._call("POST", "/reset", self._reset_body(task))
+            payload = await self._call("POST", "/reset", self._reset_body(task))
         except AgentGymError as exc:
             if exc.status != 404:
                 raise
             # The server forgot the instance (reaped while idle, or restarted): start over.
             await self._create()
-            reply = await self._call("POST", "/reset", self._reset_body(task))
+            payload = await self._call("POST", "/reset", self._reset_body(task))
         if d.reset_refetch and d.has_observation:
+            reply: Any = payload
             text = await self._observe()
-        elif d.reset_reply == "text":
-            text = str(reply)
-        elif d.reset_reply == "pair":
-            if not isinstance(reply, list) or not reply:
-                raise AgentGymError(f"agentgym/{self.env}: /reset answered {reply!r}")
-            text = str(reply[0])
         else:
-            if not isinstance(reply, dict) or "observation" not in reply:
-                raise AgentGymError(f"agentgym/{self.env}: /reset answered {reply!r}")
-            parts = [str(reply.get(k) or "") for k in d.reset_obs_keys]
-            text = "\n".join(p for p in parts if p)
+            reply = self._decode(payload, "reset")
+            if d.reset_reply == "text":
+                text = str(reply)
+            elif d.reset_reply == "pair":
+                text = str(reply[0])
+            else:
+                text = reply.text()
         return Observation(text=text, admissible_actions=self._actions(reply))
 
     async def step(self, action: str) -> StepResult:
         d = self.dialect
         if self.instance_id is None:
             raise EnvError(f"agentgym/{self.env}: step before reset")
-        reply = await self._call("POST", "/step", self._body(action=action), idempotent=False)
-        if not isinstance(reply, dict) or d.step_obs_key not in reply:
-            raise AgentGymError(f"agentgym/{self.env}: /step answered {reply!r}")
-        try:
-            reward = float(reply.get(d.reward_key, reply.get("reward", 0.0)) or 0.0)
-        except (TypeError, ValueError):
-            raise AgentGymError(f"agentgym/{self.env}: /step reward is not a number") from None
-        done = any(bool(reply.get(k)) for k in d.done_keys)
-        info: dict[str, Any] = {}
-        if isinstance(reply.get("info"), dict):
-            info = {str(k): v for k, v in reply["info"].items() if _jsonable(v)}
+        payload = await self._call("POST", "/step", self._body(action=action), idempotent=False)
+        reply = self._decode(payload, "step")
+        reward = reply.reward
+        if reward is msgspec.UNSET:
+            reward = getattr(reply, "plain_reward", msgspec.UNSET)
+        reward = 0.0 if reward is msgspec.UNSET else float(reward or 0.0)
+        done = any(bool(getattr(reply, f"done{i}")) for i in range(len(d.done_keys)))
+        info = {str(k): v for k, v in (reply.info or {}).items() if _jsonable(v)}
         return StepResult(
             observation=Observation(
-                text=str(reply[d.step_obs_key]), admissible_actions=self._actions(reply)
+                text=str(reply.observation), admissible_actions=self._actions(reply)
             ),
             reward=reward,
             done=done,
@@ -393,9 +399,9 @@ def agentgym_plugin(
     d = dialect_for(env, dialect)
     ids = list(tasks)
     if not ids:
-        raise ValueError(f"agentgym/{env}: no task ids given")
+        raise ConfigError(f"agentgym/{env}: no task ids given")
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"agentgym/{env}: url must start with http:// or https://, got {url!r}")
+        raise ConfigError(f"agentgym/{env}: url must start with http:// or https://, got {url!r}")
     spec = EnvSpec(
         id=env_id or f"{PREFIX}{env}",
         version=f"agentgym-{d.name}",
@@ -442,12 +448,12 @@ def register_bridges(
         if name is None:
             continue
         if isinstance(workload.tasks, str):
-            raise ValueError(
+            raise ConfigError(
                 f"{workload.env}: give AgentGym task ids, e.g. --tasks 0-199 "
                 f"(a bridged env has no split {workload.tasks!r} of its own)"
             )
         plugin = agentgym_plugin(name, url, tasks=workload.tasks, dialect=dialect)
         made.append(registry.register(plugin, replace=True))
     if not made:
-        raise ValueError("--agentgym-url needs --env agentgym/<name> (an AgentGym env)")
+        raise ConfigError("--agentgym-url needs --env agentgym/<name> (an AgentGym env)")
     return made

@@ -40,16 +40,19 @@ comes back as an ordinary step: ``observation = "Invalid action: <why>"``, rewar
 Concurrency: each instance has a lock; a second call while one runs gets 409 (AgentGym
 clients drive an instance sequentially). Blocking envs run through gymux's adapters (worker
 threads or a worker process), never on the event loop. Instances idle for
-``--idle-timeout`` seconds are closed by a reaper; SIGINT/SIGTERM stop accepting requests
-and close every instance.
+``--idle-timeout`` seconds are closed by a reaper, a task in the server's own task group:
+:class:`EnvServer` is an async resource, and the reaper runs while it is entered (``async with
+server``; :func:`serve` does that). Leaving it, and the app's cleanup, close every instance.
+SIGINT/SIGTERM stop accepting requests and close every instance.
+
+The command line half (``gymux serve-env``) is :mod:`gymux.cli.serve_env`.
 """
 
 from __future__ import annotations
 
-import re
-import signal
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -57,6 +60,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from gymux._lifecycle import AsyncResource
 from gymux.env_plugins.adapters import factory_ref, make_instance
 from gymux.env_plugins.agentgym.dialects import DIALECTS, GYMUX_ACTIONS_KEY, Dialect
 from gymux.env_plugins.protocol import (
@@ -69,19 +73,11 @@ from gymux.env_plugins.protocol import (
     Task,
     TransientEnvError,
 )
+from gymux.react import ACTION_MARKER
 
-__all__ = [
-    "EnvServer",
-    "HttpError",
-    "add_serve_env_parser",
-    "default_dialect",
-    "run_serve_env",
-    "serve",
-]
+__all__ = ["EnvServer", "HttpError", "default_dialect", "serve"]
 
 _log = structlog.get_logger("gymux.env_plugins.agentgym.server")
-#: An "Action:" line: text that has one is model output, not a bare action.
-_MARKER = re.compile(r"^[\s*_#>]*action[\s*_]*:", re.IGNORECASE | re.MULTILINE)
 
 
 class HttpError(Exception):
@@ -114,8 +110,12 @@ def default_dialect(plugin: EnvPlugin) -> Dialect:
     return DIALECTS["gymux"]
 
 
-class EnvServer:
-    """The HTTP app serving one plugin; :meth:`app` builds the aiohttp application."""
+class EnvServer(AsyncResource):
+    """The HTTP app serving one plugin; :meth:`app` builds the aiohttp application.
+
+    Its lifetime: ``async with server`` starts the idle-instance reaper in the server's task
+    group; leaving stops it and closes every instance (as the app's cleanup does too).
+    """
 
     def __init__(
         self,
@@ -141,7 +141,7 @@ class EnvServer:
         self._limiter = anyio.CapacityLimiter(max_instances)
         self._process_ref = factory_ref(plugin) if plugin.execution is Execution.PROCESS else None
         self._task_split = {tid: s.name for s in plugin.spec.splits.values() for tid in s.ids}
-        self._reaper: Any = None
+        self._stack: AsyncExitStack | None = None
 
     # -- application ------------------------------------------------------------------
 
@@ -162,19 +162,28 @@ class EnvServer:
         if d.prefix:
             routes.append(web.get(d.path("/health"), self._health))
         app.add_routes(routes)
-        app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
-    async def _on_startup(self, app: web.Application) -> None:
-        import asyncio
-
-        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
-
     async def _on_cleanup(self, app: web.Application) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
         await self.close_all()
+
+    async def aopen(self) -> None:
+        """Start the reaper in the server's task group."""
+        stack = AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        tg.start_soon(self._reap_forever)
+        stack.callback(tg.cancel_scope.cancel)  # runs first: the reaper stops, then the group
+        self._stack = stack
+
+    async def aclose(self) -> None:
+        """Stop the reaper and close every instance."""
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            await self.close_all()
 
     @property
     def instances(self) -> int:
@@ -363,7 +372,7 @@ class EnvServer:
             try:
                 return parse(f"Action: {text}")
             except ActionParseError:
-                if _MARKER.search(text):
+                if ACTION_MARKER.search(text):
                     raise first from None
                 return text.strip()
 
@@ -482,86 +491,35 @@ async def _errors(
         )
 
 
-async def serve(server: EnvServer, host: str, port: int, *, out: Callable[[str], None]) -> None:
-    """Serve until SIGINT/SIGTERM, then close every instance."""
-    runner = web.AppRunner(server.app(), handle_signals=False)
-    await runner.setup()
+async def serve(
+    server: EnvServer,
+    host: str,
+    port: int,
+    *,
+    out: Callable[[str], None],
+) -> None:
+    """Serve until cancelled, then close every instance.
+
+    ``gymux serve-env`` runs this inside :func:`gymux.cli.common.cancel_on_signals`, so
+    SIGINT/SIGTERM end it.
+    """
     try:
-        site = web.TCPSite(runner, host, port)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await site.start()
-            bound = [a for a in runner.addresses if isinstance(a, tuple)]
-            real_port = bound[0][1] if bound else port
-            shown = f"[{host}]" if ":" in host else host
-            out(
-                f"gymux serve-env: {server.plugin.id} ({server.dialect.name} dialect) "
-                f"listening on http://{shown}:{real_port}{server.dialect.prefix}"
-            )
-            async for signum in signals:
-                out(f"gymux serve-env: signal {signum}, shutting down")
-                break
+        async with server:
+            runner = web.AppRunner(server.app(), handle_signals=False)
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, host, port)
+                await site.start()
+                bound = [a for a in runner.addresses if isinstance(a, tuple)]
+                real_port = bound[0][1] if bound else port
+                shown = f"[{host}]" if ":" in host else host
+                out(
+                    f"gymux serve-env: {server.plugin.id} ({server.dialect.name} dialect) "
+                    f"listening on http://{shown}:{real_port}{server.dialect.prefix}"
+                )
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await runner.cleanup()
     finally:
-        await runner.cleanup()
-    out("gymux serve-env: stopped")
-
-
-# -- command line -----------------------------------------------------------------------
-
-
-def add_serve_env_parser(sub: Any) -> None:
-    """Add ``gymux serve-env`` to the ``gymux`` subcommands."""
-    p = sub.add_parser("serve-env", help="serve an environment over AgentGym's HTTP protocol")
-    p.add_argument("name", help="environment id (see 'gymux envs')")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=36001, help="TCP port (0: any free port)")
-    p.add_argument(
-        "--max-instances", type=int, help="live instances at most (default: the plugin's)"
-    )
-    p.add_argument(
-        "--idle-timeout", type=float, default=600.0, help="close instances idle this many seconds"
-    )
-    p.add_argument("--call-timeout", type=float, default=300.0, help="seconds an env call may take")
-    p.add_argument(
-        "--dialect",
-        choices=sorted(DIALECTS),
-        help="AgentGym family to speak (default: the env's own, else gymux)",
-    )
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-
-
-def run_serve_env(args: Any, registry: Any) -> int:
-    """``gymux serve-env``; returns the exit code."""
-    import sys
-
-    from gymux.cli.common import EXIT_OK, UsageError, out
-    from gymux.log import configure_logging
-
-    if args.log_level:
-        configure_logging(args.log_level)
-    for flag, value in (
-        ("--max-instances", 1 if args.max_instances is None else args.max_instances),
-        ("--idle-timeout", args.idle_timeout),
-        ("--call-timeout", args.call_timeout),
-    ):
-        if value <= 0:
-            raise UsageError(f"{flag} must be positive, got {value}")
-    if not 0 <= args.port <= 65535:
-        raise UsageError(f"--port must be 0..65535, got {args.port}")
-    plugin = registry.get(args.name)
-    server = EnvServer(
-        plugin,
-        dialect=DIALECTS[args.dialect] if args.dialect else None,
-        max_instances=args.max_instances,
-        idle_timeout_s=args.idle_timeout,
-        call_timeout_s=args.call_timeout,
-    )
-
-    def say(text: str) -> None:
-        out(text)
-        sys.stdout.flush()
-
-    async def main() -> None:
-        await serve(server, args.host, args.port, out=say)
-
-    anyio.run(main)
-    return EXIT_OK
+        out("gymux serve-env: stopped")

@@ -1,4 +1,10 @@
-"""SGLang: the token-exact client policy and the managed server launcher."""
+"""SGLang: the token-exact client policy and the managed server launcher.
 
-from gymux.policies.sglang.client import *  # noqa: F403
-from gymux.policies.sglang.client import __all__ as __all__
+:mod:`.policy` (the policy) joins :mod:`.transport` (HTTP), :mod:`.routing` (several
+servers: affinity, health, retries) and :mod:`.wire` (SGLang's request and answer shapes);
+:mod:`.launch` runs an SGLang server as a managed subprocess.
+"""
+
+from gymux.policies.sglang.policy import SGLangPolicy, Strategy
+
+__all__ = ["SGLangPolicy", "Strategy"]

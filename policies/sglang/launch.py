@@ -1,16 +1,13 @@
-"""``gymux serve-policy``: run an SGLang server as a managed subprocess.
+"""Run an SGLang server as a managed subprocess (what ``gymux serve-policy`` runs).
 
-``gymux serve-policy --model PATH [--port N] [--tp N] [--extra ARG ...]`` starts
-``python -m sglang.launch_server --model-path PATH --host HOST --port N --tp N ...``
-(flags as SGLang's server-arguments docs spell them) in its own process group, waits
-(bounded) until ``GET /health`` answers 200, prints the
-URL to pass to ``gymux run --policy sglang --server URL``, and keeps it running until
-Ctrl-C / SIGTERM. Stopping sends SIGTERM to the whole process group (SGLang runs
-scheduler and detokenizer children), waits ``grace_s``, then SIGKILLs what is left, so
-no process outlives the command.
-
-sglang is the optional extra ``gymux[sglang]``; without it, or without a GPU, the command
-prints one line saying so and exits with code 2.
+:func:`build_command` is ``python -m sglang.launch_server --model-path PATH --host HOST
+--port N --tp N ...`` (flags as SGLang's server-arguments docs spell them).
+``async with ManagedServer(command, url)`` starts it in its own process group, waits
+(bounded) until ``GET /health`` answers 200, and on the way out sends SIGTERM to the whole
+process group (SGLang runs scheduler and detokenizer children), waits ``grace_s``, then
+SIGKILLs what is left, so no process outlives the block. :func:`unavailable_reason` says
+why a server cannot run here (sglang, the optional extra ``gymux[sglang]``, not installed,
+or no GPU). The command itself (output, signals) is :mod:`gymux.cli.serve_policy`.
 """
 
 from __future__ import annotations
@@ -22,25 +19,25 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import aiohttp
 import anyio
 import anyio.abc
 
+from gymux._lifecycle import AsyncResource
+from gymux.errors import GymuxError
+
 __all__ = [
     "ManagedServer",
     "ServerError",
     "build_command",
-    "serve",
     "unavailable_reason",
 ]
 
 
-class ServerError(Exception):
+class ServerError(GymuxError):
     """The server did not start, or died."""
 
 
@@ -100,7 +97,7 @@ def build_command(
     ]
 
 
-class ManagedServer:
+class ManagedServer(AsyncResource):
     """``async with ManagedServer(cmd, url) as srv``: started and healthy inside, gone after."""
 
     def __init__(
@@ -125,7 +122,8 @@ class ManagedServer:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    async def __aenter__(self) -> Self:
+    async def aopen(self) -> None:
+        """Start the server and wait until it is healthy (stopping it again if it is not)."""
         self.process = await anyio.open_process(
             self.command,
             stdin=subprocess.DEVNULL,
@@ -139,14 +137,8 @@ class ManagedServer:
         except BaseException:
             await self.stop()
             raise
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         await self.stop()
 
     async def wait_healthy(self) -> None:
@@ -198,48 +190,3 @@ class ManagedServer:
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-async def serve(
-    command: Sequence[str],
-    url: str,
-    *,
-    out: Callable[[str], None],
-    err: Callable[[str], None] | None = None,
-    startup_timeout_s: float = 900.0,
-    grace_s: float = 15.0,
-    on_ready: Callable[[ManagedServer], None] | None = None,
-) -> int:
-    """Run the server until SIGINT/SIGTERM (exit 0) or until it dies (exit 1)."""
-    async with anyio.create_task_group() as tg:
-        stopped_by_signal = False
-
-        async def watch_signals() -> None:
-            nonlocal stopped_by_signal
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    stopped_by_signal = True
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(watch_signals)
-        code = 0
-        try:
-            async with ManagedServer(
-                command, url, startup_timeout_s=startup_timeout_s, grace_s=grace_s
-            ) as server:
-                out(f"policy server ready: {url} (pid {server.pid}); Ctrl-C to stop")
-                out(f"use: gymux run --policy sglang --server {url} --tokenizer MODEL_PATH ...")
-                if on_ready is not None:
-                    on_ready(server)
-                returncode = await server.wait()
-                (err or out)(f"gymux: error: policy server exited with code {returncode}")
-                code = 1
-        except ServerError as exc:
-            (err or out)(f"gymux: error: {exc}")
-            code = 1
-        tg.cancel_scope.cancel()
-    if stopped_by_signal:
-        out("policy server stopped")
-        return 0
-    return code

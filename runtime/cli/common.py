@@ -18,6 +18,7 @@ from typing import NoReturn, TypeVar
 import anyio
 import anyio.abc
 
+from gymux.env_plugins.protocol import EnvSpec, TaskSplit
 from gymux.errors import GymuxError
 
 __all__ = [
@@ -30,11 +31,15 @@ __all__ = [
     "UsageError",
     "cancel_on_signals",
     "err",
+    "error_line",
     "exit_code_for",
     "non_negative_int",
     "out",
+    "parse_tasks",
     "positive_float",
+    "positive_float_of",
     "positive_int",
+    "split_of",
 ]
 
 _N = TypeVar("_N", int, float)
@@ -77,6 +82,14 @@ def _number(text: str, kind: Callable[[str], _N], what: str) -> _N:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
 
+def split_of(spec: EnvSpec, name: str) -> TaskSplit:
+    """``spec``'s split ``name``; :class:`UsageError` when the env has no such split."""
+    if name not in spec.splits:
+        known = ", ".join(sorted(spec.splits)) or "none"
+        raise UsageError(f"env {spec.id!r} has no split {name!r} (known: {known})")
+    return spec.splits[name]
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1."""
     value = _number(text, int, "a positive integer")
@@ -93,12 +106,50 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str, unit: str) -> float:
+    of = f" of {unit}" if unit else ""
+    value = _number(text, float, f"a number{of}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number{of}, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0."""
-    value = _number(text, float, "a number")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+    return _positive_float(text, "")
+
+
+def positive_float_of(unit: str) -> Callable[[str], float]:
+    """A finite number > 0 of ``unit``, named in the error (``expected a number of MiB``)."""
+
+    def parse(text: str) -> float:
+        return _positive_float(text, unit)
+
+    parse.__name__ = f"positive_float_of_{unit}"
+    return parse
+
+
+def parse_tasks(text: str) -> str | list[int]:
+    """The ``--tasks`` value: a split name (``test``, ``train``) or task ids (``0,3,5``,
+    ``0-9``, ``0-9,20``)."""
+    if not text or not any(ch.isdigit() for ch in text[:1]):
+        return text
+    ids: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.partition("-")
+            if sep:
+                first, last = int(lo), int(hi)
+                if last < first:
+                    raise UsageError(f"--tasks: empty range {part!r}")
+                ids.extend(range(first, last + 1))
+            else:
+                ids.append(int(part))
+    except ValueError:
+        raise UsageError(
+            f"--tasks: cannot read {text!r} (use a split name, 0,1,2 or 0-9)"
+        ) from None
+    return ids
 
 
 # -- errors -> exit codes -----------------------------------------------------------------
@@ -114,6 +165,13 @@ def exit_code_for(exc: GymuxError) -> int:
 
     usage = (UsageError, ConfigError, PluginError, UnknownPolicyError, PolicyOptionsError)
     return EXIT_USAGE if isinstance(exc, usage) else EXIT_FAILED
+
+
+def error_line(exc: GymuxError) -> str:
+    """The one line ``gymux: error: ...`` that reports ``exc`` on stderr."""
+    # A KeyError subclass's str() is the repr of its message: show the message itself.
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    return f"gymux: error: {text}"
 
 
 # -- signals ------------------------------------------------------------------------------
@@ -140,9 +198,12 @@ async def cancel_on_signals(
 
     The handlers are in place before the block starts. The block's code is cancelled (so its
     ``finally`` clauses and ``async with`` exits run), the context manager then returns
-    normally, and the yielded :class:`Interrupt` says which signal stopped it.
+    normally, and the yielded :class:`Interrupt` says which signal stopped it. An exception
+    raised by the block comes out as itself (not inside an exception group), so the CLI
+    maps a :class:`~gymux.errors.GymuxError` to its exit code.
     """
     interrupt = Interrupt()
+    error: Exception | None = None
     async with anyio.create_task_group() as tg:
 
         async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -156,5 +217,10 @@ async def cancel_on_signals(
                     return
 
         await tg.start(watch)
-        yield interrupt
+        try:
+            yield interrupt
+        except Exception as exc:  # re-raised below, outside the task group
+            error = exc
         tg.cancel_scope.cancel()
+    if error is not None:
+        raise error

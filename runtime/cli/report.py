@@ -22,10 +22,11 @@ from typing import Any
 
 import msgspec
 
-from gymux.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from gymux.cli.common import EXIT_FAILED, EXIT_OK, UsageError
 from gymux.cli.common import err as _err
 from gymux.cli.common import out as _out
-from gymux.env_plugins.registry import PluginError, Registry, default_registry
+from gymux.env_plugins.registry import Registry, default_registry
+from gymux.errors import GymuxError
 from gymux.eval.charts import write_charts
 from gymux.eval.html import render_html
 from gymux.eval.metrics import (
@@ -44,20 +45,19 @@ from gymux.eval.report import (
 )
 from gymux.eval.run import MANIFEST, read_store, suite_triples
 from gymux.eval.suite import Suite
-from gymux.stores.errors import StoreError
 from gymux.trajectory import Trajectory
 
 __all__ = [
-    "add_report_parser",
+    "add_parser",
     "load_run",
-    "run_report",
+    "run",
     "select_trajectories",
     "write_eval_reports",
     "write_run_outputs",
 ]
 
 
-def add_report_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     """Register ``gymux report`` on the top-level subparsers."""
     p = sub.add_parser(
         "report", help="regenerate an eval's reports, or compare several evals side by side"
@@ -83,7 +83,7 @@ def select_trajectories(
         one = msgspec.structs.replace(suite, envs=[env])
         try:
             covered.update(k for ks in suite_triples(one, registry).values() for k in ks)
-        except (PluginError, KeyError, ValueError):
+        except GymuxError:  # not installed here, or no such split
             loose.add(env.id)
     latest = latest_per_triple(
         t for t in trajectories if t.env_id in loose or (t.env_id, t.task_id, t.sample) in covered
@@ -163,10 +163,10 @@ def _names(paths: Sequence[Path]) -> list[str]:
     return [n if counts[n] == 1 else str(p) for n, p in zip(names, paths, strict=True)]
 
 
-def _compare(paths: list[Path], out_text: str | None) -> int:
+def _compare(paths: list[Path], out_text: str | None, registry: Registry) -> int:
     names = _names(paths)
     runs = [
-        load_run(p, letter=run_letter(i), name=n)
+        load_run(p, letter=run_letter(i), name=n, registry=registry)
         for i, (p, n) in enumerate(zip(paths, names, strict=True))
     ]
     slug = "-vs-".join(n.replace("/", "_") for n in names)
@@ -185,21 +185,20 @@ def _compare(paths: list[Path], out_text: str | None) -> int:
     return EXIT_OK
 
 
-def run_report(args: argparse.Namespace) -> int:
-    """Run a parsed ``gymux report ...``; returns the exit code."""
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    """Run a parsed ``gymux report ...``; returns the exit code. A folder that is not a run
+    raises :class:`UsageError` (exit 2), a damaged store :class:`StoreError` (exit 1); a
+    failed read or write of a file is exit 1 too."""
     paths = [Path(p) for p in args.runs]
     try:
         if len(paths) > 1:
-            return _compare(paths, args.out)
-        run = load_run(paths[0])
+            return _compare(paths, args.out, registry)
+        one = load_run(paths[0], registry=registry)
         out = Path(args.out) if args.out else paths[0]
-        for line in write_run_outputs(out, run):
+        for line in write_run_outputs(out, one):
             _out(line)
         _out(f"report: {out / 'report.html'}")
         return EXIT_OK
-    except UsageError as exc:
-        _err(f"gymux: error: {exc}")
-        return EXIT_USAGE
-    except (StoreError, OSError) as exc:
+    except OSError as exc:
         _err(f"gymux: error: {exc}")
         return EXIT_FAILED

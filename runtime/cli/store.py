@@ -24,9 +24,16 @@ from typing import Any
 
 import msgspec
 
-from gymux.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from gymux.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    non_negative_int,
+    positive_float_of,
+)
 from gymux.cli.common import err as _err
 from gymux.cli.common import out as _out
+from gymux.env_plugins.registry import Registry
 from gymux.stores.codec import TrajectoryMeta, decode_meta
 from gymux.stores.errors import StoreError
 from gymux.stores.export import FORMATS, export
@@ -44,27 +51,7 @@ from gymux.stores.reader import Position, StreamReader
 from gymux.stores.store import DEFAULT_STREAM, Store
 from gymux.trajectory import FinishReason
 
-__all__ = ["add_store_parser", "run_store"]
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of MiB, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of MiB, got {text}")
-    return value
+__all__ = ["add_parser", "run"]
 
 
 def _size(n: int) -> str:
@@ -76,7 +63,7 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def add_store_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     """Register ``gymux store`` and its subcommands on the top-level subparsers."""
     store = sub.add_parser("store", help="inspect, tail, verify, export or compact a store")
     cmds = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
@@ -92,7 +79,7 @@ def add_store_parser(sub: Any) -> None:
 
     tail = cmds.add_parser("tail", help="the latest trajectories, one line each")
     common(tail, stream_help=f"stream (default: {DEFAULT_STREAM})")
-    tail.add_argument("--n", "-n", type=_count, default=10, help="how many (default 10)")
+    tail.add_argument("--n", "-n", type=non_negative_int, default=10, help="how many (default 10)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -108,7 +95,7 @@ def add_store_parser(sub: Any) -> None:
     outcome = exp.add_mutually_exclusive_group()
     outcome.add_argument("--success", action="store_true", help="only successful episodes")
     outcome.add_argument("--failed", action="store_true", help="only failed episodes")
-    exp.add_argument("--min-policy-step", type=_count, help="only policy_step >= N")
+    exp.add_argument("--min-policy-step", type=non_negative_int, help="only policy_step >= N")
     exp.add_argument("--policy", help="only this policy")
     exp.add_argument("--split", help="only this task split")
     exp.add_argument(
@@ -124,7 +111,7 @@ def add_store_parser(sub: Any) -> None:
     common(com, stream_help=f"stream (default: {DEFAULT_STREAM})")
     com.add_argument(
         "--target-mb",
-        type=_megabytes,
+        type=positive_float_of("MiB"),
         default=DEFAULT_TARGET_BYTES / 2**20,
         help="size of a merged segment in MiB (default 64)",
     )
@@ -354,7 +341,10 @@ def _compact_lines(r: CompactResult) -> list[str]:
 def _cmd_compact(args: argparse.Namespace) -> int:
     store = _store(args)
     stream = _stream(store, args.stream)
-    result = compact(store, stream, target_bytes=int(args.target_mb * 2**20), salvage=args.salvage)
+    target = int(args.target_mb * 2**20)
+    if target <= SEGMENT_HEADER.size:
+        raise UsageError(f"--target-mb: a segment must hold more than {SEGMENT_HEADER.size} bytes")
+    result = compact(store, stream, target_bytes=target, salvage=args.salvage)
     if args.json:
         _out(msgspec.json.encode(result).decode())
     else:
@@ -372,15 +362,14 @@ _COMMANDS = {
 }
 
 
-def run_store(args: argparse.Namespace) -> int:
-    """Run a parsed ``gymux store ...`` command; returns the exit code."""
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    """Run a parsed ``gymux store ...`` command; returns the exit code. Bad input raises
+    :class:`UsageError` and a store error :class:`StoreError` (``gymux.cli.main`` maps them
+    to exit codes 2 and 1); a failed read or write of a file is exit 1 too."""
     try:
         return _COMMANDS[args.store_command](args)
-    except (UsageError, ValueError) as exc:
-        _err(f"gymux: error: {exc}")
-        return EXIT_USAGE
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader of stdout went away (gymux store tail | head)
         return EXIT_OK
-    except (StoreError, OSError) as exc:
+    except OSError as exc:
         _err(f"gymux: error: {exc}")
         return EXIT_FAILED

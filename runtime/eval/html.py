@@ -31,10 +31,12 @@ from typing import Any
 
 from gymux.eval.metrics import EnvMetrics, EvalMetrics
 from gymux.eval.report import (
+    METRIC_COLUMNS,
     Comparison,
     EnvDiff,
     RunData,
     comparison_notes,
+    metric_cells,
     run_title,
     score_ranges_of,
     score_series,
@@ -357,23 +359,11 @@ def diff_chart_svg(chart_id: str, title: str, rows: Sequence[EnvDiff]) -> str:
 
 
 def _metrics_table(metrics: EvalMetrics) -> str:
-    head = (
-        "<tr><th>env</th><th>episodes</th><th>success [95% CI]</th>"
-        "<th>mean score [95% CI]</th><th>Avg@n / Pass@n</th><th>mean turns</th>"
-        "<th>finish reasons</th></tr>"
-    )
+    head = "<tr>" + "".join(f"<th>{_e(c)}</th>" for c in METRIC_COLUMNS) + "</tr>"
 
     def row(m: EnvMetrics, cls: str = "") -> str:
-        lo, hi = m.success_ci
-        slo, shi = m.score_ci
-        reasons = ", ".join(f"{k}={v}" for k, v in m.finish_reasons.items()) or "-"
-        return (
-            f'<tr class="{cls}"><td>{_e(m.env)}</td><td>{m.episodes}</td>'
-            f"<td>{m.success_rate * 100:.1f}% [{lo * 100:.1f}, {hi * 100:.1f}]</td>"
-            f"<td>{m.mean_score:.3f} [{slo:.3f}, {shi:.3f}]</td>"
-            f"<td>{m.avg_at_n * 100:.1f}% / {m.pass_at_n * 100:.1f}% (n={m.samples})</td>"
-            f"<td>{m.mean_turns:.2f}</td><td>{_e(reasons)}</td></tr>"
-        )
+        cells = "".join(f"<td>{_e(c)}</td>" for c in metric_cells(m))
+        return f'<tr class="{cls}">{cells}</tr>'
 
     rows = "".join(row(m) for m in metrics.envs) + row(metrics.overall, "overall")
     return f'<table class="metrics"><thead>{head}</thead><tbody>{rows}</tbody></table>'

@@ -30,6 +30,7 @@ from gymux.eval.metrics import (
 from gymux.trajectory import Trajectory
 
 __all__ = [
+    "METRIC_COLUMNS",
     "Comparison",
     "EnvDiff",
     "RunData",
@@ -38,6 +39,7 @@ __all__ = [
     "compare_runs",
     "comparison_markdown",
     "markdown_table",
+    "metric_cells",
     "newcombe_interval",
     "run_letter",
     "score_ranges_of",
@@ -250,25 +252,41 @@ def _pp(x: float) -> str:
     return f"{x * 100:+.1f}"
 
 
-def _row(m: EnvMetrics) -> str:
+#: The columns of a metrics table (Markdown and HTML): see :func:`metric_cells`.
+METRIC_COLUMNS = (
+    "env",
+    "episodes",
+    "success [95% CI]",
+    "mean score [95% CI]",
+    "Avg@n / Pass@n",
+    "mean turns",
+    "finish reasons",
+)
+
+
+def metric_cells(m: EnvMetrics) -> list[str]:
+    """The cells of one row of a metrics table (:data:`METRIC_COLUMNS`), as plain text."""
     lo, hi = m.success_ci
     slo, shi = m.score_ci
     reasons = ", ".join(f"{k}={v}" for k, v in m.finish_reasons.items()) or "-"
-    return (
-        f"| {m.env} | {m.episodes} | {_pct(m.success_rate)}% [{_pct(lo)}, {_pct(hi)}] "
-        f"| {m.mean_score:.3f} [{slo:.3f}, {shi:.3f}] "
-        f"| {_pct(m.avg_at_n)}% / {_pct(m.pass_at_n)}% (n={m.samples}) "
-        f"| {m.mean_turns:.2f} | {reasons} |"
-    )
+    return [
+        m.env,
+        str(m.episodes),
+        f"{_pct(m.success_rate)}% [{_pct(lo)}, {_pct(hi)}]",
+        f"{m.mean_score:.3f} [{slo:.3f}, {shi:.3f}]",
+        f"{_pct(m.avg_at_n)}% / {_pct(m.pass_at_n)}% (n={m.samples})",
+        f"{m.mean_turns:.2f}",
+        reasons,
+    ]
+
+
+def _row(m: EnvMetrics) -> str:
+    return "| " + " | ".join(metric_cells(m)) + " |"
 
 
 def markdown_table(metrics: EvalMetrics) -> list[str]:
     """One row per env and an ``overall`` row (95% intervals in brackets)."""
-    lines = [
-        "| env | episodes | success [95% CI] | mean score [95% CI] | Avg@n / Pass@n "
-        "| mean turns | finish reasons |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
+    lines = ["| " + " | ".join(METRIC_COLUMNS) + " |", "|---|---:|---:|---:|---:|---:|---|"]
     lines.extend(_row(m) for m in metrics.envs)
     lines.append(_row(metrics.overall))
     return lines

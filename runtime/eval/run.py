@@ -10,18 +10,17 @@ from the latest finished trajectory of each triple in the store.
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.abc
 import msgspec
 
 from gymux.config import MODEL_POLICIES, RuntimeConfig, Workload
 from gymux.env_plugins.registry import Registry, default_registry
 from gymux.episode import EpisodeJob
+from gymux.errors import ConfigError, SuiteError
 from gymux.eval.metrics import (
     EvalMetrics,
     Triple,
@@ -39,6 +38,7 @@ from gymux.trajectory import FinishReason, Trajectory
 __all__ = [
     "EvalOutcome",
     "EvalPlan",
+    "EvalRun",
     "plan_eval",
     "read_store",
     "register_suite_bridges",
@@ -134,15 +134,17 @@ def _check_manifest(out: Path, suite: Suite, policy: str) -> None:
         try:
             theirs = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{path} is unreadable: {exc}") from None
+            raise ConfigError(f"{path} is unreadable: {exc}") from None
+        if not isinstance(theirs, dict):
+            raise ConfigError(f"{path} is unreadable: not a JSON object")
         if theirs.get("suite") != suite.name or theirs.get("policy") != policy:
-            raise ValueError(
+            raise ConfigError(
                 f"{out} holds an eval of suite {theirs.get('suite')!r} with policy "
                 f"{theirs.get('policy')!r}; use another --out for suite {suite.name!r} "
                 f"with policy {policy!r}"
             )
         if theirs.get("suite_spec") != mine["suite_spec"]:
-            raise ValueError(f"{out}: suite {suite.name!r} changed since the earlier run")
+            raise ConfigError(f"{out}: suite {suite.name!r} changed since the earlier run")
         return
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -150,62 +152,108 @@ def _check_manifest(out: Path, suite: Suite, policy: str) -> None:
     tmp.replace(path)
 
 
-async def _run_async(
-    suite: Suite,
-    policy: str,
-    out: Path,
-    plan: EvalPlan,
-    registry: Registry,
-    config: RuntimeConfig,
-    options: Mapping[str, Any],
-    max_episodes: int | None,
-    handle_signals: bool,
-) -> tuple[int, bool]:
-    interrupted = False
-    budget = max_episodes
-    handles: list[RunHandle] = []
-    shared: Policy | None = None
-    if policy in MODEL_POLICIES and any(plan.todo.values()):
-        # Built before any task starts, so bad options are one clean error, not a crash
-        # inside the task group.
-        first = next(env.id for env in suite.envs if plan.todo.get(env.id))
-        shared = make_policy(policy, registry.get(first), seed=suite.seed, options=options)
-    async with anyio.create_task_group() as tg:
+class EvalRun:
+    """What is left of ``suite`` for ``policy`` in the folder ``out``, ready to run.
 
-        async def watch_signals(
-            *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-        ) -> None:
-            nonlocal interrupted
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                task_status.started()  # handlers are in place before the store opens
-                async for _ in signals:
-                    interrupted = True
-                    tg.cancel_scope.cancel()
-                    return
+    Building one checks everything that can be checked before anything starts (every env is
+    installed, ``out`` holds no eval of another suite or policy), writes ``OUT/eval.json`` and
+    plans the triples still to run. :meth:`run` runs them; cancelling it (the CLI does so on
+    SIGINT/SIGTERM) keeps every finished episode, and a later ``EvalRun`` resumes from there.
+    :meth:`outcome` reads the metrics back from the store. No signal handlers are installed
+    here: that is the caller's business (``gymux eval`` uses
+    :func:`gymux.cli.common.cancel_on_signals`).
 
-        if handle_signals:
-            await tg.start(watch_signals)
-        async with Runtime(config, registry=registry, out=out) as rt:
+    ``options``: model-policy options (the suite's ``[sampling]`` table is merged under them).
+    """
+
+    def __init__(
+        self,
+        suite: Suite,
+        policy: str,
+        out: str | Path,
+        *,
+        rerun_failures: bool = False,
+        registry: Registry | None = None,
+        config: RuntimeConfig | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.suite = suite
+        self.policy = policy
+        self.out = Path(out)
+        self.registry = registry or default_registry()
+        self.config = config or RuntimeConfig()
+        register_suite_bridges(suite, self.registry)
+        for env in suite.envs:  # unknown, not installed, no such split: fail before anything
+            spec = self.registry.get_runnable(env.id).spec
+            split = suite.env_split(env)
+            if split not in spec.splits:
+                known = ", ".join(sorted(spec.splits)) or "none"
+                raise SuiteError(
+                    f"suite {suite.name!r}: env {env.id!r} has no split {split!r} (known: {known})"
+                )
+        _check_manifest(self.out, suite, policy)
+        self.plan = plan_eval(
+            suite, self.registry, read_store(self.out), rerun_failures=rerun_failures
+        )
+        self.options: dict[str, Any] = {**suite.sampling, **(options or {})}
+        self._handles: list[RunHandle] = []
+
+    @property
+    def pending(self) -> bool:
+        """Whether any triple is left to run."""
+        return any(self.plan.todo.values())
+
+    @property
+    def ran(self) -> int:
+        """Episodes finished by :meth:`run` so far (read it after :meth:`run` returns or is
+        cancelled)."""
+        return sum(len(h.result().trajectories) for h in self._handles)
+
+    def _shared_policy(self) -> Policy | None:
+        """The one model-policy object that serves every env (``None`` for the others)."""
+        if self.policy not in MODEL_POLICIES or not self.pending:
+            return None
+        first = next(env.id for env in self.suite.envs if self.plan.todo.get(env.id))
+        return make_policy(
+            self.policy, self.registry.get(first), seed=self.suite.seed, options=self.options
+        )
+
+    async def run(self, max_episodes: int | None = None) -> None:
+        """Run what is left; ``max_episodes``: at most that many (a test hook that stands in
+        for an interruption)."""
+        suite, registry = self.suite, self.registry
+        budget = max_episodes
+        # Built before the runtime starts, so bad options are one clean error.
+        shared = self._shared_policy()
+        async with Runtime(self.config, registry=registry, out=self.out) as rt:
             for i, env in enumerate(suite.envs):
-                wanted = plan.todo.get(env.id, [])
+                wanted = self.plan.todo.get(env.id, [])
                 if budget is not None:
                     wanted, budget = wanted[:budget], budget - len(wanted[:budget])
                 if not wanted:
                     continue
-                workload = _workload(suite, i, policy, options)
-                plugin = registry.get(env.id)
-                # Model policies: the one object built above serves every env.
+                workload = _workload(suite, i, self.policy, self.options)
                 env_policy = (
-                    shared if shared is not None else make_policy(policy, plugin, seed=suite.seed)
+                    shared
+                    if shared is not None
+                    else make_policy(self.policy, registry.get(env.id), seed=suite.seed)
                 )
-                handles.append(
+                self._handles.append(
                     await rt.submit(workload, policy=env_policy, only=_keep_in(set(wanted)))
                 )
-            for handle in handles:
+            for handle in self._handles:
                 await handle.wait()
-        tg.cancel_scope.cancel()
-    ran = sum(len(h.result().trajectories) for h in handles)
-    return ran, interrupted
+
+    def outcome(self, *, interrupted: bool = False) -> EvalOutcome:
+        """This invocation's counts and the metrics over everything in the store."""
+        return EvalOutcome(
+            suite=self.suite.name,
+            policy=self.policy,
+            ran=self.ran,
+            skipped=self.plan.skipped,
+            interrupted=interrupted,
+            metrics=metrics_for(self.suite, self.registry, read_store(self.out)),
+        )
 
 
 def run_eval(
@@ -218,44 +266,27 @@ def run_eval(
     config: RuntimeConfig | None = None,
     options: Mapping[str, Any] | None = None,
     max_episodes: int | None = None,
-    handle_signals: bool = True,
 ) -> EvalOutcome:
-    """Run what is left of ``suite`` with ``policy`` into ``out`` and compute the metrics.
+    """Run what is left of ``suite`` with ``policy`` into ``out`` and compute the metrics
+    (an :class:`EvalRun`, run to the end).
 
     ``options``: model-policy options (the suite's ``[sampling]`` table is merged under
     them). ``max_episodes``: run at most that many episodes (a test hook that stands in
-    for an interruption).
+    for an interruption). Library code installs no signal handlers (``gymux eval``
+    does, in :mod:`gymux.cli.eval`).
     """
-    out = Path(out)
-    registry = registry or default_registry()
-    register_suite_bridges(suite, registry)
-    for env in suite.envs:
-        registry.get_runnable(env.id)  # unknown or not installed: fail before anything runs
-    _check_manifest(out, suite, policy)
-    plan = plan_eval(suite, registry, read_store(out), rerun_failures=rerun_failures)
-    opts: dict[str, Any] = {**suite.sampling, **(options or {})}
-    ran, interrupted = 0, False
-    if any(plan.todo.values()) and max_episodes != 0:
-        ran, interrupted = anyio.run(
-            _run_async,
-            suite,
-            policy,
-            out,
-            plan,
-            registry,
-            config or RuntimeConfig(),
-            opts,
-            max_episodes,
-            handle_signals,
-        )
-    return EvalOutcome(
-        suite=suite.name,
-        policy=policy,
-        ran=ran,
-        skipped=plan.skipped,
-        interrupted=interrupted,
-        metrics=metrics_for(suite, registry, read_store(out)),
+    ev = EvalRun(
+        suite,
+        policy,
+        out,
+        rerun_failures=rerun_failures,
+        registry=registry,
+        config=config,
+        options=options,
     )
+    if ev.pending and max_episodes != 0:
+        anyio.run(ev.run, max_episodes)
+    return ev.outcome()
 
 
 def register_suite_bridges(suite: Suite, registry: Registry) -> None:

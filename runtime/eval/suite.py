@@ -20,12 +20,16 @@ A suite is a TOML file::
     url = "http://127.0.0.1:36001"
     tasks = 200           # AgentGym indices first_task .. first_task + 199 (first_task = 0)
 
-Built-in suites (``smoke``, ``agenteval-offline``) are the TOML constants below.
+Built-in suites (``smoke``, ``agenteval-offline``) are TOML files shipped in this package
+(``gymux/eval/suites/<name>.toml``), read with :mod:`importlib.resources`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated
 
 import msgspec
@@ -72,84 +76,20 @@ class Suite(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         return env.samples if env.samples is not None else self.samples
 
 
-SMOKE_TOML = """\
-# A few tasks of each offline env, for CI: the oracle must score 100% on all of them.
-name = "smoke"
-split = "test"
-tasks = 3
-samples = 1
+def _read_builtin_suites() -> dict[str, str]:
+    """``name -> TOML text`` of the suites shipped as package data (``gymux/eval/suites``)."""
+    folder = resources.files("gymux.eval").joinpath("suites")
+    found = {
+        entry.name.removesuffix(".toml"): entry.read_text(encoding="utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".toml")
+    }
+    # smoke first: the one to try; the rest by name.
+    return dict(sorted(found.items(), key=lambda item: (item[0] != "smoke", item[0])))
 
-[[envs]]
-id = "maze"
-max_turns = 15
 
-[[envs]]
-id = "wordle"
-max_turns = 8
-
-[[envs]]
-id = "textcraft"
-max_turns = 20
-
-[[envs]]
-id = "babyai"
-max_turns = 20
-
-[[envs]]
-id = "sciworld"
-# No turn cap here: the first test tasks (boil) have 70-100-step gold sequences, and smoke
-# checks that the oracle finishes them (AgentEval's budget of 30 is in agenteval-offline).
-tasks = 2
-
-[[envs]]
-id = "sqlgym"
-max_turns = 1
-
-[[envs]]
-id = "textworld"
-max_turns = 30
-# Each new game is generated on first use (a few seconds); two keep the smoke run short.
-tasks = 2
-"""
-
-AGENTEVAL_OFFLINE_TOML = """\
-# AgentEval's protocol over the environments that run here, with AgentGym's turn budgets
-# (maze 15, wordle 8, textcraft 20, babyai 20, sciworld 30, sqlgym 1, textworld 30).
-# SciWorld and BabyAI are reported as scores in AgentGym's table: see `mean score`.
-name = "agenteval-offline"
-split = "test"
-samples = 1
-
-[[envs]]
-id = "maze"
-max_turns = 15
-
-[[envs]]
-id = "wordle"
-max_turns = 8
-
-[[envs]]
-id = "textcraft"
-max_turns = 20
-
-[[envs]]
-id = "babyai"
-max_turns = 20
-
-[[envs]]
-id = "sciworld"
-max_turns = 30
-
-[[envs]]
-id = "sqlgym"
-max_turns = 1
-
-[[envs]]
-id = "textworld"
-max_turns = 30
-"""
-
-BUILTIN_SUITES: dict[str, str] = {"smoke": SMOKE_TOML, "agenteval-offline": AGENTEVAL_OFFLINE_TOML}
+#: The built-in suites' TOML texts by name (``suites/<name>.toml`` in this package).
+BUILTIN_SUITES: Mapping[str, str] = MappingProxyType(_read_builtin_suites())
 
 
 def parse_suite(text: str, *, source: str = "<suite>") -> Suite:

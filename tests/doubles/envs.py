@@ -1,4 +1,4 @@
-"""Misbehaving environments for runtime tests.
+"""Misbehaving environments for runtime tests (and a helper resolving env entry points).
 
 Behaviour is chosen by task id, so one workload can mix healthy and failing episodes:
 
@@ -41,6 +41,7 @@ from gymux.env_plugins import (
 )
 from gymux.messages import PolicyRequest, PolicyResponse
 from gymux.policies.base import SimplePolicy, react
+from gymux.react import format_react
 
 HEALTHY = list(range(10))
 HANG_STEP, STEP_RAISES, FLAKY_RESET, ALWAYS_TRANSIENT = 10, 11, 12, 13
@@ -199,11 +200,28 @@ class NoStep:
 
 
 class SaysGo(SimplePolicy):
+    """An oracle written as a policy (the pre-``Oracle`` plugin API, still accepted)."""
+
     name = "says-go"
     version = "1"
 
     async def act(self, request: PolicyRequest) -> PolicyResponse:
         return PolicyResponse(text=react("go", "go"))
+
+
+class GoOracle:
+    """An :class:`~gymux.env_plugins.Oracle` answering "go"; counts its ``aclose`` calls."""
+
+    version = "go-1"
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def solve(self, request: PolicyRequest) -> str:
+        return format_react("go", "go")
+
+    async def aclose(self) -> None:
+        self.closed += 1
 
 
 def plugin(
@@ -223,3 +241,11 @@ def _spec_fields() -> dict[str, object]:
     import msgspec
 
     return msgspec.structs.asdict(SPEC)
+
+
+def load_entry_point(name: str) -> object:
+    """The object the ``gymux.envs`` entry point ``name`` resolves to (exactly one such)."""
+    from importlib.metadata import entry_points
+
+    (ep,) = [ep for ep in entry_points(group="gymux.envs") if ep.name == name]
+    return ep.load()

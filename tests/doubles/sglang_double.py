@@ -33,6 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -549,6 +552,79 @@ def lengths_model(short: int, long: int, long_frac: float, token: int, eos: int)
         return [token] * (n - 1) + [eos]
 
     return model
+
+
+# -- a stand-in for the launch_server process (gymux serve-policy tests) ------------------
+
+# A stand-in "policy server": spawns a child in its process group (as sglang does), writes
+# both pids, waits DELAY seconds, then serves GET /health. IGNORE_TERM=1 ignores SIGTERM.
+STAND_IN = r"""
+import os, signal, subprocess, sys, time
+
+port, pidfile, delay, ignore_term = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
+if ignore_term == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with open(pidfile + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {child.pid}")
+os.replace(pidfile + ".tmp", pidfile)
+time.sleep(delay)
+from aiohttp import web
+
+async def health(request):
+    return web.Response(text="ok")
+
+app = web.Application()
+app.router.add_get("/health", health)
+web.run_app(app, host="127.0.0.1", port=port, print=None, handle_signals=ignore_term != "1")
+"""
+
+
+class StandIn:
+    """Writes :data:`STAND_IN` into ``folder``; :meth:`command` runs it, :meth:`pids` reads
+    the (leader, child) pids it wrote."""
+
+    def __init__(self, folder: Path) -> None:
+        self.script = folder / "stand_in.py"
+        self.script.write_text(STAND_IN)
+        self.pidfile = folder / "pids"
+
+    def command(self, port: int, *, delay: float = 0.5, ignore_term: bool = False) -> list[str]:
+        return [sys.executable, str(self.script), str(port), str(self.pidfile), str(delay),
+                "1" if ignore_term else "0"]  # fmt: skip
+
+    def pids(self) -> list[int]:
+        return [int(x) for x in self.pidfile.read_text().split()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """The pids still alive after waiting up to ``timeout`` seconds for all to go."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
 
 
 async def _serve(args: argparse.Namespace) -> None:

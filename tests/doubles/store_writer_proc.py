@@ -16,7 +16,7 @@ Modes::
                                      does (seal: .idx via encode_index, then the next .seg)
 
 Every record's payload is :func:`payload_for` of its sequence number, so a reader can check
-each record's content, not just its checksum.
+each record's content, not just its checksum. Tests start it with :func:`spawn`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO, Any
 
 from gymux.stores.format import (
     RecordType,
@@ -36,10 +38,24 @@ from gymux.stores.format import (
     index_name,
     segment_name,
 )
-from gymux.stores.writer import StreamWriter
+from gymux.stores.sync_writer import StreamWriter
 
 #: Index interval the split writer uses (small, so sealed segments get several entries).
 SPLIT_INDEX_INTERVAL = 512
+#: This file, run as a script by :func:`spawn`.
+SCRIPT = Path(__file__).resolve()
+
+
+def spawn(
+    *args: object, stdin: int | IO[Any] | None = None, text: bool = True
+) -> subprocess.Popen[Any]:
+    """Start this helper (``args``: a mode and its arguments) with its stdout piped."""
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        text=text,
+    )
 
 
 def payload_for(seq: int, max_size: int = 1500) -> bytes:

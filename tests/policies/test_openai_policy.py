@@ -8,7 +8,6 @@ import time
 
 import anyio
 import pytest
-from conftest import clean_env
 
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.builtin.maze.env import MazeOracle
@@ -19,6 +18,7 @@ from gymux.policies.openai import (
     chat_completions_url,
     parse_retry_after,
 )
+from gymux.policies.oracle import OraclePolicy
 from gymux.policies.registry import UnknownPolicyError, make_policy
 from gymux.runtime import Runtime
 from gymux.trajectory import FinishReason
@@ -253,7 +253,7 @@ async def test_make_policy_openai_options():
 
 async def test_end_to_end_maze_run_through_the_runtime():
     """Runtime + maze env + OpenAI policy + double answering like a ReAct model."""
-    oracle = MazeOracle()
+    oracle = OraclePolicy(MazeOracle())
     calls = 0
 
     async def reply(messages):
@@ -318,12 +318,12 @@ def test_cli_missing_policy_options_one_line_exit_2(run_gymux, args, message):
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
 
 
-async def test_cli_run_with_openai_policy(tmp_path):
+async def test_cli_run_with_openai_policy(tmp_path, child_env):
     def reply(messages):
         return "Thought: try.\nAction: move up"
 
     async with OpenAIDouble(reply=reply) as srv:
-        env = clean_env(GYMUX_TEST_KEY="sk-cli")
+        env = child_env(GYMUX_TEST_KEY="sk-cli")
         done = await anyio.run_process(
             [sys.executable, "-m", "gymux", "run", "--env", "maze", "--tasks", "0-3",
              "--max-turns", "3", "--policy", "openai", "--base-url", srv.base_url + "/v1",
@@ -356,8 +356,9 @@ def test_make_policy_sglang_passes_options_through(monkeypatch):
     class SGLangPolicy:
         name, version = "sglang", "0"
 
-        def __init__(self, urls, *, tokenizer, max_new_tokens=1):
-            self.urls, self.tokenizer, self.max_new_tokens = urls, tokenizer, max_new_tokens
+        def __init__(self, *, options):  # the registry hands over validated SGLangOptions
+            self.urls, self.tokenizer = options.urls, options.tokenizer_path
+            self.max_new_tokens = options.max_new_tokens
 
     fake.SGLangPolicy = SGLangPolicy
     monkeypatch.setitem(sys.modules, "gymux.policies.sglang.client", fake)
@@ -397,3 +398,49 @@ async def test_runtime_builds_a_named_model_policy_from_workload_options():
                 )
     assert result.policy == "openai" and len(result.trajectories) == 2
     assert srv.requests and all(r.body["model"] == "from-options" for r in srv.requests)
+
+
+def test_error_bodies_are_decoded_into_their_message():
+    from gymux.policies.openai import _error_message
+
+    detail = b'{"error": {"message": "bad", "code": 400, "type": "invalid"}}'
+    assert _error_message(detail) == "bad | 400 | invalid"
+    assert _error_message(b'{"error": "plain text"}') == "plain text"
+    assert _error_message(b'{"message": "top", "type": "t"}') == "top | t"
+    assert _error_message(b'{"detail": "x"}') == '{"detail": "x"}'  # nothing known: the body
+    assert _error_message(b"<html>oops</html>") == "<html>oops</html>"
+    assert _error_message(b'{"error": {"code": [1]}}') == '{"error": {"code": [1]}}'
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"choices": [{"finish_reason": "stop"}]}', r"\$\.choices\[0\]"),
+        (b'{"choices": [{"message": {"content": 3}}]}', r"\$\.choices\[0\]\.message\.content"),
+        (b'{"choices": []}', r"\$\.choices"),
+        (b'{"choices": [{"message": {}}], "usage": {"prompt_tokens": "x"}}', r"\$\.usage"),
+        (
+            b'{"choices": [{"message": {}, "logprobs": {"content": [{}]}}]}',
+            r"logprobs unreadable.*\$\.content\[0\]",
+        ),
+    ],
+)
+def test_malformed_answers_name_what_is_wrong(body, why):
+    p = OpenAICompatPolicy(base_url="http://127.0.0.1:1", model="m", logprobs=True)
+    with pytest.raises(PolicyError, match=rf"malformed response \(.*{why}"):
+        p._parse(body)
+    assert p.stats["failed"] == 1
+
+
+def test_null_content_and_missing_usage_are_fine():
+    p = OpenAICompatPolicy(base_url="http://127.0.0.1:1", model="m")
+    resp = p._parse(b'{"choices": [{"message": {"content": null}, "logprobs": {"x": 1}}]}')
+    assert resp.text == "" and resp.finish_reason == "stop" and resp.logprobs is None
+    assert resp.prompt_tokens is None and resp.completion_tokens is None
+
+
+def test_backoff_is_the_shared_equal_jitter():
+    p = OpenAICompatPolicy(base_url="http://127.0.0.1:1", model="m", backoff_s=1, backoff_max_s=3)
+    for attempt, cap in [(1, 1.0), (2, 2.0), (3, 3.0), (10, 3.0)]:
+        delays = [p._backoff(attempt) for _ in range(200)]
+        assert all(cap / 2 <= d <= cap for d in delays), (attempt, min(delays), max(delays))

@@ -36,6 +36,14 @@ from gymux.policies.scripted import ScriptedPolicy
 from gymux.runtime import Runtime
 from gymux.trajectory import FinishReason
 
+
+def rejection(parse, text: str) -> str:
+    """The message of the ActionParseError ``parse(text)`` raises."""
+    with pytest.raises(ActionParseError) as info:
+        parse(text)
+    return str(info.value)
+
+
 # --------------------------------------------------------------------------------------
 # parse_json_action
 # --------------------------------------------------------------------------------------
@@ -109,9 +117,7 @@ def test_parse_json_action_accepts(text, action):
     ],
 )
 def test_parse_json_action_rejects_with_a_helpful_message(text, reason):
-    with pytest.raises(ActionParseError) as info:
-        parse_json_action(text)
-    message = str(info.value)
+    message = rejection(parse_json_action, text)
     assert reason in message
     assert message.endswith(JSON_FORMAT_HINT)
 
@@ -160,9 +166,7 @@ def test_parse_any_action_decodes_json_written_after_action():
     ],
 )
 def test_parse_any_action_rejects_with_both_formats_in_the_hint(text, reason):
-    with pytest.raises(ActionParseError) as info:
-        parse_any_action(text)
-    message = str(info.value)
+    message = rejection(parse_any_action, text)
     assert reason in message
     assert '"Thought: <reasoning>\\nAction: <action>"' in message
     assert '{"thought": "<reasoning>", "action": "<action>"}' in message

@@ -96,3 +96,33 @@ def test_second_runtime_on_the_same_store_gets_a_clear_error(tmp_path):
 
     with pytest.raises(SinkError, match="already has a writer"):
         anyio.run(main)
+
+
+def test_store_sink_as_an_async_context_manager(tmp_path):
+    from gymux.stores.codec import decode_trajectory
+    from gymux.trajectory import Trajectory
+
+    trajectory = Trajectory(
+        run_id="r",
+        episode_id="r:e:0:0",
+        env_id="e",
+        env_version="1",
+        task_id=0,
+        split="test",
+        sample=0,
+        policy="p",
+        policy_version="v1",
+    )
+
+    async def main():
+        async with StoreSink(tmp_path / "store", durability="always") as sink:
+            await sink.write(trajectory)
+            await sink.flush()
+            assert sink.written == 1
+        await sink.aclose()  # closing twice is harmless
+
+    anyio.run(main)
+    store = Store(tmp_path / "store", create=False)
+    [record] = store.reader().records()
+    assert decode_trajectory(record.payload) == trajectory
+    assert store.reader().committed()[0] == 1

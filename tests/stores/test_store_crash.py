@@ -15,19 +15,16 @@ import itertools
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 from gymux.stores.format import index_name, list_segments, parse_index, segment_name
 from gymux.stores.reader import StreamReader
-from gymux.stores.writer import StreamWriter
+from gymux.stores.sync_writer import StreamWriter
 
-from doubles.store_writer_proc import payload_for
+from doubles.store_writer_proc import payload_for, spawn
 
-HELPER = Path(__file__).resolve().parents[2] / "doubles" / "store_writer_proc.py"
 SEGMENT_BYTES = 48 * 1024
 KILLS = 36
 BUDGET_S = 30.0
@@ -37,10 +34,7 @@ class Child:
     """A crash-mode writer process whose stdout lines are collected by a thread."""
 
     def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HELPER), "crash", str(path), str(SEGMENT_BYTES)],
-            stdout=subprocess.PIPE,
-        )
+        self.proc = spawn("crash", path, SEGMENT_BYTES, text=False)
         self.raw = b""
         self.opened = threading.Event()
         self._thread = threading.Thread(target=self._collect, daemon=True)

@@ -28,7 +28,9 @@ import pytest
 from gymux.messages import Message
 from gymux.sinks import read_jsonl
 from gymux.stores import Store
+from gymux.stores.async_writer import AsyncStreamWriter
 from gymux.stores.codec import decode_meta, pack_float32, pack_int32, pack_uint8
+from gymux.stores.commit import read_commit
 from gymux.stores.errors import RecordTooLargeError, StoreClosedError, StoreLockedError
 from gymux.stores.format import (
     FORMAT_VERSION,
@@ -52,13 +54,12 @@ from gymux.stores.format import (
     unmask,
 )
 from gymux.stores.reader import StreamReader
-from gymux.stores.writer import AsyncStreamWriter, StreamWriter, read_commit
+from gymux.stores.sync_writer import StreamWriter
 from gymux.trajectory import FinishReason, TokenData, Trajectory, Turn
 
-from doubles.store_writer_proc import payload_for
+from doubles.store_writer_proc import SCRIPT, payload_for, spawn
 
 DATA = Path(__file__).parent / "data"
-HELPER = Path(__file__).resolve().parents[2] / "doubles" / "store_writer_proc.py"
 MAX = 1 << 20
 
 # -- masking and frames ----------------------------------------------------------------------
@@ -346,15 +347,6 @@ def test_records_over_a_smaller_bound_are_never_dropped(tmp_path: Path) -> None:
 # -- one writer per stream -------------------------------------------------------------------
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(HELPER), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_second_writer_in_the_same_process_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s"
     first = StreamWriter(path).open()
@@ -372,7 +364,7 @@ def test_second_writer_in_the_same_process_is_refused(tmp_path: Path) -> None:
 
 def test_second_writer_across_processes(tmp_path: Path) -> None:
     path = tmp_path / "s"
-    child = _spawn("hold", str(path))
+    child = spawn("hold", path, stdin=subprocess.PIPE)
     try:
         assert child.stdout is not None and child.stdin is not None
         line = child.stdout.readline().split()
@@ -390,7 +382,7 @@ def test_second_writer_across_processes(tmp_path: Path) -> None:
     with StreamWriter(path) as w:  # released on close
         assert w.next_seq == 1
     # a SIGKILLed holder releases the lock too (flock dies with the process)
-    child = _spawn("hold", str(path))
+    child = spawn("hold", path, stdin=subprocess.PIPE)
     try:
         assert child.stdout is not None
         assert child.stdout.readline().split()[0] == "ready"
@@ -406,7 +398,7 @@ def test_second_writer_across_processes(tmp_path: Path) -> None:
         assert w.next_seq == 2
         # and a subprocess is refused while this process holds the stream
         out = subprocess.run(
-            [sys.executable, str(HELPER), "hold", str(path)],
+            [sys.executable, str(SCRIPT), "hold", str(path)],
             input="",
             capture_output=True,
             text=True,

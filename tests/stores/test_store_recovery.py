@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from gymux.stores.commit import read_commit
 from gymux.stores.errors import CorruptionError
 from gymux.stores.format import (
     FRAME,
@@ -38,7 +39,8 @@ from gymux.stores.format import (
     segment_name,
 )
 from gymux.stores.reader import Position, StreamReader
-from gymux.stores.writer import StreamWriter, read_commit
+from gymux.stores.scan import DEFAULT_INDEX_INTERVAL
+from gymux.stores.sync_writer import StreamWriter
 
 from doubles.store_writer_proc import payload_for
 
@@ -57,9 +59,18 @@ class Frame:
         return segment_name(self.segment)
 
 
-def build(path: Path, n: int, *, segment_bytes: int = 1 << 20, sizes: int = 300) -> None:
+def build(
+    path: Path,
+    n: int,
+    *,
+    segment_bytes: int = 1 << 20,
+    sizes: int = 300,
+    index_interval: int = DEFAULT_INDEX_INTERVAL,
+) -> None:
     """A stream of ``n`` records with payload ``payload_for(seq, sizes)``."""
-    with StreamWriter(path, durability="os", segment_bytes=segment_bytes) as w:
+    with StreamWriter(
+        path, durability="os", segment_bytes=segment_bytes, index_interval=index_interval
+    ) as w:
         for seq in range(n):
             assert w.append(payload_for(seq, sizes)) == seq
 
@@ -474,9 +485,7 @@ def test_records_spanning_many_segments(tmp_path: Path) -> None:
 def test_seek_with_missing_or_damaged_indexes(tmp_path: Path) -> None:
     base = tmp_path / "base"
     n = 200
-    with StreamWriter(base, durability="os", segment_bytes=2000, index_interval=300) as w:
-        for seq in range(n):
-            w.append(payload_for(seq, 300))
+    build(base, n, segment_bytes=2000, index_interval=300)
     segments = list_segments(base)
     originals = {f: (base / index_name(f)).read_bytes() for f in segments[:-1]}
     for damage in ["delete", "truncate", "flip", "garbage", "empty"]:

@@ -8,8 +8,6 @@ keeps finding partial frames at the tail; it seals and rolls segments the way
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,19 +15,12 @@ from pathlib import Path
 import pytest
 
 import gymux.stores.reader as reader_module
+from gymux.stores.commit import read_commit
 from gymux.stores.format import FrameStatus, index_name, list_segments, parse_index
 from gymux.stores.reader import Record, StreamReader
-from gymux.stores.writer import StreamWriter, read_commit
+from gymux.stores.sync_writer import StreamWriter
 
-from doubles.store_writer_proc import payload_for
-
-HELPER = Path(__file__).resolve().parents[2] / "doubles" / "store_writer_proc.py"
-
-
-def _spawn(*args: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(HELPER), *map(str, args)], stdout=subprocess.PIPE, text=True
-    )
+from doubles.store_writer_proc import payload_for, spawn
 
 
 def _follow(path: Path, last_seq: int, start: int | None = None, **options: object) -> list[Record]:
@@ -66,7 +57,7 @@ def test_follow_a_writer_that_splits_frames(
         return result
 
     monkeypatch.setattr(reader_module, "parse_frame", spy)
-    child = _spawn("split", path, n, segment_bytes, seed)
+    child = spawn("split", path, n, segment_bytes, seed)
     late: list[Record] = []
     # a second reader starts at a sequence number that is not written yet
     t = threading.Thread(target=lambda: late.extend(_follow(path, n - 1, start=n // 2)))
@@ -96,7 +87,7 @@ def test_follow_real_writer_in_batch_mode_committed_only(tmp_path: Path) -> None
     with StreamWriter(path):  # create the stream (and its first segment)
         pass
     n = 3000
-    child = _spawn("batch", path, n, 20_000, 7)
+    child = spawn("batch", path, n, 20_000, 7)
     plain: list[Record] = []
     t = threading.Thread(target=lambda: plain.extend(_follow(path, n - 1)))
     t.start()

@@ -25,7 +25,8 @@ from gymux.env_plugins.builtin.babyai.text import (
     format_actions,
     object_phrase,
 )
-from gymux.env_plugins.protocol import EnvError
+from gymux.env_plugins.parsing import parse_react_action
+from gymux.env_plugins.protocol import ActionParseError, EnvError
 
 __all__ = [
     "CHECK",
@@ -42,6 +43,7 @@ __all__ = [
     "Outcome",
     "load_minigrid",
     "normalise_action",
+    "parse_babyai_action",
 ]
 
 # minigrid's primitive actions (minigrid.core.actions.Actions).
@@ -504,3 +506,14 @@ class BabyAIGame:
                 '"<verb> <color> <type> <number>", e.g. "go to red ball 1".'
             )
         return f'"{shown}" is not a valid action.'
+
+
+def parse_babyai_action(text: str) -> str:
+    """ReAct output -> a normalised action (lower case, single spaces, AgentGym spellings
+    mapped). Whether the action applies is the env's business, not the parser's."""
+    action = normalise_action(parse_react_action(text))
+    if not action:
+        raise ActionParseError('"Action:" is empty. Write one action, e.g. "turn left".')
+    if "\n" in action or len(action) > 200:
+        raise ActionParseError('Write exactly one action after "Action:", e.g. "move forward".')
+    return action

@@ -25,8 +25,11 @@ id (``26 .. 89``: the ``rooms``, ``snake``, ``field`` and ``hook`` layouts, 64 t
 here is random, so ids are stable across runs and machines; changing a layout or the layout
 order changes the ids and must bump :data:`MAZE_SPEC`'s version.
 
-What a plugin provides (the pieces of this module)
---------------------------------------------------
+What a plugin provides (the pieces of this package)
+---------------------------------------------------
+The layouts and task ids are in :mod:`.layouts`, the oracle in :mod:`.oracle`; this module
+holds the rest and re-exports both.
+
 * :class:`MazeEnv` -- the environment. It is cheap pure Python, so it implements the
   ``async`` :class:`~gymux.env_plugins.protocol.Env` protocol and runs on the event loop
   (an env that blocks or burns CPU should implement ``SyncEnv`` and use the ``thread`` or
@@ -38,7 +41,8 @@ What a plugin provides (the pieces of this module)
   :class:`~gymux.env_plugins.protocol.ActionParseError` (shown to the model) otherwise.
 * :data:`MAZE_SPEC` -- the :class:`~gymux.env_plugins.protocol.EnvSpec`: instruction, action
   format, splits, turn budget, reward range and success rule.
-* :class:`MazeOracle` -- a policy that solves any task from its gold information (the
+* :class:`MazeOracle` (in :mod:`.oracle`) -- a gold solver
+  (:class:`~gymux.env_plugins.protocol.Oracle`) for any task, from its gold information (the
   layout, rebuilt from the task id) and the agent's position, read from the latest
   observation. It keeps no per-episode state, so one instance serves concurrent episodes.
 * :data:`plugin` -- the :class:`~gymux.env_plugins.protocol.EnvPlugin` that the
@@ -48,11 +52,20 @@ What a plugin provides (the pieces of this module)
 from __future__ import annotations
 
 import re
-from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
 
+from gymux.env_plugins.builtin.maze.layouts import (
+    DELTAS,
+    LAYOUTS,
+    TASKS,
+    TEST_IDS,
+    TRAIN_IDS,
+    MazeLayout,
+    MazeTask,
+    Position,
+    format_position,
+    maze_task,
+)
+from gymux.env_plugins.builtin.maze.oracle import MazeOracle
 from gymux.env_plugins.parsing import parse_react_action
 from gymux.env_plugins.protocol import (
     ActionParseError,
@@ -65,9 +78,6 @@ from gymux.env_plugins.protocol import (
     Task,
     splits_from,
 )
-from gymux.errors import PolicyError
-from gymux.messages import PolicyRequest, PolicyResponse
-from gymux.policies.base import SimplePolicy, react
 
 __all__ = [
     "ACTIONS",
@@ -87,15 +97,6 @@ __all__ = [
     "plugin",
 ]
 
-Position = tuple[int, int]
-
-#: Direction name -> (row delta, col delta). The order is the order walls are listed in.
-_DELTAS: dict[str, Position] = {
-    "up": (-1, 0),
-    "left": (0, -1),
-    "down": (1, 0),
-    "right": (0, 1),
-}
 #: How the observation names a wall in each direction.
 _WALL_WORDS: dict[str, str] = {
     "up": "above you",
@@ -105,198 +106,11 @@ _WALL_WORDS: dict[str, str] = {
 }
 #: The canonical actions, in the order they are offered as admissible actions.
 ACTIONS: tuple[str, ...] = ("move up", "move down", "move left", "move right")
-#: The order the oracle tries directions in when several are equally short (deterministic).
-_ORACLE_ORDER: tuple[str, ...] = ("up", "down", "left", "right")
-
-
-# --------------------------------------------------------------------------------------
-# Layouts and tasks
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MazeLayout:
-    """One hand-written maze. Build with :meth:`parse`, which validates the drawing."""
-
-    name: str
-    rows: tuple[str, ...]
-    goal: Position
-    #: Open non-goal cells, row-major: the start cells of this layout's tasks.
-    starts: tuple[Position, ...]
-    #: Shortest-path distance (in moves) from every open cell to the goal.
-    distances: Mapping[Position, int]
-
-    @classmethod
-    def parse(cls, name: str, drawing: str) -> MazeLayout:
-        """Parse an ASCII drawing; raise ``ValueError`` if it is not a valid maze.
-
-        Valid means: rectangular, only ``#``/``.``/``G``, enclosed by walls, exactly one
-        goal, and every open cell reachable from the goal.
-        """
-        rows = tuple(line.strip() for line in drawing.strip().splitlines())
-        if not rows or any(len(row) != len(rows[0]) for row in rows):
-            raise ValueError(f"maze layout {name!r} is not rectangular")
-        height, width = len(rows), len(rows[0])
-        goals: list[Position] = []
-        starts: list[Position] = []
-        for r, row in enumerate(rows):
-            for c, ch in enumerate(row):
-                if ch not in "#.G":
-                    raise ValueError(f"maze layout {name!r} has unknown cell {ch!r} at ({r}, {c})")
-                border = r in (0, height - 1) or c in (0, width - 1)
-                if border and ch != "#":
-                    raise ValueError(f"maze layout {name!r} is open on its border at ({r}, {c})")
-                if ch == "G":
-                    goals.append((r, c))
-                elif ch == ".":
-                    starts.append((r, c))
-        if len(goals) != 1:
-            raise ValueError(f"maze layout {name!r} has {len(goals)} goals; it needs exactly 1")
-        goal = goals[0]
-        distances = _bfs_distances(rows, goal)
-        unreachable = [cell for cell in starts if cell not in distances]
-        if unreachable:
-            raise ValueError(f"maze layout {name!r}: cells {unreachable} cannot reach the goal")
-        return cls(
-            name=name,
-            rows=rows,
-            goal=goal,
-            starts=tuple(starts),
-            distances=MappingProxyType(distances),
-        )
-
-    def is_open(self, cell: Position) -> bool:
-        """True for open cells and the goal; false for walls and cells outside the grid."""
-        r, c = cell
-        return 0 <= r < len(self.rows) and 0 <= c < len(self.rows[r]) and self.rows[r][c] != "#"
-
-    def walls_around(self, cell: Position) -> list[str]:
-        """The directions (``up``/``left``/``down``/``right``) with a wall next to ``cell``."""
-        r, c = cell
-        return [d for d, (dr, dc) in _DELTAS.items() if not self.is_open((r + dr, c + dc))]
-
-
-def _bfs_distances(rows: tuple[str, ...], goal: Position) -> dict[Position, int]:
-    """Breadth-first search from the goal over open cells (moves are reversible)."""
-    distances: dict[Position, int] = {goal: 0}
-    queue: deque[Position] = deque([goal])
-    while queue:
-        r, c = queue.popleft()
-        for dr, dc in _DELTAS.values():
-            nr, nc = r + dr, c + dc
-            if (
-                0 <= nr < len(rows)
-                and 0 <= nc < len(rows[nr])
-                and rows[nr][nc] != "#"
-                and (nr, nc) not in distances
-            ):
-                distances[(nr, nc)] = distances[(r, c)] + 1
-                queue.append((nr, nc))
-    return distances
-
-
-# The double-T maze must stay first: its 26 start cells are the test split (ids 0..25).
-_DOUBLE_T = """
-###########
-#.........#
-#.###.###.#
-#####.#####
-#####.#####
-#####.#####
-#.........#
-#.###G###.#
-###########
-"""
-
-_ROOMS = """
-#########
-#...#...#
-#.#...#.#
-#.#.#.#.#
-#...#..G#
-#########
-"""
-
-_SNAKE = """
-######
-#G...#
-####.#
-#....#
-#.####
-#....#
-######
-"""
-
-_FIELD = """
-#######
-#.....#
-#.#.#.#
-#..G..#
-#.#.#.#
-#.....#
-#######
-"""
-
-_HOOK = """
-#######
-#.....#
-#.###.#
-#.#G..#
-#.#####
-#######
-"""
-
-#: The layouts, in task-id order. Append new layouts at the end (and bump the version).
-LAYOUTS: tuple[MazeLayout, ...] = (
-    MazeLayout.parse("double_t", _DOUBLE_T),
-    MazeLayout.parse("rooms", _ROOMS),
-    MazeLayout.parse("snake", _SNAKE),
-    MazeLayout.parse("field", _FIELD),
-    MazeLayout.parse("hook", _HOOK),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class MazeTask:
-    """One task: a layout and the agent's start cell."""
-
-    id: int
-    layout: MazeLayout
-    start: Position
-
-    @property
-    def shortest_path(self) -> int:
-        """The fewest moves from the start to the goal."""
-        return self.layout.distances[self.start]
-
-
-#: Every task, indexed by id: layout order, then row-major start cells.
-TASKS: tuple[MazeTask, ...] = tuple(
-    MazeTask(id=i, layout=layout, start=start)
-    for i, (layout, start) in enumerate(
-        [(layout, start) for layout in LAYOUTS for start in layout.starts]
-    )
-)
-#: Test split: every start cell of the double-T layout.
-TEST_IDS: tuple[int, ...] = tuple(t.id for t in TASKS if t.layout.name == "double_t")
-#: Train split: every other task.
-TRAIN_IDS: tuple[int, ...] = tuple(t.id for t in TASKS if t.layout.name != "double_t")
-
-
-def maze_task(task_id: int) -> MazeTask:
-    """The task with this id; ``KeyError`` naming the valid range if there is none."""
-    if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < len(TASKS):
-        raise KeyError(f"unknown maze task id {task_id!r}; valid ids are 0..{len(TASKS) - 1}")
-    return TASKS[task_id]
 
 
 # --------------------------------------------------------------------------------------
 # Text
 # --------------------------------------------------------------------------------------
-
-
-def _fmt(cell: Position) -> str:
-    return f"({cell[0]}, {cell[1]})"
 
 
 def _walls_sentence(layout: MazeLayout, cell: Position) -> str:
@@ -311,8 +125,8 @@ def _walls_sentence(layout: MazeLayout, cell: Position) -> str:
 def observation_text(layout: MazeLayout, position: Position) -> str:
     """The standard status text: goal, current position and surrounding walls."""
     return (
-        f"The goal is at position {_fmt(layout.goal)}. "
-        f"Your current position is at position {_fmt(position)}. "
+        f"The goal is at position {format_position(layout.goal)}. "
+        f"Your current position is at position {format_position(position)}. "
         f"{_walls_sentence(layout, position)}"
     )
 
@@ -374,7 +188,7 @@ class MazeEnv:
         move = normalize_action(action)  # ActionParseError for anything else
         direction = move.removeprefix("move ")
         layout = self._task.layout
-        dr, dc = _DELTAS[direction]
+        dr, dc = DELTAS[direction]
         target = (self._position[0] + dr, self._position[1] + dc)
         hit_wall = not layout.is_open(target)
         if hit_wall:
@@ -388,7 +202,7 @@ class MazeEnv:
                 self._done = True
                 text = (
                     f"You moved {direction} and reached the goal at position "
-                    f"{_fmt(layout.goal)}. You solved the maze!"
+                    f"{format_position(layout.goal)}. You solved the maze!"
                 )
             else:
                 text = f"You moved {direction}. {observation_text(layout, target)}"
@@ -405,7 +219,7 @@ class MazeEnv:
 
 
 # --------------------------------------------------------------------------------------
-# Spec, oracle and plugin
+# Spec and plugin
 # --------------------------------------------------------------------------------------
 
 _INSTRUCTION = """\
@@ -445,55 +259,6 @@ MAZE_SPEC = EnvSpec(
     example_actions=list(ACTIONS),
     description="Walk through a small text grid maze to the goal cell.",
 )
-
-_POSITION_RE = re.compile(r"Your current position is at position \((\d+), (\d+)\)")
-
-
-class MazeOracle(SimplePolicy):
-    """Solves any maze task by BFS, from the task's gold layout and the latest observation.
-
-    Stateless per episode: the position is read from the last user message on each call.
-    """
-
-    name = "oracle"
-    version = "maze-bfs-1"
-
-    async def act(self, request: PolicyRequest) -> PolicyResponse:
-        try:
-            task = maze_task(request.task_id)
-        except KeyError as exc:
-            raise PolicyError(exc.args[0]) from None
-        layout = task.layout
-        last_user = next((m for m in reversed(request.messages) if m.role == "user"), None)
-        if last_user is None:
-            raise PolicyError("maze oracle: the conversation has no user message to read")
-        matches = _POSITION_RE.findall(last_user.content)
-        if not matches:
-            raise PolicyError(
-                "maze oracle: cannot find 'Your current position is at position (r, c)' "
-                f"in the last observation: {last_user.content[:200]!r}"
-            )
-        row, col = matches[-1]
-        position = (int(row), int(col))
-        distance = layout.distances.get(position)
-        if distance is None:
-            raise PolicyError(
-                f"maze oracle: position {_fmt(position)} is not an open cell "
-                f"of layout {layout.name!r}"
-            )
-        if distance == 0:
-            raise PolicyError(f"maze oracle: already at the goal {_fmt(layout.goal)}")
-        for direction in _ORACLE_ORDER:
-            dr, dc = _DELTAS[direction]
-            nxt = (position[0] + dr, position[1] + dc)
-            if layout.distances.get(nxt) == distance - 1:
-                thought = (
-                    f"I am at {_fmt(position)} and the goal is at {_fmt(layout.goal)}, "
-                    f"{distance} moves away. Moving {direction} takes me one step closer."
-                )
-                return PolicyResponse(text=react(thought, f"move {direction}"))
-        raise PolicyError(f"maze oracle: no move from {_fmt(position)} gets closer to the goal")
-
 
 plugin = EnvPlugin(
     MAZE_SPEC,

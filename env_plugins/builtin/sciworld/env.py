@@ -88,7 +88,7 @@ sequences of the test split ship in ``data/sciworld_gold.json.gz`` (regenerate w
 ``python -c "from gymux.env_plugins.builtin.sciworld.env import write_gold_file;
 write_gold_file()"``,
 two to three minutes); for any other id the oracle computes the sequence in a private JVM that
-it starts on first use and kills in ``__aexit__``. Replayed in the env, the gold sequences
+it starts on first use and kills in ``aclose()``. Replayed in the env, the gold sequences
 reach score 100 on all 201 test tasks (measured with scienceworld 1.2.3 through the runtime,
 two instances: 201/201). Gold lengths on the test split: min 4, median 19, upper quartile
 39, max 180 actions; 64 of the 201 are longer than AgentGym's 30-turn budget (mostly the
@@ -105,21 +105,32 @@ file gives different but equally successful sequences.
 from __future__ import annotations
 
 import contextlib
-import functools
-import gzip
-import importlib.resources
-import json
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from types import TracebackType
-from typing import Any, NamedTuple, Self
+from collections.abc import Iterator
 
-import anyio
-import anyio.to_thread
-
-from gymux.env_plugins.builtin.sciworld.jvm import JavaProcess, require_java
+from gymux.env_plugins.builtin.sciworld.jvm import require_java
+from gymux.env_plugins.builtin.sciworld.oracle import (
+    SciWorldOracle,
+    generate_gold,
+    load_gold,
+    write_gold_file,
+)
+from gymux.env_plugins.builtin.sciworld.simulator import Simulator, scienceworld_module
+from gymux.env_plugins.builtin.sciworld.tasks import (
+    AGENTGYM_EXCLUDED,
+    GOLD_FILE,
+    INSTALL_HINT,
+    MAX_ACTION_CHARS,
+    SCIENCEWORLD_VERSION,
+    SIMPLIFICATIONS,
+    TASK_TYPES,
+    TEST_VARIATIONS_PER_TYPE,
+    TaskType,
+    split_ids,
+    task_id_of,
+    task_of,
+)
 from gymux.env_plugins.parsing import parse_react_action
 from gymux.env_plugins.protocol import (
     ActionParseError,
@@ -133,9 +144,6 @@ from gymux.env_plugins.protocol import (
     TransientEnvError,
     splits_from,
 )
-from gymux.errors import PolicyError
-from gymux.messages import PolicyRequest, PolicyResponse
-from gymux.policies.base import react
 
 __all__ = [
     "AGENTGYM_EXCLUDED",
@@ -158,192 +166,7 @@ __all__ = [
     "write_gold_file",
 ]
 
-#: The upstream version the task ids, splits and gold data are pinned to.
-SCIENCEWORLD_VERSION = "1.2.3"
-#: ScienceWorld simplification string used for every task (AgentGym loads with none).
-SIMPLIFICATIONS = ""
-#: Test tasks per task type: the first this-many upstream test variations.
-TEST_VARIATIONS_PER_TYPE = 10
-#: Longest action text accepted by the parser.
-MAX_ACTION_CHARS = 200
-#: Name of the shipped gold-sequence file in ``gymux.env_plugins.data``.
-GOLD_FILE = "sciworld_gold.json.gz"
-
-#: JVM options for the simulator (see the module docstring: deterministic object order).
-JAVA_OPTIONS: tuple[str, ...] = ("-XX:+UnlockExperimentalVMOptions", "-XX:hashCode=2")
-
-_INSTALL_HINT = "pip install 'gymux[sciworld]'"
 _UNKNOWN_ACTION = "No known action matches that input."
-
-
-class TaskType(NamedTuple):
-    """One ScienceWorld task type and its upstream variation split (contiguous ranges)."""
-
-    name: str
-    variations: int
-    train: int
-    dev: int
-    test: int
-
-    @property
-    def train_variations(self) -> range:
-        return range(0, self.train)
-
-    @property
-    def test_variations(self) -> range:
-        return range(self.train + self.dev, self.variations)
-
-
-#: The 30 task types of scienceworld 1.2.3, sorted by name: (name, variations, train, dev,
-#: test). Read from the jar (``getTaskMaxVariations``, ``getVariationsTrain/Dev/Test``).
-TASK_TYPES: tuple[TaskType, ...] = tuple(
-    TaskType(*row)
-    for row in (
-        ("boil", 30, 14, 7, 9),
-        ("change-the-state-of-matter-of", 30, 14, 7, 9),
-        ("chemistry-mix", 32, 16, 8, 8),
-        ("chemistry-mix-paint-secondary-color", 36, 18, 9, 9),
-        ("chemistry-mix-paint-tertiary-color", 36, 18, 9, 9),
-        ("find-animal", 300, 150, 75, 75),
-        ("find-living-thing", 300, 150, 75, 75),
-        ("find-non-living-thing", 300, 150, 75, 75),
-        ("find-plant", 300, 150, 75, 75),
-        ("freeze", 30, 14, 7, 9),
-        ("grow-fruit", 126, 62, 31, 33),
-        ("grow-plant", 126, 62, 31, 33),
-        ("identify-life-stages-1", 14, 6, 3, 5),
-        ("identify-life-stages-2", 10, 4, 2, 4),
-        ("inclined-plane-determine-angle", 168, 84, 42, 42),
-        ("inclined-plane-friction-named-surfaces", 1386, 692, 346, 348),
-        ("inclined-plane-friction-unnamed-surfaces", 162, 80, 40, 42),
-        ("lifespan-longest-lived", 125, 62, 31, 32),
-        ("lifespan-longest-lived-then-shortest-lived", 125, 62, 31, 32),
-        ("lifespan-shortest-lived", 125, 62, 31, 32),
-        ("measure-melting-point-known-substance", 436, 218, 109, 109),
-        ("measure-melting-point-unknown-substance", 300, 150, 75, 75),
-        ("melt", 30, 14, 7, 9),
-        ("mendelian-genetics-known-plant", 120, 60, 30, 30),
-        ("mendelian-genetics-unknown-plant", 480, 240, 120, 120),
-        ("power-component", 20, 10, 5, 5),
-        ("power-component-renewable-vs-nonrenewable-energy", 20, 10, 5, 5),
-        ("test-conductivity", 900, 450, 225, 225),
-        ("test-conductivity-of-unknown-substances", 600, 300, 150, 150),
-        ("use-thermometer", 540, 270, 135, 135),
-    )
-)
-
-#: Task types AgentGym leaves out (its ids 5-1, 5-2, 9-1..9-3, 10-1, 10-2); not in any split.
-AGENTGYM_EXCLUDED = frozenset(
-    {
-        "grow-plant",
-        "grow-fruit",
-        "inclined-plane-determine-angle",
-        "inclined-plane-friction-named-surfaces",
-        "inclined-plane-friction-unnamed-surfaces",
-        "mendelian-genetics-known-plant",
-        "mendelian-genetics-unknown-plant",
-    }
-)
-
-
-# --------------------------------------------------------------------------- task ids
-
-
-@functools.cache
-def _offsets() -> dict[str, int]:
-    offsets: dict[str, int] = {}
-    total = 0
-    for task_type in TASK_TYPES:
-        offsets[task_type.name] = total
-        total += task_type.variations
-    return offsets
-
-
-_TYPES_BY_NAME = {t.name: t for t in TASK_TYPES}
-_TASK_COUNT = sum(t.variations for t in TASK_TYPES)
-
-
-def task_id_of(name: str, variation: int) -> int:
-    """The task id of variation ``variation`` of task type ``name``."""
-    task_type = _TYPES_BY_NAME.get(name)
-    if task_type is None:
-        raise KeyError(f"unknown ScienceWorld task type {name!r}")
-    if not 0 <= variation < task_type.variations:
-        raise KeyError(f"{name!r} has variations 0..{task_type.variations - 1}, not {variation}")
-    return _offsets()[name] + variation
-
-
-def task_of(task_id: int) -> tuple[str, int]:
-    """``(task type name, variation)`` of a task id; :class:`EnvError` if out of range."""
-    if not 0 <= task_id < _TASK_COUNT:
-        raise EnvError(f"unknown sciworld task id {task_id}: valid ids are 0..{_TASK_COUNT - 1}")
-    for task_type in TASK_TYPES:
-        offset = _offsets()[task_type.name]
-        if task_id < offset + task_type.variations:
-            return task_type.name, task_id - offset
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _split_ids(which: str) -> list[int]:
-    ids: list[int] = []
-    for task_type in TASK_TYPES:
-        if task_type.name in AGENTGYM_EXCLUDED:
-            continue
-        if which == "test":
-            variations: Sequence[int] = task_type.test_variations[:TEST_VARIATIONS_PER_TYPE]
-        else:
-            variations = task_type.train_variations
-        ids += [_offsets()[task_type.name] + v for v in variations]
-    return ids
-
-
-# --------------------------------------------------------------------------- the simulator
-
-
-def _scienceworld() -> Any:
-    """The ``scienceworld`` module, checked for the pinned version."""
-    try:
-        import scienceworld  # type: ignore[import-untyped]
-    except ImportError as exc:
-        raise EnvError(f"the sciworld env needs the scienceworld package: {_INSTALL_HINT}") from exc
-    version = getattr(scienceworld, "__version__", "?")
-    if version != SCIENCEWORLD_VERSION:
-        raise EnvError(
-            f"sciworld task ids are pinned to scienceworld=={SCIENCEWORLD_VERSION}, found "
-            f"{version}: {_INSTALL_HINT}"
-        )
-    return scienceworld
-
-
-class _Simulator:
-    """One JVM running ScienceWorld, and the jar's ``PythonInterface`` in it."""
-
-    def __init__(self, java: JavaProcess, server: Any) -> None:
-        self.java = java
-        self.server = server
-
-    @classmethod
-    def start(cls) -> _Simulator:
-        _scienceworld()
-        from scienceworld.constants import BASEPATH, JAR_PATH  # type: ignore[import-untyped]
-
-        java = JavaProcess.start(JAR_PATH, cwd=BASEPATH, java_options=JAVA_OPTIONS)
-        try:
-            server = java.jvm.scienceworld.runtime.pythonapi.PythonInterface()
-        except BaseException:
-            java.close()
-            raise
-        return cls(java, server)
-
-    def load(self, name: str, variation: int, *, gold: bool = False) -> None:
-        self.server.load(name, variation, SIMPLIFICATIONS, gold)
-
-    def gold_actions(self, name: str, variation: int) -> list[str]:
-        self.load(name, variation, gold=True)
-        return [str(a) for a in self.server.getGoldActionSequence()]
-
-    def close(self) -> None:
-        self.java.close()
 
 
 # --------------------------------------------------------------------------- the environment
@@ -357,10 +180,10 @@ class SciWorldEnv:
     """
 
     def __init__(self) -> None:
-        _scienceworld()
+        scienceworld_module()
         require_java()
         self._lock = threading.Lock()
-        self._sim: _Simulator | None = None
+        self._sim: Simulator | None = None
         self._closed = False
         self._broken: str | None = None
         self._task: tuple[str, int] | None = None
@@ -374,12 +197,12 @@ class SciWorldEnv:
         sim = self._sim
         return None if sim is None else sim.java.pid
 
-    def _simulator(self) -> _Simulator:
+    def _simulator(self) -> Simulator:
         with self._lock:
             self._check_usable()
             if self._sim is not None:
                 return self._sim
-        sim = _Simulator.start()  # slow: outside the lock, so close() never waits for it
+        sim = Simulator.start()  # slow: outside the lock, so close() never waits for it
         with self._lock:
             if not self._closed:
                 self._sim = sim
@@ -402,7 +225,7 @@ class SciWorldEnv:
             sim.close()
 
     @contextlib.contextmanager
-    def _calling(self, sim: _Simulator) -> Iterator[None]:
+    def _calling(self, sim: Simulator) -> Iterator[None]:
         """Translate failures of calls into the JVM into EnvError / TransientEnvError."""
         try:
             yield
@@ -531,7 +354,7 @@ SCIWORLD_SPEC = EnvSpec(
     version="1",
     instruction=_INSTRUCTION,
     action_format="Action: <one ScienceWorld action, e.g. open door to kitchen>",
-    splits=splits_from({"test": _split_ids("test"), "train": _split_ids("train")}),
+    splits=splits_from({"test": split_ids("test"), "train": split_ids("train")}),
     max_turns=200,
     reward_range=(0.0, 100.0),
     success=SuccessRule(threshold=100.0),
@@ -543,149 +366,6 @@ SCIWORLD_SPEC = EnvSpec(
 )
 
 
-# --------------------------------------------------------------------------- gold sequences
-
-
-@functools.cache
-def load_gold() -> dict[int, tuple[str, ...]]:
-    """The shipped gold action sequences (task id -> actions); empty if the file is absent."""
-    resource = importlib.resources.files(__package__ or "") / "data" / GOLD_FILE
-    try:
-        raw = resource.read_bytes()
-    except FileNotFoundError:
-        return {}
-    data = json.loads(gzip.decompress(raw))
-    gold: dict[int, tuple[str, ...]] = {}
-    for key, entry in data["tasks"].items():
-        task_id = int(key)
-        if task_of(task_id) != (entry["task"], entry["variation"]):
-            raise EnvError(f"{GOLD_FILE}: task {task_id} does not match its task id")
-        gold[task_id] = tuple(entry["actions"])
-    return gold
-
-
-def generate_gold(task_ids: Iterable[int]) -> dict[int, list[str]]:
-    """Gold action sequences of ``task_ids``, computed by ScienceWorld in a private JVM."""
-    sim = _Simulator.start()
-    try:
-        return {task_id: sim.gold_actions(*task_of(task_id)) for task_id in task_ids}
-    finally:
-        sim.close()
-
-
-def write_gold_file(path: str | Path | None = None, task_ids: Iterable[int] | None = None) -> Path:
-    """Write the gold sequences of ``task_ids`` (default: the test split) as gzipped JSON.
-
-    ``path`` defaults to ``data/sciworld_gold.json.gz`` next to this module.
-    The output is byte-for-byte reproducible (sorted keys, gzip mtime 0).
-    """
-    ids = list(SCIWORLD_SPEC.split("test").ids if task_ids is None else task_ids)
-    gold = generate_gold(ids)
-    tasks = {}
-    for task_id in ids:
-        name, variation = task_of(task_id)
-        tasks[str(task_id)] = {"task": name, "variation": variation, "actions": gold[task_id]}
-    payload = {
-        "scienceworld": SCIENCEWORLD_VERSION,
-        "simplifications": SIMPLIFICATIONS,
-        "tasks": tasks,
-    }
-    target = Path(path) if path is not None else Path(__file__).parent / "data" / GOLD_FILE
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    target.write_bytes(gzip.compress(text, compresslevel=9, mtime=0))
-    load_gold.cache_clear()
-    return target
-
-
-# --------------------------------------------------------------------------- the oracle
-
-
-class SciWorldOracle:
-    """Plays the gold action sequence of the task: gold action k at assistant turn k.
-
-    Keeps no per-episode state: the position in the sequence is the number of assistant
-    messages after the opening ``OK``. Gold sequences come from the shipped file; others are
-    computed in a private JVM (started on first need, killed on exit) and cached per task id.
-    After the sequence ends it answers ``look around``.
-    """
-
-    name = "oracle"
-    version = "sciworld-gold-1"
-
-    def __init__(self) -> None:
-        self._cache: dict[int, tuple[str, ...]] = {}
-        self._sim: _Simulator | None = None
-        self._sim_lock = threading.Lock()
-        self._closed = False
-
-    async def __aenter__(self) -> Self:
-        self._closed = False
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Kill the private JVM, if one was started (also one still starting)."""
-        self._closed = True
-        sim, self._sim = self._sim, None
-        if sim is not None:
-            await anyio.to_thread.run_sync(sim.close)
-
-    @property
-    def jvm_pid(self) -> int | None:
-        sim = self._sim
-        return None if sim is None else sim.java.pid
-
-    def _compute(self, task_id: int) -> tuple[str, ...]:
-        name, variation = task_of(task_id)
-        with self._sim_lock:  # one call into the private JVM at a time
-            sim = self._sim
-            if sim is None:
-                sim = _Simulator.start()
-                self._sim = sim
-                if self._closed:  # closed while the JVM was starting
-                    self._sim = None
-                    sim.close()
-                    raise EnvError("the oracle was closed")
-            actions = tuple(sim.gold_actions(name, variation))
-        self._cache[task_id] = actions
-        return actions
-
-    async def gold(self, task_id: int) -> tuple[str, ...]:
-        """The gold action sequence of ``task_id``."""
-        shipped = load_gold().get(task_id)
-        if shipped is not None:
-            return shipped
-        cached = self._cache.get(task_id)
-        if cached is not None:
-            return cached
-        try:
-            return await anyio.to_thread.run_sync(self._compute, task_id)
-        except EnvError as exc:
-            raise PolicyError(f"no gold sequence for sciworld task {task_id}: {exc}") from exc
-        except Exception as exc:
-            raise PolicyError(
-                f"ScienceWorld failed to give the gold sequence of task {task_id}: {exc!r}"
-            ) from exc
-
-    async def act(self, request: PolicyRequest) -> PolicyResponse:
-        gold = await self.gold(request.task_id)
-        step = max(0, sum(1 for m in request.messages if m.role == "assistant") - 1)
-        if step < len(gold):
-            thought = f"Step {step + 1} of {len(gold)} of the reference solution."
-            action = gold[step]
-        else:
-            thought = "The reference solution is finished; I look around."
-            action = "look around"
-        return PolicyResponse(text=react(thought, action))
-
-
 # --------------------------------------------------------------------------- the plugin
 
 plugin = EnvPlugin(
@@ -695,5 +375,5 @@ plugin = EnvPlugin(
     parse_action=parse_sciworld_action,
     oracle=SciWorldOracle,
     max_instances=4,
-    requires={"scienceworld": _INSTALL_HINT},
+    requires={"scienceworld": INSTALL_HINT},
 )

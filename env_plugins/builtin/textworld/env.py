@@ -41,10 +41,10 @@ is eaten), else 0.0; the episode ends when the game is won or lost (e.g. an ingr
 burned or the wrong thing is eaten); success = won (reward >= 1). The default turn budget is
 30, AgentGym's budget for ALFWorld; every test walkthrough is shorter (at most 19 steps).
 
-The oracle plays the game's walkthrough (TextWorld's gold command sequence, stored with the
-game in the cache): the k-th assistant turn plays step k. It shares nothing with the env
-instance: it reads the walkthrough from the cache entry (generating the game if needed) in a
-worker thread.
+The task ids' settings are in :mod:`.tasks`. The oracle (:mod:`.oracle`) plays the game's
+walkthrough (TextWorld's gold command sequence, stored with the game in the cache): the k-th
+assistant turn plays step k. It shares nothing with the env instance: it reads the
+walkthrough from the cache entry (generating the game if needed) in a worker thread.
 
 The env is blocking (TextWorld's Z-machine interpreter and state tracking, and game
 generation on a cache miss) and runs each instance in its own worker process. A generation
@@ -56,17 +56,21 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from gymux.env_plugins.builtin.textworld.games import (
     INSTALL_HINT,
     TEXTWORLD_VERSION,
-    CookingParams,
     ensure_game,
+)
+from gymux.env_plugins.builtin.textworld.oracle import TextWorldOracle
+from gymux.env_plugins.builtin.textworld.tasks import (
+    MAX_TURNS,
+    TEST_IDS,
+    TRAIN_IDS,
+    params_for_task,
+    pregenerate,
+    walkthrough_for,
 )
 from gymux.env_plugins.parsing import parse_react_action
 from gymux.env_plugins.protocol import (
@@ -79,9 +83,6 @@ from gymux.env_plugins.protocol import (
     Task,
     splits_from,
 )
-from gymux.errors import PolicyError
-from gymux.messages import PolicyRequest, PolicyResponse
-from gymux.policies.base import SimplePolicy, react
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -100,53 +101,6 @@ __all__ = [
     "pregenerate",
     "walkthrough_for",
 ]
-
-TEST_IDS = range(0, 50)
-TRAIN_IDS = range(1000, 5000)
-MAX_TURNS = 30
-
-#: ``tw-make tw-cooking`` settings per difficulty level (``level = task_id % 4``).
-_LEVELS: tuple[dict[str, Any], ...] = (
-    {"recipe": 1, "take": 1, "go": 1},
-    {"recipe": 1, "take": 1, "go": 6, "open": True},
-    {"recipe": 2, "take": 2, "go": 6, "open": True, "cut": True},
-    {"recipe": 2, "take": 2, "go": 6, "open": True, "cook": True, "cut": True},
-)
-
-
-def params_for_task(task_id: int) -> CookingParams:
-    """The generation settings of a task id (see the module docstring)."""
-    split: Literal["train", "test"]
-    if task_id in TEST_IDS:
-        split = "test"
-    elif task_id in TRAIN_IDS:
-        split = "train"
-    else:
-        raise EnvError(
-            f"textworld has no task {task_id}: test ids are {TEST_IDS.start}..{TEST_IDS.stop - 1}, "
-            f"train ids {TRAIN_IDS.start}..{TRAIN_IDS.stop - 1}"
-        )
-    level = _LEVELS[task_id % len(_LEVELS)]
-    return CookingParams(split=split, seed=task_id, **level)
-
-
-def pregenerate(task_ids: Iterable[int], workers: int = 2) -> int:
-    """Make sure the games of ``task_ids`` are in the cache (blocking; ``workers`` at once).
-
-    Returns how many games were checked. Warm the cache this way before a large run: a
-    generation on a cache miss happens inside ``reset`` and takes seconds.
-    """
-    ids = list(task_ids)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for _ in pool.map(lambda i: ensure_game(params_for_task(i)), ids):
-            pass
-    return len(ids)
-
-
-def walkthrough_for(task_id: int) -> list[str]:
-    """The gold command sequence of a task, from the game cache (blocking: may generate)."""
-    return list(ensure_game(params_for_task(task_id)).meta.walkthrough)
-
 
 # --------------------------------------------------------------------------- text
 
@@ -340,32 +294,6 @@ TEXTWORLD_SPEC = EnvSpec(
         "reward 1.0 when won."
     ),
 )
-
-
-# --------------------------------------------------------------------------- the oracle
-
-
-class TextWorldOracle(SimplePolicy):
-    """Plays the game's walkthrough: the k-th assistant turn (after "OK") plays step k.
-
-    Stateless: the walkthrough comes from the game cache (read, or generated, in a worker
-    thread) and the step from the number of assistant messages in the conversation.
-    """
-
-    name = "oracle"
-    version = "textworld-walkthrough-1"
-
-    async def act(self, request: PolicyRequest) -> PolicyResponse:
-        walkthrough = await anyio.to_thread.run_sync(walkthrough_for, request.task_id)
-        step = max(0, sum(1 for m in request.messages if m.role == "assistant") - 1)
-        if step >= len(walkthrough):
-            raise PolicyError(
-                f"textworld oracle: the walkthrough of task {request.task_id} has only "
-                f"{len(walkthrough)} steps, and the game has not ended"
-            )
-        command = walkthrough[step]
-        thought = f"Step {step + 1} of {len(walkthrough)} of the walkthrough: {command}."
-        return PolicyResponse(text=react(thought, command))
 
 
 plugin = EnvPlugin(

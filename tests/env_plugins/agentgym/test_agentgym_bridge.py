@@ -27,7 +27,6 @@ from typing import Any
 import anyio
 import pytest
 from aiohttp import web
-from conftest import clean_env
 
 from gymux.cli.main import main
 from gymux.env_plugins.adapters import factory_ref, make_instance
@@ -45,6 +44,9 @@ from gymux.env_plugins.registry import PluginError, Registry, default_registry
 from gymux.eval.run import run_eval
 from gymux.eval.suite import SuiteError, parse_suite
 from gymux.messages import Message, PolicyRequest
+from gymux.policies.oracle import oracle_policy
+
+from doubles.procs import clean_env
 
 pytestmark = pytest.mark.anyio
 
@@ -133,7 +135,7 @@ async def _compare_episode(
         ]
         cap = min(STEP_CAP.get(spec.id, spec.max_turns), spec.max_turns)
         reward, done = 0.0, False
-        oracle_cm = plugin.oracle() if use_oracle and plugin.oracle is not None else None
+        oracle_cm = oracle_policy(plugin) if use_oracle else None
         oracle = await oracle_cm.__aenter__() if oracle_cm is not None else None
         try:
             for turn in range(cap):
@@ -186,7 +188,7 @@ async def test_every_dialect_round_trips(dialect: str) -> None:
             for task_id in (0, 5):  # two episodes on one instance: reset reuses it
                 obs = await env.reset(Task(id=task_id, split="test"))
                 assert "Your current position" in obs.text
-                async with maze.oracle() as oracle:  # type: ignore[misc]
+                async with oracle_policy(maze) as oracle:
                     messages = [Message(role="user", content=obs.text)]
                     for turn in range(maze.spec.max_turns):
                         reply = await oracle.act(
@@ -555,7 +557,6 @@ def test_serve_env_subprocess_with_run_and_eval(
         "random",
         tmp_path / "eval",
         registry=Registry(entry_points_group=None),
-        handle_signals=False,
     )
     assert outcome.ran == 2
 

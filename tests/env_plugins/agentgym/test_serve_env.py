@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -89,16 +90,18 @@ def probe_plugin(stats: Stats) -> EnvPlugin:
 
 @asynccontextmanager
 async def served(server: EnvServer) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
-    runner = web.AppRunner(server.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-            yield session, url
-    finally:
-        await runner.cleanup()
+    """Serve ``server`` (entered: its reaper runs) on a free loopback port."""
+    async with server:
+        runner = web.AppRunner(server.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+                yield session, url
+        finally:
+            await runner.cleanup()
 
 
 async def call(
@@ -281,3 +284,14 @@ def test_serve_env_command_line_errors(
     assert main(["serve-env", "maze", "--dialect", "klingon"]) == 2
     assert main(["run", "--env", "maze", "--agentgym-url", "http://127.0.0.1:9"]) == 2
     assert "agentgym/<name>" in capsys.readouterr().err
+
+
+def test_the_command_line_half_lives_in_gymux_cli() -> None:
+    from gymux.cli import serve_env
+    from gymux.env_plugins.agentgym import server
+
+    # The server module is the HTTP half only: no parser, no command, no signal handling.
+    assert not hasattr(server, "add_serve_env_parser")
+    assert not hasattr(server, "run_serve_env")
+    assert "open_signal_receiver" not in Path(server.__file__).read_text()
+    assert callable(serve_env.add_parser) and callable(serve_env.run)

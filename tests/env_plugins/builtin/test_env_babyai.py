@@ -12,8 +12,6 @@ import pytest
 
 pytest.importorskip("minigrid")
 
-from conftest import REPO_ROOT, clean_env
-
 from gymux.env_plugins import ActionParseError, EnvError, Execution, SyncEnv, Task
 from gymux.env_plugins.adapters import ProcessEnv, factory_ref, make_instance
 from gymux.env_plugins.builtin.babyai.actions import BabyAIGame, normalise_action
@@ -34,6 +32,9 @@ from gymux.env_plugins.builtin.babyai.text import (
 )
 from gymux.env_plugins.conformance import check_plugin
 from gymux.policies import Message, PolicyRequest
+from gymux.policies.oracle import OraclePolicy
+
+from doubles.procs import REPO_ROOT, clean_env
 
 # --------------------------------------------------------------------------- levels and ids
 
@@ -337,7 +338,7 @@ def _request(task_id: int, messages: list[Message]) -> PolicyRequest:
 
 @pytest.mark.anyio
 async def test_oracle_reads_the_conversation() -> None:
-    oracle = BabyAIOracle()
+    oracle = OraclePolicy(BabyAIOracle())
     first = await oracle.act(_request(12, [Message(role="user", content=BABYAI_SPEC.instruction)]))
     assert parse_babyai_action(first.text) == "toggle and go through red door 1"
     assert first.text.startswith("Thought:\n")
@@ -362,7 +363,7 @@ async def test_oracle_reads_the_conversation() -> None:
 def test_oracle_cache_gives_the_same_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     """The replay cache only saves work: with it, without it, and on a conversation that
     leaves the cached path, the oracle answers alike; its size stays bounded."""
-    from gymux.env_plugins.builtin.babyai import env as babyai
+    from gymux.env_plugins.builtin.babyai import oracle as babyai
 
     def play(task_id: int, detour: int | None = None) -> list[tuple[str, str]]:
         env = BabyAIEnv()

@@ -35,7 +35,8 @@ from gymux.env_plugins.protocol import (
     TransientEnvError,
 )
 from gymux.env_plugins.registry import Registry
-from gymux.messages import Message, PolicyRequest, PolicyResponse
+from gymux.messages import Message, PolicyRequest
+from gymux.policies.oracle import OraclePolicy
 from gymux.runtime import Runtime
 from gymux.trajectory import FinishReason
 
@@ -299,20 +300,22 @@ def request(task_id: int, assistant_turns: int) -> PolicyRequest:
 async def test_oracle_reads_the_position_from_the_conversation() -> None:
     task_id = TEST_IDS[0]
     gold = load_gold()[task_id]
-    async with SciWorldOracle() as oracle:
+    solver = SciWorldOracle()
+    async with OraclePolicy(solver) as oracle:
         for k in (0, 1, len(gold) - 1):
             response = await oracle.act(request(task_id, k))
             assert parse_sciworld_action(response.text) == gold[k]
         response = await oracle.act(request(task_id, len(gold)))
         assert parse_sciworld_action(response.text) == "look around"
-        assert oracle.jvm_pid is None  # shipped gold: no JVM needed
+        assert solver.jvm_pid is None  # shipped gold: no JVM needed
 
 
 @pytest.mark.anyio
 async def test_oracle_computes_unshipped_gold_in_a_private_jvm(env: SciWorldEnv) -> None:
     task_id = task_id_of("find-plant", 3)  # a train task: not in the shipped file
     assert task_id in TRAIN_IDS and task_id not in load_gold()
-    async with SciWorldOracle() as oracle:
+    oracle = SciWorldOracle()
+    async with OraclePolicy(oracle):  # closing the policy kills the oracle's JVM
         gold = await oracle.gold(task_id)
         pid = oracle.jvm_pid
         assert pid is not None and pid in my_jvms() and pid != env.pid
@@ -402,7 +405,9 @@ async def test_runtime_pool_bounds_and_reaps_jvms() -> None:
     cfg = runtime_config(max_concurrent_episodes=2, env_instances={"sciworld": 2})
     with JvmWatcher(ignore=before) as watcher:
         async with Runtime(cfg, registry=registry) as rt:
-            result = await rt.run(Workload(env="sciworld", tasks=tasks), policy=SciWorldOracle())
+            result = await rt.run(
+                Workload(env="sciworld", tasks=tasks), policy=OraclePolicy(SciWorldOracle())
+            )
             pool = rt.scheduler.pools["sciworld"]
     assert len(result.trajectories) == 6
     assert all(t.success and t.reward == 100.0 for t in result.trajectories), [
@@ -421,12 +426,12 @@ class KillingOracle(SciWorldOracle):
         self.spare = spare  # JVMs that are not the env's
         self.killed: list[int] = []
 
-    async def act(self, request: PolicyRequest) -> PolicyResponse:
+    async def solve(self, request: PolicyRequest) -> str:
         if request.turn == 2 and not self.killed:
             (pid,) = [p for p in my_jvms() if p not in self.spare]
             os.kill(pid, signal.SIGKILL)
             self.killed.append(pid)
-        return await super().act(request)
+        return await super().solve(request)
 
 
 @pytest.mark.anyio
@@ -437,7 +442,8 @@ async def test_jvm_death_mid_episode_is_retried_on_a_fresh_jvm() -> None:
     oracle = KillingOracle(spare=before)
     cfg = runtime_config(env_instances={"sciworld": 1}, env_retries=1)
     async with Runtime(cfg, registry=registry) as rt:
-        result = await rt.run(Workload(env="sciworld", tasks=[ORACLE_SAMPLE[1]]), policy=oracle)
+        workload = Workload(env="sciworld", tasks=[ORACLE_SAMPLE[1]])
+        result = await rt.run(workload, policy=OraclePolicy(oracle))
         pool = rt.scheduler.pools["sciworld"]
     (traj,) = result.trajectories
     assert len(oracle.killed) == 1

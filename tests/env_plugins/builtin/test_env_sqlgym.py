@@ -11,7 +11,6 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import msgspec
@@ -36,6 +35,9 @@ from gymux.env_plugins.builtin.sqlgym.env import (
 from gymux.env_plugins.builtin.sqlgym.safe import QueryError, run_query
 from gymux.env_plugins.conformance import check_plugin
 from gymux.policies import Message, PolicyError, PolicyRequest
+from gymux.policies.oracle import OraclePolicy
+
+from doubles import envs as E
 
 # Pinned fingerprints of the built-in benchmark (generator version 1). If one changes, task
 # ids changed meaning: bump GENERATOR_VERSION / SPEC_VERSION and update these on purpose.
@@ -167,8 +169,7 @@ async def test_conformance_and_oracle_on_the_whole_test_split(bench: SqlBenchmar
 
 
 def test_entry_point_resolves_to_the_plugin() -> None:
-    (ep,) = [ep for ep in entry_points(group="gymux.envs") if ep.name == "sqlgym"]
-    loaded = ep.load()
+    loaded = E.load_entry_point("sqlgym")
     assert isinstance(loaded, EnvPlugin) and loaded.id == "sqlgym"
 
 
@@ -180,7 +181,7 @@ def test_oracle_on_the_train_split_and_unknown_task(bench: SqlBenchmark) -> None
         assert result.reward == 1.0 and result.done, task_id
     import anyio
 
-    oracle = SqlGymOracle(bench)
+    oracle = OraclePolicy(SqlGymOracle(bench))
     request = PolicyRequest(episode_id="e", env_id="sqlgym", task_id=10**6, turn=0, messages=[])
     with pytest.raises(PolicyError, match="unknown task"):
         anyio.run(oracle.act, request)

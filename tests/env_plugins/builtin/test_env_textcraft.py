@@ -8,7 +8,6 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import anyio
@@ -41,6 +40,9 @@ from gymux.env_plugins.builtin.textcraft.recipes import (
 )
 from gymux.env_plugins.conformance import check_plugin
 from gymux.policies import Message, PolicyError, PolicyRequest
+from gymux.policies.oracle import OraclePolicy
+
+from doubles import envs as E
 
 ENV_PLUGINS = Path(recipes_module.__file__).parent
 
@@ -77,8 +79,7 @@ def test_spec_and_plugin() -> None:
 
 
 def test_entry_point() -> None:
-    (ep,) = [ep for ep in entry_points(group="gymux.envs") if ep.name == "textcraft"]
-    assert ep.load() is plugin
+    assert E.load_entry_point("textcraft") is plugin
 
 
 def test_task_ids_are_pinned() -> None:
@@ -482,7 +483,7 @@ def request(task_id: int, messages: list[Message], turn: int = 0) -> PolicyReque
     )  # fmt: skip
 
 
-async def play(oracle: TextCraftOracle, task_id: int, prefix: Sequence[str] = ()) -> list[str]:
+async def play(oracle: OraclePolicy, task_id: int, prefix: Sequence[str] = ()) -> list[str]:
     """Drive one episode as the runtime does; ``prefix`` actions are played first."""
     env = TextCraftEnv()
     obs = await env.reset(Task(id=task_id))
@@ -522,7 +523,7 @@ async def test_conformance_with_the_oracle_on_the_whole_test_split() -> None:
 
 @pytest.mark.anyio
 async def test_oracle_solves_every_task_within_its_step_bound() -> None:
-    oracle = TextCraftOracle()
+    oracle = OraclePolicy(TextCraftOracle())
     assert (oracle.name, oracle.version) == ("oracle", "textcraft-planner-1")
     lengths = []
     for task_id in range(len(goal_order())):  # train and test: 544 tasks
@@ -537,7 +538,7 @@ async def test_oracle_solves_every_task_within_its_step_bound() -> None:
 
 @pytest.mark.anyio
 async def test_oracle_recovers_from_other_actions() -> None:
-    oracle = TextCraftOracle()
+    oracle = OraclePolicy(TextCraftOracle())
     task_id = task_of("crafting_table")
     # someone else already fetched logs, made some planks of another wood, tried bad things
     prefix = [
@@ -561,7 +562,7 @@ async def test_oracle_recovers_from_other_actions() -> None:
 
 @pytest.mark.anyio
 async def test_oracle_is_shared_across_concurrent_episodes() -> None:
-    oracle = TextCraftOracle()
+    oracle = OraclePolicy(TextCraftOracle())
     ids = [0, 176, 300, 420, 533, 543]
     results: dict[int, list[str]] = {}
 
@@ -574,7 +575,7 @@ async def test_oracle_is_shared_across_concurrent_episodes() -> None:
     for task_id in ids:
         goal = textcraft_task(task_id).goal.replace("_", " ")
         assert f" {goal} using " in results[task_id][-1]
-        assert await play(TextCraftOracle(), task_id) == results[task_id]
+        assert await play(OraclePolicy(TextCraftOracle()), task_id) == results[task_id]
 
 
 def test_oracle_plan_uses_stock_and_batches() -> None:
@@ -607,7 +608,7 @@ def test_oracle_plan_uses_stock_and_batches() -> None:
 
 @pytest.mark.anyio
 async def test_oracle_errors() -> None:
-    oracle = TextCraftOracle()
+    oracle = OraclePolicy(TextCraftOracle())
     with pytest.raises(PolicyError, match="unknown textcraft task id"):
         await oracle.act(request(9999, []))
     task_id = task_of("stick")

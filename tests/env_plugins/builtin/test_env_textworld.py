@@ -54,6 +54,7 @@ from gymux.env_plugins.protocol import (
     Task,
 )
 from gymux.policies import Message, PolicyError, PolicyRequest
+from gymux.policies.oracle import OraclePolicy
 
 pytestmark = pytest.mark.anyio
 
@@ -459,7 +460,7 @@ def test_lock_free_race_keeps_one_entry(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 async def test_oracle_is_stateless_and_reads_the_cache() -> None:
-    oracle = TextWorldOracle()
+    oracle = OraclePolicy(TextWorldOracle())
     walkthrough = await anyio.to_thread.run_sync(walkthrough_for, SMALL)
     base = [
         Message(role="user", content=TEXTWORLD_SPEC.instruction),

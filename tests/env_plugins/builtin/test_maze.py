@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from collections import deque
-from importlib.metadata import entry_points
 
 import anyio
 import pytest
@@ -29,6 +28,9 @@ from gymux.env_plugins.builtin.maze.env import (
     plugin,
 )
 from gymux.policies import Message, PolicyError, PolicyRequest
+from gymux.policies.oracle import OraclePolicy
+
+from doubles import envs as E
 
 
 @pytest.fixture
@@ -161,12 +163,12 @@ def test_spec_and_plugin() -> None:
     assert plugin.oracle is not None
     oracle = plugin.oracle()
     assert isinstance(oracle, MazeOracle)
-    assert (oracle.name, oracle.version) == ("oracle", "maze-bfs-1")
+    policy = OraclePolicy(oracle)
+    assert (policy.name, policy.version) == ("oracle", "maze-bfs-1")
 
 
 def test_entry_point_resolves_to_plugin() -> None:
-    (ep,) = [ep for ep in entry_points(group="gymux.envs") if ep.name == "maze"]
-    assert ep.load() is plugin
+    assert E.load_entry_point("maze") is plugin
 
 
 # ---------------------------------------------------------------------------- observation text
@@ -357,7 +359,7 @@ def test_parse_error_lists_valid_actions() -> None:
 # ---------------------------------------------------------------------------- oracle
 
 
-async def run_oracle_episode(oracle: MazeOracle, task_id: int) -> tuple[int, float, bool]:
+async def run_oracle_episode(oracle: OraclePolicy, task_id: int) -> tuple[int, float, bool]:
     """Drive MazeEnv with the oracle exactly as a runtime would; return (steps, reward, done)."""
     env = MazeEnv()
     obs = await env.reset(Task(id=task_id))
@@ -393,7 +395,7 @@ async def run_oracle_episode(oracle: MazeOracle, task_id: int) -> tuple[int, flo
 @pytest.mark.anyio
 @pytest.mark.parametrize("split", ["test", "train"])
 async def test_oracle_solves_every_task_optimally(split: str) -> None:
-    oracle = MazeOracle()
+    oracle = OraclePolicy(MazeOracle())
     for task_id in MAZE_SPEC.split(split).ids:
         steps, reward, done = await run_oracle_episode(oracle, task_id)
         task = TASKS[task_id]
@@ -404,7 +406,7 @@ async def test_oracle_solves_every_task_optimally(split: str) -> None:
 
 @pytest.mark.anyio
 async def test_oracle_concurrent_episodes_share_one_instance() -> None:
-    oracle = MazeOracle()
+    oracle = OraclePolicy(MazeOracle())
     results: dict[int, tuple[int, float, bool]] = {}
 
     async def one(task_id: int) -> None:
@@ -431,7 +433,7 @@ def _request(task_id: int, *contents: str) -> PolicyRequest:
 
 @pytest.mark.anyio
 async def test_oracle_reads_the_last_observation() -> None:
-    oracle = MazeOracle()
+    oracle = OraclePolicy(MazeOracle())
     tid = task_id_of("double_t", (1, 1))
     # stale earlier observation says (1, 1); the latest says (1, 5): must go down
     response = await oracle.act(
@@ -449,7 +451,7 @@ async def test_oracle_reads_the_last_observation() -> None:
 
 @pytest.mark.anyio
 async def test_oracle_errors() -> None:
-    oracle = MazeOracle()
+    oracle = OraclePolicy(MazeOracle())
     with pytest.raises(PolicyError):
         await oracle.act(_request(0, "no position in here"))
     with pytest.raises(PolicyError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from importlib.metadata import entry_points
 from typing import Any
 
 import anyio
@@ -25,6 +24,9 @@ from gymux.env_plugins.builtin.wordle.env import (
     wordle_feedback,
 )
 from gymux.policies import Message, PolicyError, PolicyRequest
+from gymux.policies.oracle import OraclePolicy
+
+from doubles import envs as E
 
 FEEDBACK_RE = re.compile(r"^Feedback: ", re.MULTILINE)
 COLOUR_RE = re.compile(r"\((?:green|yellow|gray)\)")
@@ -115,8 +117,7 @@ def test_spec_and_plugin() -> None:
 
 
 def test_entry_point() -> None:
-    (ep,) = [ep for ep in entry_points(group="gymux.envs") if ep.name == "wordle"]
-    assert ep.load() is plugin
+    assert E.load_entry_point("wordle") is plugin
 
 
 # --------------------------------------------------------------------------- the env
@@ -263,7 +264,7 @@ def request(messages: list[Message], task_id: int = 0, turn: int = 0) -> PolicyR
     )
 
 
-async def play_with_oracle(oracle: WordleOracle, task_id: int) -> list[str]:
+async def play_with_oracle(oracle: OraclePolicy, task_id: int) -> list[str]:
     """Drive one episode as the runtime does; return the (valid) guesses made."""
     env = plugin.factory()
     assert isinstance(env, WordleEnv)
@@ -298,7 +299,7 @@ async def play_with_oracle(oracle: WordleOracle, task_id: int) -> list[str]:
 
 @pytest.mark.anyio
 async def test_oracle_solves_every_test_task() -> None:
-    oracle = WordleOracle()
+    oracle = OraclePolicy(WordleOracle())
     assert (oracle.name, oracle.version) == ("oracle", "wordle-solver-1")
     counts: list[int] = []
     for task_id in WORDLE_SPEC.split("test").ids:
@@ -313,7 +314,7 @@ async def test_oracle_solves_every_test_task() -> None:
 
 @pytest.mark.anyio
 async def test_oracle_shared_across_concurrent_episodes() -> None:
-    oracle = WordleOracle()
+    oracle = OraclePolicy(WordleOracle())
     ids = [3, 17, 42, 99, 100, 555, 1234, 2718, 3141, 3567]
     results: dict[int, list[str]] = {}
 
@@ -328,12 +329,12 @@ async def test_oracle_shared_across_concurrent_episodes() -> None:
         assert len(results[task_id]) <= MAX_GUESSES
     # deterministic: a second, sequential run makes the same guesses
     for task_id in ids[:3]:
-        assert await play_with_oracle(WordleOracle(), task_id) == results[task_id]
+        assert await play_with_oracle(OraclePolicy(WordleOracle()), task_id) == results[task_id]
 
 
 @pytest.mark.anyio
 async def test_oracle_reads_only_feedback_lines() -> None:
-    oracle = WordleOracle()
+    oracle = OraclePolicy(WordleOracle())
     base = [
         Message(role="user", content=WORDLE_SPEC.instruction),
         Message(role="assistant", content="OK"),
@@ -356,7 +357,7 @@ async def test_oracle_reads_only_feedback_lines() -> None:
 
 @pytest.mark.anyio
 async def test_oracle_inconsistent_feedback() -> None:
-    oracle = WordleOracle()
+    oracle = OraclePolicy(WordleOracle())
     messages = [
         Message(role="user", content=WORDLE_SPEC.instruction),
         Message(role="assistant", content="OK"),
@@ -370,7 +371,7 @@ async def test_oracle_inconsistent_feedback() -> None:
 
 @pytest.mark.anyio
 async def test_oracle_runs_heavy_choices_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gymux.env_plugins.builtin.wordle import env as wordle
+    from gymux.env_plugins.builtin.wordle import oracle as wordle
 
     calls: list[int] = []
     real_run_sync = anyio.to_thread.run_sync
@@ -389,7 +390,7 @@ async def test_oracle_runs_heavy_choices_in_a_thread(monkeypatch: pytest.MonkeyP
         Message(role="assistant", content="Action: guess tries"),
         Message(role="user", content=feedback),
     ]
-    response = await WordleOracle().act(request(messages))
+    response = await OraclePolicy(WordleOracle()).act(request(messages))
     assert parse_wordle_action(response.text) in word_list()
     # the choice among the (136) candidates ran in a worker thread
     assert calls and max(calls) > 50

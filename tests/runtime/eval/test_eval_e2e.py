@@ -37,24 +37,12 @@ max_turns = 8
 EPISODES = (26 + 100) * 2
 
 
-def _counts(out: Path) -> Counter[tuple[str, int, int]]:
-    return Counter(
-        (t.env_id, t.task_id, t.sample)
-        for t in read_store(out)
-        if t.finish_reason != FinishReason.CANCELLED
-    )
-
-
-def _without_wall(path: Path) -> str:
-    data = json.loads(path.read_text())
-    for m in [*data["envs"], data["overall"]]:
-        m.pop("wall_s")
-    return json.dumps(data, sort_keys=True)
-
-
 @pytest.mark.slow
 def test_sigkill_halfway_then_resume_equals_uninterrupted(
-    tmp_path: Path, child_env: Callable[..., dict[str, str]]
+    tmp_path: Path,
+    child_env: Callable[..., dict[str, str]],
+    triple_counts: Callable[[Path], Counter[tuple[str, int, int]]],
+    without_wall: Callable[[Path], str],
 ) -> None:
     suite = tmp_path / "suite.toml"
     suite.write_text(SUITE)
@@ -102,7 +90,7 @@ def test_sigkill_halfway_then_resume_equals_uninterrupted(
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    before = _counts(out)
+    before = triple_counts(out)
     assert EPISODES // 4 <= sum(before.values()) < EPISODES
     assert set(before.values()) == {1}
     assert not (out / "report.json").exists()
@@ -116,9 +104,9 @@ def test_sigkill_halfway_then_resume_equals_uninterrupted(
     ran, skipped = int(match[1]), int(match[2])
     # Nothing finished before the kill runs again; only the rest runs.
     assert skipped == sum(before.values()) and ran + skipped == EPISODES
-    after = _counts(out)
+    after = triple_counts(out)
     assert len(after) == EPISODES and set(after.values()) == {1}
-    assert _without_wall(out / "report.json") == _without_wall(full / "report.json")
+    assert without_wall(out / "report.json") == without_wall(full / "report.json")
     # Metrics tables carry no wall time: the Markdown reports are identical too.
     assert (out / "report.md").read_text() == (full / "report.md").read_text()
 

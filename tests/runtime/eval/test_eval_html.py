@@ -23,13 +23,12 @@ import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gymux.cli.main import main
 from gymux.eval.charts import charts_available, write_charts
 from gymux.eval.html import (
     PLOT_H,
@@ -56,26 +55,19 @@ XSS_IMG = '<img src=x onerror="window.__pwned=2">'
 # --------------------------------------------------------------------------------------
 
 
-def _traj(env: str, task: int, success: bool, turns: list[Turn], **kw: Any) -> Trajectory:
+TrajMaker = Callable[..., Trajectory]
+
+
+def _with_chat(
+    make_traj: TrajMaker, env: str, task: int, success: bool, turns: list[Turn], **kw: Any
+) -> Trajectory:
+    """A trajectory whose messages are the chat of ``turns``."""
     messages = [Message(role="user", content=f"instruction for {env}")]
     messages.append(Message(role="assistant", content="OK"))
     for t in turns:
         messages.append(Message(role="user", content=t.observation))
         messages.append(Message(role="assistant", content=t.raw_output))
-    return Trajectory(
-        run_id="r",
-        episode_id=f"r:{env}:{task}:0",
-        env_id=env,
-        env_version="1",
-        task_id=task,
-        split="test",
-        sample=0,
-        policy="p",
-        policy_version="1",
-        messages=messages,
-        turns=turns,
-        **{"success": success, "reward": 1.0 if success else 0.0, **kw},
-    )
+    return make_traj(env, task, success, messages=messages, turns=turns, **kw)
 
 
 def _run(trajs: list[Trajectory], letter: str = "A", name: str = "synthetic") -> RunData:
@@ -86,7 +78,7 @@ def _run(trajs: list[Trajectory], letter: str = "A", name: str = "synthetic") ->
     )
 
 
-def _xss_run() -> RunData:
+def _xss_run(make_traj: TrajMaker) -> RunData:
     turns = [
         Turn(
             index=0,
@@ -103,28 +95,7 @@ def _xss_run() -> RunData:
             reward=float("nan"),  # JSON has no NaN: shown as n/a
         ),
     ]
-    return _run([_traj("evil<env>", 0, True, turns)])
-
-
-MINI = (
-    'name = "mini"\ntasks = 3\n'
-    '[[envs]]\nid = "maze"\nmax_turns = 15\n[[envs]]\nid = "wordle"\nmax_turns = 8\n'
-)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Real evals: a maze + wordle suite with the oracle and with the random policy, and
-    the comparison report of the two."""
-    root = tmp_path_factory.mktemp("runs")
-    suite = root / "mini.toml"
-    suite.write_text(MINI)
-    for policy in ("oracle", "random"):
-        args = ["eval", "--suite", str(suite), "--policy", policy, "--out", str(root / policy)]
-        assert main(args) == 0
-    cmp = root / "cmp"
-    assert main(["report", str(root / "oracle"), str(root / "random"), "--out", str(cmp)]) == 0
-    return {"oracle": root / "oracle", "random": root / "random", "cmp": cmp}
+    return _run([_with_chat(make_traj, "evil<env>", 0, True, turns)])
 
 
 # --------------------------------------------------------------------------------------
@@ -152,8 +123,8 @@ def test_json_for_script_cannot_close_the_script() -> None:
     assert json.loads(text) == data
 
 
-def test_page_embeds_episode_text_only_as_escaped_json() -> None:
-    page = render_html([_xss_run()])
+def test_page_embeds_episode_text_only_as_escaped_json(make_traj: TrajMaker) -> None:
+    page = render_html([_xss_run(make_traj)])
     # The only script elements are the data block and the viewer.
     assert page.count("<script") == 2 and page.count("</script>") == 2
     assert "alert(1)" not in page.replace("window.__pwned=1;alert(1)", "")  # only in JSON
@@ -175,14 +146,14 @@ def test_water_level() -> None:
     assert water_level([], 0) == math.inf
 
 
-def test_payload_caps_long_text_and_turns() -> None:
+def test_payload_caps_long_text_and_turns(make_traj: TrajMaker) -> None:
     long = "x" * 50_000
     turns = [Turn(index=i, observation=long, raw_output="Action: a", action="a") for i in range(40)]
     short = [Turn(index=i, observation="o", raw_output="Action: b", action="b") for i in range(3)]
     run = _run(
         [
-            _traj("maze", 0, False, turns, finish_reason=FinishReason.MAX_TURNS),
-            _traj("maze", 1, True, short),
+            _with_chat(make_traj, "maze", 0, False, turns, finish_reason=FinishReason.MAX_TURNS),
+            _with_chat(make_traj, "maze", 1, True, short),
         ]
     )
 
@@ -226,9 +197,9 @@ def test_svg_bars_have_data_heights() -> None:
         assert h == pytest.approx(v * PLOT_H, abs=0.01)
 
 
-def test_png_charts_single_and_comparison(tmp_path: Path) -> None:
+def test_png_charts_single_and_comparison(tmp_path: Path, make_traj: TrajMaker) -> None:
     pytest.importorskip("matplotlib")
-    a = _xss_run()
+    a = _xss_run(make_traj)
     paths = write_charts(tmp_path / "one", [a], None)
     assert [p.name for p in paths] == ["success.png", "score.png"]
     b = _run(a.trajectories, letter="B", name="other")
@@ -242,8 +213,8 @@ def test_png_charts_single_and_comparison(tmp_path: Path) -> None:
         assert width > 300 and height > 200
 
 
-def test_eval_writes_html_and_charts(runs: dict[str, Path]) -> None:
-    out = runs["oracle"]
+def test_eval_writes_html_and_charts(mini_evals: dict[str, Path]) -> None:
+    out = mini_evals["oracle"]
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
@@ -401,13 +372,13 @@ async def _select(page: Page, select_id: str, value: str) -> int:
 
 @pytest.mark.anyio
 async def test_browser_single_run_report(
-    chromium: int, runs: dict[str, Path], tmp_path: Path
+    chromium: int, mini_evals: dict[str, Path], tmp_path: Path
 ) -> None:
     session, ws, page = await _page(chromium)
     try:
-        await page.open(runs["random"] / "report.html")
+        await page.open(mini_evals["random"] / "report.html")
         assert await page.js("document.title") == "gymux eval: suite mini, policy random"
-        report = json.loads((runs["random"] / "report.json").read_text())
+        report = json.loads((mini_evals["random"] / "report.json").read_text())
         # One bar per env, heights from the metrics, drawn with a real size.
         bars = await page.js(
             "Array.from(document.querySelectorAll('#chart-success rect.bar')).map(r => "
@@ -424,7 +395,7 @@ async def test_browser_single_run_report(
         )
         assert scores == [e["mean_score"] for e in report["envs"]]
         # Filters change the list.
-        trajs = read_store(runs["random"])
+        trajs = read_store(mini_evals["random"])
         assert await page.js(ROWS) == len(trajs) == 6
         assert await _select(page, "filter-env", "maze") == 3
         reasons = {t.finish_reason for t in trajs if t.env_id == "maze"}
@@ -468,10 +439,10 @@ async def test_browser_single_run_report(
 
 
 @pytest.mark.anyio
-async def test_browser_comparison_report(chromium: int, runs: dict[str, Path]) -> None:
+async def test_browser_comparison_report(chromium: int, mini_evals: dict[str, Path]) -> None:
     session, ws, page = await _page(chromium)
     try:
-        await page.open(runs["cmp"] / "report.html")
+        await page.open(mini_evals["cmp"] / "report.html")
         bars = await page.js(
             "Array.from(document.querySelectorAll('#chart-success rect.bar')).map(r => "
             "[r.dataset.env, r.dataset.series, Number(r.getAttribute('height'))])"
@@ -501,9 +472,11 @@ async def test_browser_comparison_report(chromium: int, runs: dict[str, Path]) -
 
 
 @pytest.mark.anyio
-async def test_browser_shows_markup_as_text(chromium: int, tmp_path: Path) -> None:
+async def test_browser_shows_markup_as_text(
+    chromium: int, tmp_path: Path, make_traj: TrajMaker
+) -> None:
     path = tmp_path / "report.html"
-    path.write_text(render_html([_xss_run()]), encoding="utf-8")
+    path.write_text(render_html([_xss_run(make_traj)]), encoding="utf-8")
     session, ws, page = await _page(chromium)
     try:
         await page.open(path)
@@ -524,13 +497,13 @@ async def test_browser_shows_markup_as_text(chromium: int, tmp_path: Path) -> No
         await session.close()
 
 
-def test_score_chart_plots_fractions_of_each_env_reward_range() -> None:
+def test_score_chart_plots_fractions_of_each_env_reward_range(make_traj: TrajMaker) -> None:
     """sciworld scores 0-100 and maze 0-1: the chart puts both on one 0..1 axis (the table
     keeps each env's own units)."""
     trajs = [
-        _traj("sciworld", 0, False, [], reward=50.0),
-        _traj("sciworld", 1, True, [], reward=100.0),
-        _traj("maze", 0, True, []),
+        _with_chat(make_traj, "sciworld", 0, False, [], reward=50.0),
+        _with_chat(make_traj, "sciworld", 1, True, [], reward=100.0),
+        _with_chat(make_traj, "maze", 0, True, []),
     ]
     run = _run(trajs)
     run.score_ranges = {"sciworld": (0.0, 100.0), "maze": (0.0, 1.0)}

@@ -1,4 +1,5 @@
-"""Tests for the ``gymux`` command line (gymux.cli.main).
+"""``gymux run`` (gymux.cli.run): workloads from flags and config files, bad input, broken
+plugins, and SIGINT/SIGTERM.
 
 The CLI runs both in-process (``gymux.cli.main.main`` returns the exit code) and as real
 ``python -m gymux`` subprocesses; outputs are real files read back with the store reader
@@ -7,23 +8,20 @@ The CLI runs both in-process (``gymux.cli.main.main`` returns the exit code) and
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gymux import __version__
-from gymux.cli.main import EXIT_INTERRUPTED, main
+from gymux.cli.common import EXIT_INTERRUPTED
 from gymux.env_plugins.builtin.maze.env import MAZE_SPEC, TEST_IDS, TRAIN_IDS
-from gymux.env_plugins.builtin.maze.env import plugin as maze_plugin
 from gymux.env_plugins.builtin.wordle.env import WORDLE_SPEC
 from gymux.env_plugins.registry import Registry
 from gymux.sinks import read_jsonl
@@ -33,44 +31,7 @@ from gymux.trajectory import FinishReason, Trajectory
 pytestmark = pytest.mark.usefixtures("fresh_structlog")
 
 MAZE_TEST = len(TEST_IDS)
-
-
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Result]
-
-
-def _inprocess(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(args: Sequence[str], *, registry: Registry | None = None) -> Result:
-        capsys.readouterr()
-        rc = main(list(args), registry=registry)
-        captured = capsys.readouterr()
-        return Result(rc, captured.out, captured.err)
-
-    return run
-
-
-@pytest.fixture
-def inproc(capsys: pytest.CaptureFixture[str]) -> Cli:
-    return _inprocess(capsys)
-
-
-@pytest.fixture(params=["inprocess", "subprocess"])
-def cli(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], run_gymux) -> Cli:
-    """The CLI, once in-process and once as ``python -m gymux``."""
-    if request.param == "inprocess":
-        return _inprocess(capsys)
-
-    def run(args: Sequence[str]) -> Result:
-        proc = run_gymux(args)
-        return Result(proc.returncode, proc.stdout, proc.stderr)
-
-    return run
+Cli = Callable[..., Any]
 
 
 def trajectories(out: Path) -> list[Trajectory]:
@@ -271,13 +232,8 @@ def test_run_progress_on_draws_on_stderr(run_gymux, tmp_path: Path) -> None:
     assert table_row(proc.stdout, "maze", "oracle")[3] == "100.0%"
 
 
-def test_version(run_gymux) -> None:
-    proc = run_gymux(["--version"])
-    assert proc.returncode == 0
-    assert proc.stdout.strip() == f"gymux {__version__}"
-
-
 # -- bad arguments ---------------------------------------------------------------------
+
 
 BAD_ARGS = {
     "unknown-env": (["run", "--env", "nosuch"], "nosuch"),
@@ -291,9 +247,8 @@ BAD_ARGS = {
     "unknown-policy": (["run", "--env", "maze", "--policy", "gpt"], "gpt"),
     "bad-progress": (["run", "--env", "maze", "--progress", "sometimes"], "--progress"),
     "missing-env": (["run"], "--env"),
-    "unknown-subcommand": (["frobnicate"], "frobnicate"),
-    "no-subcommand": ([], "command"),
 }
+
 
 BAD_CONFIGS = {
     "config-unknown-runtime-key": (
@@ -308,22 +263,13 @@ BAD_CONFIGS = {
 }
 
 
-def assert_usage_error(res: Result, needle: str) -> None:
-    assert res.rc == 2, (res.rc, res.err)
-    lines = res.err.splitlines()
-    assert len(lines) == 1, res.err
-    assert lines[0].startswith("gymux: error: ")
-    assert needle in lines[0]
-    assert res.out == ""
-
-
 @pytest.mark.parametrize("case", list(BAD_ARGS))
 def test_bad_arguments(cli: Cli, tmp_path: Path, case: str) -> None:
     args, needle = BAD_ARGS[case]
     out = tmp_path / "out"
     if args[:1] == ["run"]:
         args = [*args, "--out", str(out)]
-    assert_usage_error(cli(args), needle)
+    cli(args).assert_usage_error(needle)
     # Everything is checked before anything starts: no output folder.
     assert not out.exists()
 
@@ -338,7 +284,7 @@ def test_bad_config_file(cli: Cli, tmp_path: Path, case: str) -> None:
     if "workloads" not in text:
         args += ["--env", "maze"]
     res = cli(args)
-    assert_usage_error(res, needle)
+    res.assert_usage_error(needle)
     if case != "config-unknown-env":
         assert str(config) in res.err
     assert not out.exists()
@@ -348,7 +294,7 @@ def test_missing_config_file(cli: Cli, tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     out = tmp_path / "out"
     res = cli(["run", "--env", "maze", "--config", str(missing), "--out", str(out)])
-    assert_usage_error(res, str(missing))
+    res.assert_usage_error(str(missing))
     assert not out.exists()
 
 
@@ -399,68 +345,7 @@ def test_cli_out_overrides_config_out(inproc: Cli, tmp_path: Path) -> None:
     assert not (tmp_path / "ignored").exists()
 
 
-# -- gymux envs ------------------------------------------------------------------------
-
-
-def splits_text(spec) -> str:
-    return ", ".join(f"{name}={split.count}" for name, split in spec.splits.items())
-
-
-def test_envs_lists_builtin_envs(cli: Cli) -> None:
-    res = cli(["envs"])
-    assert res.rc == 0, res.err
-    rows = {line.split()[0]: line for line in res.out.splitlines()[1:] if line.strip()}
-    assert rows["maze"].endswith(splits_text(MAZE_SPEC))
-    assert f"test={MAZE_TEST}" in rows["maze"]
-    assert rows["wordle"].endswith(splits_text(WORDLE_SPEC))
-    assert "BROKEN" not in res.out
-
-
-def test_envs_json(cli: Cli) -> None:
-    res = cli(["envs", "--json"])
-    assert res.rc == 0, res.err
-    rows = {row["id"]: row for row in json.loads(res.out)}
-    assert rows["maze"]["ok"] is True
-    assert rows["maze"]["splits"] == {"test": MAZE_TEST, "train": len(TRAIN_IDS)}
-    assert rows["maze"]["has_oracle"] is True
-    assert rows["maze"]["source"] == "entry point gymux.env_plugins.builtin.maze.env:plugin"
-    assert rows["wordle"]["splits"] == {n: s.count for n, s in WORDLE_SPEC.splits.items()}
-    assert rows["wordle"]["error"] is None
-
-
 # -- a broken plugin -------------------------------------------------------------------
-
-
-@pytest.fixture
-def broken_registry() -> Registry:
-    registry = Registry(entry_points_group=None)
-    registry.add_entry_points(
-        [
-            importlib.metadata.EntryPoint(
-                name="broken", value="no_such_module_xyz:plugin", group="gymux.envs"
-            )
-        ]
-    )
-    registry.register(maze_plugin)
-    return registry
-
-
-def test_envs_reports_broken_plugin(inproc: Cli, broken_registry: Registry) -> None:
-    res = inproc(["envs"], registry=broken_registry)
-    assert res.rc == 1
-    rows = {line.split()[0]: line for line in res.out.splitlines() if line.strip()}
-    assert rows["broken"].split()[1] == "BROKEN"
-    assert "no_such_module_xyz" in rows["broken"]
-    assert rows["maze"].endswith(splits_text(MAZE_SPEC))
-
-
-def test_envs_json_reports_broken_plugin(inproc: Cli, broken_registry: Registry) -> None:
-    res = inproc(["envs", "--json"], registry=broken_registry)
-    assert res.rc == 1
-    rows = {row["id"]: row for row in json.loads(res.out)}  # stdout must be pure JSON
-    assert rows["broken"]["ok"] is False
-    assert "no_such_module_xyz" in rows["broken"]["error"]
-    assert rows["maze"]["ok"] is True
 
 
 def test_run_broken_plugin_is_usage_error(
@@ -487,61 +372,6 @@ def test_run_other_env_despite_broken_plugin(
     )
     assert res.rc == 0, res.err
     assert len(trajectories(out)) == MAZE_TEST
-
-
-@pytest.fixture
-def broken_dist(tmp_path: Path, child_env) -> dict[str, str]:
-    """A real installed distribution (a .dist-info on PYTHONPATH) whose gymux.envs entry
-    point names a module that does not exist; returns the environment for subprocesses."""
-    site = tmp_path / "site"
-    info = site / "brokenplugin-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[gymux.envs]\nbroken = no_such_module_xyz:plugin\n")
-    return child_env(PYTHONPATH=str(site))
-
-
-def _gymux(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gymux", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def test_broken_entry_point_subprocess(broken_dist: dict[str, str], tmp_path: Path) -> None:
-    envs = _gymux(["envs"], broken_dist, tmp_path)
-    assert envs.returncode == 1, envs.stderr
-    rows = {line.split()[0]: line for line in envs.stdout.splitlines() if line.strip()}
-    assert "BROKEN" in rows["broken"] and "no_such_module_xyz" in rows["broken"]
-    assert rows["maze"].endswith(splits_text(MAZE_SPEC))
-    assert rows["wordle"].endswith(splits_text(WORDLE_SPEC))
-
-    out = tmp_path / "out"
-    run = _gymux(["run", "--env", "broken", "--out", str(out)], broken_dist, tmp_path)
-    assert run.returncode == 2
-    assert run.stderr.splitlines()[-1].startswith("gymux: error: env plugin 'broken'")
-    assert not out.exists()
-
-    ok = _gymux(
-        ["run", "--env", "maze", "--out", str(out), "--progress", "off"], broken_dist, tmp_path
-    )
-    assert ok.returncode == 0, ok.stderr
-    assert len(trajectories(out)) == MAZE_TEST
-
-
-def test_broken_entry_point_envs_json_subprocess(
-    broken_dist: dict[str, str], tmp_path: Path
-) -> None:
-    proc = _gymux(["envs", "--json"], broken_dist, tmp_path)
-    assert proc.returncode == 1
-    rows = {row["id"]: row for row in json.loads(proc.stdout)}  # stdout must be pure JSON
-    assert rows["broken"]["ok"] is False
-    assert {"maze", "wordle"} <= {i for i, r in rows.items() if r["ok"]}
 
 
 # -- signals ---------------------------------------------------------------------------
@@ -610,62 +440,3 @@ def test_signal_stops_run_and_keeps_finished_episodes(
     assert entry["planned"] == planned
     assert entry["episodes"] == len(trajs)
     assert table_row(stdout, "wordle", "oracle")[2] == str(len(trajs))
-
-
-def test_prepare_generates_ahead_and_says_when_there_is_nothing(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    import msgspec
-
-    from gymux.env_plugins import EnvPlugin
-
-    maze = maze_plugin
-    seen: list[list[int]] = []
-    reg = Registry(entry_points_group=None)
-    reg.register(maze)
-    spec = msgspec.structs.replace(MAZE_SPEC, id="prep")
-    reg.register(EnvPlugin(spec, maze.factory, prepare=seen.append))
-    assert main(["prepare", "maze"], registry=reg) == 0
-    assert "nothing to prepare" in capsys.readouterr().out
-    assert main(["prepare", "prep", "--tasks", "test"], registry=reg) == 0
-    assert seen == [maze.spec.split("test").ids]
-    assert main(["prepare", "prep", "--tasks", "3-5"], registry=reg) == 0
-    assert seen[-1] == [3, 4, 5]
-    assert "prep: prepared 3 tasks" in capsys.readouterr().out
-    assert main(["prepare", "prep", "--tasks", "nosuch"], registry=reg) == 2
-    assert main(["prepare", "missing"], registry=reg) == 2
-
-
-def test_env_with_missing_optional_dependency_is_listed_and_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """An env whose optional dependency is not installed shows it in ``gymux envs`` and a
-    run refuses in one line before starting anything."""
-    import msgspec
-
-    from gymux.env_plugins import EnvPlugin
-
-    reg = Registry(entry_points_group=None)
-    reg.register(maze_plugin)
-    spec = msgspec.structs.replace(MAZE_SPEC, id="needy")
-    hint = "pip install 'gymux[needy]'"
-    reg.register(
-        EnvPlugin(spec, maze_plugin.factory, requires={"no_such_module_xyz": hint, "json": "-"})
-    )
-    assert main(["envs"], registry=reg) == 0
-    listing = capsys.readouterr().out
-    assert f"not installed: no_such_module_xyz ({hint})" in listing
-    assert "json" not in listing.split("needy", 1)[1].splitlines()[0].split("not installed")[1]
-    out = tmp_path / "run"
-    code = main(["run", "--env", "needy", "--tasks", "0", "--out", str(out)], registry=reg)
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1
-    assert "not installed: no_such_module_xyz" in err and hint in err
-    assert not out.exists()
-    suite = tmp_path / "needy.toml"
-    suite.write_text('name = "n"\n[[envs]]\nid = "needy"\n')
-    ev = tmp_path / "ev"
-    assert main(["eval", "--suite", str(suite), "--out", str(ev)], registry=reg) == 2
-    assert "not installed: no_such_module_xyz" in capsys.readouterr().err
-    assert not (ev / "store").exists()
-    assert main(["run", "--env", "maze", "--tasks", "0", "--out", str(out)], registry=reg) == 0

@@ -17,13 +17,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from gymux.cli.main import main
 from gymux.messages import Message
 from gymux.stores import RecordType, Store, StoreLockedError, StreamReader
 from gymux.stores import maintenance as maint
@@ -124,24 +122,6 @@ def dir_listing(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.name != "LOCK"}
 
 
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def gymux(capsys: pytest.CaptureFixture[str]):
-    def run(*args: object) -> Result:
-        capsys.readouterr()
-        rc = main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return Result(rc, captured.out, captured.err)
-
-    return run
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return write_store(tmp_path / "store", 30)
@@ -150,7 +130,7 @@ def store(tmp_path: Path) -> Path:
 # -- info -------------------------------------------------------------------------------
 
 
-def test_info(store: Path, gymux) -> None:
+def test_info(store: Path, inproc) -> None:
     stream = store / "trajectories"
     nseg = len(list_segments(stream))
     assert nseg > 5
@@ -168,16 +148,16 @@ def test_info(store: Path, gymux) -> None:
     assert sum(seg.records for seg in s.segment_list) == 30
     assert all(seg.indexed for seg in s.segment_list[:-1])
 
-    res = gymux("store", "info", store, "--segments")
+    res = inproc(["store", "info", store, "--segments"])
     assert res.rc == 0 and res.err == ""
     assert f"stream trajectories: 30 records (seq 0-29), {nseg} segment(s)" in res.out
     assert "committed: next seq 30" in res.out and "writer: none" in res.out
     assert res.out.count(".seg  sealed") == nseg - 1 and res.out.count(".seg  active") == 1
-    data = json.loads(gymux("store", "info", store, "--json").out)
+    data = json.loads(inproc(["store", "info", store, "--json"]).out)
     assert data["streams"][0]["records"] == 30
 
     with Store(store).writer(durability="os") as w:
-        res = gymux("store", "info", store)
+        res = inproc(["store", "info", store])
         assert f"writer: pid={os.getpid()}" in res.out
         w.append(b"x")
     assert store_info(store).streams[0].writer is None
@@ -186,8 +166,8 @@ def test_info(store: Path, gymux) -> None:
 # -- tail -------------------------------------------------------------------------------
 
 
-def test_tail(store: Path, gymux) -> None:
-    res = gymux("store", "tail", store, "--n", "3")
+def test_tail(store: Path, inproc) -> None:
+    res = inproc(["store", "tail", store, "--n", "3"])
     assert res.rc == 0, res.err
     lines = res.out.splitlines()
     assert lines[0].split() == ["seq", "env", "task", "reward", "success", "finish"]
@@ -196,7 +176,9 @@ def test_tail(store: Path, gymux) -> None:
         ["28", "maze", "28", "1.000", "yes", "done"],
         ["29", "wordle", "29", "1.000", "yes", "done"],
     ]
-    rows = [json.loads(x) for x in gymux("store", "tail", store, "-n", "40", "--json").out.split()]
+    rows = [
+        json.loads(x) for x in inproc(["store", "tail", store, "-n", "40", "--json"]).out.split()
+    ]
     assert [r["seq"] for r in rows] == list(range(30))
     assert rows[0] == {
         "seq": 0,
@@ -255,15 +237,15 @@ def test_tail_follow_in_a_subprocess(store: Path, child_env) -> None:
 # -- verify -----------------------------------------------------------------------------
 
 
-def test_verify_clean(store: Path, gymux) -> None:
+def test_verify_clean(store: Path, inproc) -> None:
     assert verify(store).clean
-    res = gymux("store", "verify", store)
+    res = inproc(["store", "verify", store])
     assert res.rc == 0, res.out
     assert "stream trajectories:" in res.out and "30 valid records: clean" in res.out
     assert res.out.splitlines()[-1] == "result: clean"
 
 
-def test_verify_reports_every_damaged_range(store: Path, gymux) -> None:
+def test_verify_reports_every_damaged_range(store: Path, inproc) -> None:
     stream = store / "trajectories"
     firsts = list_segments(stream)
     segs = [stream / segment_name(f) for f in firsts]
@@ -292,7 +274,7 @@ def test_verify_reports_every_damaged_range(store: Path, gymux) -> None:
     assert not report.clean
     assert {(p.segment, p.kind, p.start, p.end) for p in report.problems} == expected
 
-    res = gymux("store", "verify", store)
+    res = inproc(["store", "verify", store])
     assert res.rc == 1
     for seg, kind, start, end in expected:
         if start is None:
@@ -301,7 +283,7 @@ def test_verify_reports_every_damaged_range(store: Path, gymux) -> None:
             where = f"trajectories/{seg} bytes {start}-{end} ({end - start} bytes)"
             assert f"  {kind.upper():<22} {where}: " in res.out
     assert res.out.splitlines()[-1].startswith("result: DAMAGED (6 problem(s)")
-    rep = json.loads(gymux("store", "verify", store, "--json").out)
+    rep = json.loads(inproc(["store", "verify", store, "--json"]).out)
     assert rep["clean"] is False and len(rep["streams"][0]["problems"]) == 6
 
 
@@ -336,12 +318,12 @@ def _check_indexes(stream: Path) -> None:
             assert status is FrameStatus.OK and got == seq
 
 
-def test_compact_merges_segments_and_keeps_every_record(store: Path, gymux) -> None:
+def test_compact_merges_segments_and_keeps_every_record(store: Path, inproc) -> None:
     stream = store / "trajectories"
     before = records(stream)
     firsts = list_segments(stream)
     active = dir_listing(stream)[segment_name(firsts[-1])]
-    res = gymux("store", "compact", store, "--target-mb", "0.01")  # ~10 KiB segments
+    res = inproc(["store", "compact", store, "--target-mb", "0.01"])  # ~10 KiB segments
     assert res.rc == 0, res.err
     after_firsts = list_segments(stream)
     assert 2 < len(after_firsts) < len(firsts) // 2
@@ -374,20 +356,20 @@ def test_compact_merges_segments_and_keeps_every_record(store: Path, gymux) -> N
     assert verify(store).clean
 
 
-def test_compact_refuses_while_a_writer_is_open(store: Path, gymux) -> None:
+def test_compact_refuses_while_a_writer_is_open(store: Path, inproc) -> None:
     stream = store / "trajectories"
     listing = dir_listing(stream)
     with Store(store).writer(durability="os"):
         with pytest.raises(StoreLockedError, match=f"a writer has it open .*pid={os.getpid()}"):
             compact(store)
-        res = gymux("store", "compact", store)
+        res = inproc(["store", "compact", store])
         assert res.rc == 1 and res.out == ""
         assert res.err.count("\n") == 1 and res.err.startswith("gymux: error: cannot compact")
     assert dir_listing(stream) == listing
     assert compact(store).segments_after == 2
 
 
-def test_compact_salvage_drops_exactly_the_damaged_bytes(store: Path, gymux) -> None:
+def test_compact_salvage_drops_exactly_the_damaged_bytes(store: Path, inproc) -> None:
     stream = store / "trajectories"
     before = records(stream)
     segs = [stream / segment_name(f) for f in list_segments(stream)]
@@ -396,11 +378,11 @@ def test_compact_salvage_drops_exactly_the_damaged_bytes(store: Path, gymux) -> 
 
     with pytest.raises(DamagedStreamError, match="--salvage"):
         compact(store)
-    res = gymux("store", "compact", store)
+    res = inproc(["store", "compact", store])
     assert res.rc == 1 and res.err.count("\n") == 1 and "damaged range" in res.err
     assert dir_listing(stream) == listing  # nothing touched
 
-    res = gymux("store", "compact", store, "--salvage")
+    res = inproc(["store", "compact", store, "--salvage"])
     assert res.rc == 0, res.err
     assert f"salvage dropped 1 range(s), {end - start} bytes:" in res.out
     assert f"{segs[2].name} bytes {start}-{end} ({end - start}): checksum mismatch" in res.out
@@ -503,21 +485,23 @@ def test_compact_moves_a_commit_that_points_into_a_merged_segment(tmp_path: Path
 # -- export via the CLI -----------------------------------------------------------------
 
 
-def test_export_cli(store: Path, tmp_path: Path, gymux) -> None:
+def test_export_cli(store: Path, tmp_path: Path, inproc) -> None:
     out = tmp_path / "a.jsonl"
-    res = gymux(
-        "store",
-        "export",
-        store,
-        "--format",
-        "agenttraj",
-        "--out",
-        out,
-        "--env",
-        "maze",
-        "--success",
-        "--min-policy-step",
-        "10",
+    res = inproc(
+        [
+            "store",
+            "export",
+            store,
+            "--format",
+            "agenttraj",
+            "--out",
+            out,
+            "--env",
+            "maze",
+            "--success",
+            "--min-policy-step",
+            "10",
+        ]
     )
     assert res.rc == 0, res.err
     want = [i for i in range(10, 30) if i % 2 == 0 and i % 3 != 0]
@@ -529,13 +513,13 @@ def test_export_cli(store: Path, tmp_path: Path, gymux) -> None:
     )
     assert rows[0]["conversations"][3] == {"from": "gpt", "value": f"act {want[0]}", "loss": True}
 
-    res = gymux("store", "export", store, "--format", "chat", "--out", "-", "--failed")
+    res = inproc(["store", "export", store, "--format", "chat", "--out", "-", "--failed"])
     rows = [json.loads(x) for x in res.out.splitlines()]
     assert [r["task_id"] for r in rows] == list(range(0, 30, 3))
     assert all(r["success"] is False for r in rows)
 
     pq_out = tmp_path / "t.parquet"
-    res = gymux("store", "export", store, "--format", "parquet", "--out", pq_out)
+    res = inproc(["store", "export", store, "--format", "parquet", "--out", pq_out])
     assert res.rc == 0, res.err
     table = pq.read_table(pq_out)
     assert table.column("seq").to_pylist() == list(range(30))
@@ -562,43 +546,28 @@ def test_export_cli(store: Path, tmp_path: Path, gymux) -> None:
         ),
         (["tail", "{store}", "--n", "-1"], "expected a number >= 0"),
         (["compact", "{store}", "--target-mb", "0"], "positive number of MiB"),
+        (["compact", "{store}", "--target-mb", "0.00001"], "--target-mb: a segment must hold"),
         (["frobnicate", "{store}"], "invalid choice: 'frobnicate'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
-    store: Path, tmp_path: Path, gymux, args: list[str], message: str
+    store: Path, tmp_path: Path, inproc, args: list[str], message: str
 ) -> None:
     argv = [a.format(tmp=tmp_path, store=store) for a in args]
-    res = gymux("store", *argv)
+    res = inproc(["store", *argv])
     assert res.rc == 2, res
     assert res.out == ""
     assert res.err.count("\n") == 1 and res.err.startswith("gymux: error: "), res.err
     assert message in res.err
 
 
-def test_verify_in_a_subprocess(store: Path, tmp_path: Path, child_env) -> None:
+def test_verify_in_a_subprocess(store: Path, tmp_path: Path, run_gymux) -> None:
     stream = store / "trajectories"
     _seq, start, end = damage_middle_record(stream / segment_name(list_segments(stream)[1]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "gymux", "store", "verify", str(store)],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    proc = run_gymux(["store", "verify", str(store)])
     assert proc.returncode == 1, proc.stderr
     assert f"bytes {start}-{end} ({end - start} bytes): checksum mismatch" in proc.stdout
     assert "  DAMAGED " in proc.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "gymux", "store", "info", str(tmp_path / "nothing")],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    bad = run_gymux(["store", "info", str(tmp_path / "nothing")])
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr == f"gymux: error: no such store: {tmp_path / 'nothing'}\n"

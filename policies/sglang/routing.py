@@ -1,0 +1,181 @@
+"""Several model servers behind one policy: affinity, flow control, health, retries.
+
+Generic over the server's API (SGLang today, vLLM-style servers later):
+
+* **Affinity**: an episode is assigned on its first request to the healthy server with the
+  fewest active episodes and stays there (radix/prefix-cache reuse); it moves only when its
+  server is marked unhealthy.
+* **Flow control**: each server has a :class:`Budget` of sequences and tokens in flight.
+* **Health**: :meth:`Router.check` probes every server at start; :meth:`Router.watch_health`
+  (a task the policy owns) re-probes unhealthy ones and re-admits them.
+* **Retries**: :meth:`Router.call` retries a :class:`~.transport.Retryable` failure with
+  :func:`gymux._backoff.backoff_delay`, at most ``retries`` times (a refused connection marks
+  the server unhealthy, so the retry goes elsewhere); one stale keep-alive failure in a row is
+  retried at once and does not count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import anyio
+
+from gymux._backoff import backoff_delay
+from gymux.errors import PolicyError
+from gymux.policies.sglang.transport import Retryable, describe
+
+__all__ = ["Budget", "Probe", "Router", "Server"]
+
+_T = TypeVar("_T")
+
+
+class Budget:
+    """Counts sequences and tokens in flight on one server; a lone oversize item may pass."""
+
+    def __init__(self, max_requests: int, max_tokens: int) -> None:
+        self.max_requests = max_requests
+        self.max_tokens = max_tokens
+        self.requests = 0
+        self.tokens = 0
+        self._cond = anyio.Condition()
+
+    async def acquire(self, requests: int, tokens: int) -> None:
+        async with self._cond:
+            while self.requests and (
+                self.requests + requests > self.max_requests
+                or self.tokens + tokens > self.max_tokens
+            ):
+                await self._cond.wait()
+            self.requests += requests
+            self.tokens += tokens
+
+    async def release(self, requests: int, tokens: int) -> None:
+        with anyio.CancelScope(shield=True):
+            async with self._cond:
+                self.requests -= requests
+                self.tokens -= tokens
+                self._cond.notify_all()
+
+
+class Server:
+    """One server: its URL (no trailing slash), health, episode count and budget."""
+
+    def __init__(self, url: str, max_requests: int, max_tokens: int) -> None:
+        self.url = url.rstrip("/")
+        self.healthy = True
+        self.episodes = 0
+        self.budget = Budget(max_requests, max_tokens)
+        self.last_error = ""
+
+
+#: Checks that a server answers (raising if not); bounded by the router's timeout.
+Probe = Callable[[Server], Awaitable[object]]
+
+
+class Router:
+    """Picks each episode's server and retries safe failures (see the module doc)."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        label: str,
+        max_requests: int,
+        max_tokens: int,
+        retries: int,
+        backoff_s: float,
+        backoff_max_s: float,
+    ) -> None:
+        self.label = label
+        self.servers = [Server(url, max_requests, max_tokens) for url in urls]
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self._affinity: dict[str, Server] = {}
+        #: Retries after a :class:`Retryable` failure (stale connections not counted).
+        self.retried = 0
+        #: Requests resent after failing on a stale (server-closed) keep-alive connection.
+        self.stale_retries = 0
+
+    # -- affinity -----------------------------------------------------------------------
+
+    def server_for(self, episode_id: str) -> Server:
+        """The episode's server: its own while healthy, else the least loaded healthy one."""
+        server = self._affinity.get(episode_id)
+        if server is not None and server.healthy:
+            return server
+        healthy = [s for s in self.servers if s.healthy] or self.servers
+        best = min(healthy, key=lambda s: (s.episodes, s.budget.requests))
+        if server is not None:
+            server.episodes -= 1
+        best.episodes += 1
+        self._affinity[episode_id] = best
+        return best
+
+    def forget(self, episode_id: str) -> None:
+        """The episode has ended: free its place on its server."""
+        server = self._affinity.pop(episode_id, None)
+        if server is not None:
+            server.episodes -= 1
+
+    # -- retries ------------------------------------------------------------------------
+
+    async def call(self, episode_id: str, once: Callable[[Server], Awaitable[_T]]) -> _T:
+        """``once(server)`` on the episode's server, retried as the module doc says.
+
+        Raises :class:`PolicyError` when the retries are spent.
+        """
+        attempt = 0
+        stale_retried = False
+        while True:
+            server = self.server_for(episode_id)
+            try:
+                return await once(server)
+            except Retryable as exc:
+                server.last_error = str(exc)
+                if exc.stale and not stale_retried:
+                    stale_retried = True
+                    self.stale_retries += 1
+                    continue
+                if exc.refused:
+                    server.healthy = False
+                attempt += 1
+                if attempt > self.retries:
+                    raise PolicyError(
+                        f"{self.label}: giving up after {attempt} attempts: {exc}"
+                    ) from None
+                self.retried += 1
+                await anyio.sleep(backoff_delay(attempt, self.backoff_s, self.backoff_max_s))
+
+    # -- health -------------------------------------------------------------------------
+
+    async def check(self, probe: Probe, *, timeout_s: float) -> None:
+        """Probe every server and mark its health; :class:`PolicyError` if none answers."""
+        problems = []
+        for server in self.servers:
+            error = await _probe(probe, server, timeout_s)
+            server.healthy = error is None
+            if error is not None:
+                server.last_error = error
+                problems.append(f"{server.url}: {error}")
+        if not any(s.healthy for s in self.servers):
+            raise PolicyError(f"no {self.label} server reachable: " + "; ".join(problems))
+
+    async def watch_health(self, probe: Probe, *, interval_s: float, timeout_s: float) -> None:
+        """Forever: every ``interval_s``, re-admit the unhealthy servers that answer again."""
+        while True:
+            await anyio.sleep(interval_s)
+            for server in self.servers:
+                if not server.healthy and await _probe(probe, server, timeout_s) is None:
+                    server.healthy = True
+
+
+async def _probe(probe: Probe, server: Server, timeout_s: float) -> str | None:
+    """``None`` when ``probe(server)`` succeeds within ``timeout_s``, else what went wrong."""
+    try:
+        with anyio.fail_after(timeout_s):
+            await probe(server)
+    except Exception as exc:
+        return describe(exc)
+    return None

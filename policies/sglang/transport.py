@@ -1,0 +1,165 @@
+"""HTTP to a model server, generic over the server's API: the session, POST with failures
+sorted into retryable or not, GET, server-sent events, best-effort calls.
+
+Nothing here knows SGLang's request or answer shapes; an SGLang-style or vLLM-style policy
+builds the body, calls :func:`post` and decodes what comes back.
+
+A POST fails with :class:`Retryable` when retrying is safe because nothing was generated:
+the connection was refused, the server answered 503, or a *reused* keep-alive connection
+was closed by the server before any response byte (a stale pooled connection; RFC 9112
+section 9.3.1 -- aiohttp itself retries only idempotent methods). Any other HTTP status
+raises :class:`~gymux.errors.PolicyError` with an excerpt of the body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import anyio
+
+from gymux.errors import PolicyError
+
+__all__ = [
+    "EventStream",
+    "Retryable",
+    "describe",
+    "get",
+    "open_session",
+    "post",
+    "post_quietly",
+]
+
+#: The payload that ends a server-sent event stream.
+_SSE_DONE = b"[DONE]"
+
+
+class Retryable(Exception):
+    """Safe to retry: nothing was generated.
+
+    ``refused``: the server is down (the caller may mark it unhealthy). ``stale``: a reused
+    keep-alive connection was closed before the request was read.
+    """
+
+    def __init__(self, message: str, *, refused: bool, stale: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+        self.stale = stale
+
+
+def describe(exc: BaseException) -> str:
+    """``"TypeName: message"`` (or just the type name when the message is empty)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def open_session(
+    *, connections_per_host: int, request_timeout_s: float, connect_timeout_s: float
+) -> aiohttp.ClientSession:
+    """A keep-alive session whose requests can tell whether they reused a connection."""
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=connections_per_host, keepalive_timeout=60
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s),
+        json_serialize=json.dumps,
+        trace_configs=[_reuse_trace()],
+    )
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> bytes:
+    """``GET url``'s body; :class:`PolicyError` unless the status is 200."""
+    async with session.get(url) as resp:
+        body = await resp.read()
+        if resp.status != 200:
+            raise PolicyError(f"GET {url}: HTTP {resp.status}")
+        return body
+
+
+@asynccontextmanager
+async def post(
+    session: aiohttp.ClientSession, server: str, path: str, body: Any, *, label: str
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """``POST server + path`` with the JSON ``body``; yields the response if its status is 200.
+
+    Raises :class:`Retryable` (see the module doc) or, for another status,
+    :class:`PolicyError` ``"{label} {server}: HTTP {status}: {excerpt}"``. Other client
+    errors (a connection dropped mid-answer) propagate as they are.
+    """
+    conn: dict[str, bool] = {}
+    try:
+        resp_cm = session.post(server + path, json=body, trace_request_ctx=conn)
+        resp = await resp_cm.__aenter__()
+    except aiohttp.ClientConnectorError as exc:
+        raise Retryable(f"{server} refused the connection ({exc.os_error})", refused=True) from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        if not conn.get("reused"):
+            raise
+        raise Retryable(
+            f"{server} closed a reused keep-alive connection before answering ({describe(exc)})",
+            refused=False,
+            stale=True,
+        ) from None
+    try:
+        if resp.status == 503:
+            raise Retryable(f"{server}: HTTP 503", refused=False)
+        if resp.status != 200:
+            text = (await resp.text())[:200]
+            raise PolicyError(f"{label} {server}: HTTP {resp.status}: {text}")
+        yield resp
+    finally:
+        await resp_cm.__aexit__(None, None, None)
+
+
+async def post_quietly(
+    session: aiohttp.ClientSession, url: str, body: Any, *, timeout_s: float
+) -> None:
+    """``POST url`` and ignore the outcome (best effort, bounded by ``timeout_s``)."""
+    try:
+        with anyio.fail_after(timeout_s):
+            async with session.post(url, json=body) as resp:
+                await resp.read()
+    except Exception:  # best effort
+        pass
+
+
+class EventStream:
+    """The ``data:`` payloads of a server-sent event stream, up to ``data: [DONE]``.
+
+    ``async for payload in EventStream(resp)``; afterwards :attr:`finished` says whether
+    ``[DONE]`` arrived (a stream that ends without it was cut short).
+    """
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.finished = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for line in self._resp.content:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == _SSE_DONE:
+                self.finished = True
+                return
+            yield payload
+
+
+def _reuse_trace() -> aiohttp.TraceConfig:
+    """Marks ``trace_request_ctx["reused"]`` when a request goes out on a pooled connection."""
+
+    async def on_reuse(
+        session: aiohttp.ClientSession,
+        ctx: Any,
+        params: aiohttp.TraceConnectionReuseconnParams,
+    ) -> None:
+        if isinstance(ctx.trace_request_ctx, dict):
+            ctx.trace_request_ctx["reused"] = True
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(on_reuse)
+    return trace

@@ -1,0 +1,74 @@
+"""``gymux eval``: evaluate a policy over a suite, resumably, and write its reports.
+
+SIGINT/SIGTERM stop the eval (exit 130) with every finished episode saved; running the same
+command again resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from gymux.cli import flags
+from gymux.cli.common import EXIT_INTERRUPTED, EXIT_OK, cancel_on_signals, err, out
+from gymux.cli.report import write_eval_reports
+from gymux.config import RuntimeConfig
+from gymux.env_plugins.registry import Registry
+from gymux.eval.run import EvalRun
+from gymux.eval.suite import load_suite
+from gymux.log import configure_logging
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``gymux eval`` on the top-level subparsers."""
+    p = sub.add_parser("eval", help="evaluate a policy over a suite (resumable)")
+    p.add_argument("--suite", required=True, help="smoke, agenteval-offline, or a TOML path")
+    flags.add_policy_flag(p)
+    p.add_argument("--out", help="output folder (default runs/eval-<suite>-<policy>)")
+    p.add_argument(
+        "--rerun-failures", action="store_true", help="run failed episodes again on resume"
+    )
+    flags.add_runtime_flags(p)
+    flags.add_model_flags(p)
+
+
+async def _run_until_signal(ev: EvalRun) -> bool:
+    """Run ``ev``; ``True`` when SIGINT/SIGTERM stopped it. The handlers are in place
+    before the store opens."""
+    async with cancel_on_signals() as interrupt:
+        await ev.run()
+    return interrupt.interrupted
+
+
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    """Run a parsed ``gymux eval ...``; returns the exit code."""
+    config = flags.runtime_config(args, RuntimeConfig())
+    configure_logging(config.log_level)
+    suite = load_suite(args.suite)
+    flags.check_policy_name(args.policy)
+    options = flags.policy_options(args, args.policy, suite.sampling)
+    out_dir = Path(args.out or f"runs/eval-{suite.name}-{args.policy}")
+    ev = EvalRun(
+        suite,
+        args.policy,
+        out_dir,
+        rerun_failures=args.rerun_failures,
+        registry=registry,
+        config=config,
+        options=options,
+    )
+    interrupted = anyio.run(_run_until_signal, ev) if ev.pending else False
+    outcome = ev.outcome(interrupted=interrupted)
+    for line in write_eval_reports(out_dir, suite, args.policy, outcome.metrics, registry):
+        out(line)
+    out(f"episodes run: {outcome.ran}, already done: {outcome.skipped}")
+    out(f"report: {out_dir / 'report.md'}, {out_dir / 'report.html'}")
+    if outcome.interrupted:
+        err("gymux: interrupted; finished episodes were saved (run again to resume)")
+        return EXIT_INTERRUPTED
+    return EXIT_OK

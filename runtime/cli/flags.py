@@ -1,0 +1,122 @@
+"""Flags that ``gymux run`` and ``gymux eval`` share: runtime overrides (concurrency, step
+timeout, log level) and the options of the model policies (``--policy openai / sglang``)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+
+import msgspec
+
+from gymux.cli.common import UsageError, positive_float, positive_int
+from gymux.config import RuntimeConfig
+from gymux.errors import UnknownPolicyError
+from gymux.policies.registry import POLICY_NAMES
+
+__all__ = [
+    "add_model_flags",
+    "add_policy_flag",
+    "add_runtime_flags",
+    "check_policy_name",
+    "policy_options",
+    "runtime_config",
+]
+
+
+def add_policy_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", default="oracle", help=f"policy: {', '.join(POLICY_NAMES)}")
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    """``--concurrency``, ``--step-timeout``, ``--log-level``: read by :func:`runtime_config`."""
+    parser.add_argument("--concurrency", type=positive_int, help="max concurrent episodes")
+    parser.add_argument("--step-timeout", type=positive_float, help="seconds per env call")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The options of ``--policy openai`` and ``--policy sglang``: read by
+    :func:`policy_options`."""
+    model = parser.add_argument_group("model policies (--policy openai / sglang)")
+    model.add_argument("--base-url", help="openai: server URL, with or without /v1")
+    model.add_argument("--model", help="openai: model name sent with each request")
+    model.add_argument(
+        "--api-key-env", help="openai: environment variable holding the API key (OPENAI_API_KEY)"
+    )
+    model.add_argument("--max-concurrency", type=positive_int, help="openai: requests in flight")
+    model.add_argument(
+        "--server", action="append", help="sglang: server URL (repeat for several servers)"
+    )
+    model.add_argument("--tokenizer", help="sglang: local model path to load the tokenizer from")
+    model.add_argument("--temperature", type=float, help="sampling temperature")
+    model.add_argument("--max-tokens", type=positive_int, help="max tokens generated per turn")
+
+
+def _copy_set(args: argparse.Namespace, into: dict[str, object], pairs: dict[str, str]) -> None:
+    """``into[key] = args.<flag>`` for each ``flag: key`` whose flag was given."""
+    for flag, key in pairs.items():
+        value = getattr(args, flag)
+        if value:
+            into[key] = value
+
+
+def runtime_config(args: argparse.Namespace, base: RuntimeConfig) -> RuntimeConfig:
+    """``base`` with the ``--concurrency``, ``--step-timeout`` and ``--log-level`` flags."""
+    changes: dict[str, object] = {}
+    _copy_set(
+        args,
+        changes,
+        {
+            "concurrency": "max_concurrent_episodes",
+            "step_timeout": "step_timeout_s",
+            "log_level": "log_level",
+        },
+    )
+    return msgspec.structs.replace(base, **changes) if changes else base
+
+
+def check_policy_name(name: str) -> None:
+    if name not in POLICY_NAMES:
+        raise UnknownPolicyError(
+            f"unknown policy {name!r} (choose from: {', '.join(POLICY_NAMES)})"
+        )
+
+
+def policy_options(
+    args: argparse.Namespace, name: str, base: Mapping[str, object] | None = None
+) -> dict[str, object]:
+    """Options for ``make_policy``: the workload's ``policy_options`` (``base``), overridden
+    by the ``--policy openai/sglang`` flags."""
+    opts: dict[str, object] = dict(base or {})
+    if name == "openai":
+        _copy_set(args, opts, {"base_url": "base_url", "model": "model"})
+        missing = [
+            flag
+            for flag, key in (("--base-url URL", "base_url"), ("--model NAME", "model"))
+            if not opts.get(key)
+        ]
+        if missing:
+            raise UsageError(f"--policy openai needs {' and '.join(missing)}")
+        _copy_set(
+            args,
+            opts,
+            {
+                "api_key_env": "api_key_env",
+                "max_concurrency": "max_concurrency",
+                "max_tokens": "max_tokens",
+            },
+        )
+    elif name == "sglang":
+        if args.server:
+            opts["urls"] = list(args.server)
+        if args.tokenizer:
+            opts.pop("tokenizer", None)
+            opts["tokenizer_path"] = args.tokenizer
+        if not opts.get("urls"):
+            raise UsageError("--policy sglang needs --server URL (repeat for several servers)")
+        if not (opts.get("tokenizer_path") or opts.get("tokenizer")):
+            raise UsageError("--policy sglang needs --tokenizer PATH (the model's local path)")
+        _copy_set(args, opts, {"max_tokens": "max_new_tokens"})
+    if args.temperature is not None:
+        opts["temperature"] = args.temperature
+    return opts

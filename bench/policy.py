@@ -34,8 +34,16 @@ Columns:
 * ``cpu us/turn`` and ``cli cpu``/``srv cpu``: client process CPU per turn, and each
   process's CPU as a fraction of one core (~1.0 = that process is CPU-bound).
 
+A second mode, ``--vllm``, measures against a REAL vLLM server (the CPU build, from the venv
+``.ci/vllm-env`` makes) serving a tiny random Llama made on the spot: turns/s and client CPU
+per turn at 1, 32 and 256 concurrent episodes, for the token-exact ``vllm`` policy and the
+OpenAI-compatible ``openai`` policy side by side on the same server. Turn 0's prompt is
+about 1k tokens (later turns grow it by ~20), generations are 8 tokens, so client work per
+turn is dominated by the prompt. It prints a message and exits 0 when the venv is absent.
+
 Usage::
 
+    python bench/policy.py --vllm           # real vLLM CPU rows (~5 min)
     python bench/policy.py                  # full run (~3 min)
     python bench/policy.py --quick          # smoke version (< 60 s)
     python bench/policy.py --json out.json  # also dump every measurement as JSON
@@ -339,6 +347,162 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# -- real vLLM (CPU build) ---------------------------------------------------------------------
+
+VLLM_CONCURRENCY = (1, 32, 256)
+VLLM_POLICIES = ("vllm", "openai")
+VLLM_NEW_TOKENS = 8
+VLLM_TURNS = 4
+VLLM_MAX_MODEL_LEN = 2048
+
+
+def _long_instruction(tok_dir: Path, tokens: int) -> str:
+    """A maze instruction padded to about ``tokens`` tokens of the tiny tokenizer."""
+    from gymux.policies.tokens import ChatTokenizer
+
+    tok = ChatTokenizer.from_dir(tok_dir)
+    unit = "Solve the maze. Answer with Thought: ... Action: move <direction>. "
+    per = len(tok.encode(unit))
+    return unit * max(1, tokens // per)
+
+
+async def _vllm_client(args: argparse.Namespace) -> None:
+    if args.one_vllm == "vllm":
+        from gymux.policies.vllm import VLLMPolicy
+
+        policy: Any = VLLMPolicy(
+            args.url,
+            tokenizer=args.tok,
+            max_new_tokens=VLLM_NEW_TOKENS,
+            temperature=0.0,
+            connections_per_server=max(256, args.episodes),
+        )
+    else:
+        from gymux.policies.openai import OpenAICompatPolicy
+
+        policy = OpenAICompatPolicy(
+            base_url=args.url,
+            model="tiny",
+            max_tokens=VLLM_NEW_TOKENS,
+            temperature=0.0,
+            logprobs=True,
+            max_concurrency=max(64, args.episodes),
+        )
+    instruction = _long_instruction(Path(args.tok), 1000)
+    measuring = False
+    turns = 0
+    errors = 0
+    prompt_tokens: list[int] = []
+
+    async def episode_loop(idx: int) -> None:
+        nonlocal turns, errors
+        gen = 0
+        while True:
+            ep = f"e{idx}-{gen}"
+            gen += 1
+            messages = [
+                Message(role="user", content=f"[{ep}] {instruction}"),
+                Message(role="assistant", content="OK"),
+                Message(role="user", content=f"The goal is at position ({idx % 12}, {gen % 12})."),
+            ]
+            for turn in range(VLLM_TURNS):
+                request = PolicyRequest(
+                    episode_id=ep, env_id="maze", task_id=idx, turn=turn, messages=messages
+                )
+                try:
+                    resp = await policy.act(request)
+                except PolicyError:
+                    errors += 1
+                    break
+                if measuring:
+                    turns += 1
+                    if resp.prompt_tokens is not None:
+                        prompt_tokens.append(resp.prompt_tokens)
+                if resp.finish_reason == "context_limit":
+                    break
+                messages.append(Message(role="assistant", content=resp.text, loss=True))
+                messages.append(
+                    Message(role="user", content=f"You moved ({idx}, {turn}). Walls: left.")
+                )
+            policy.finish_episode(ep)
+
+    async with policy, anyio.create_task_group() as tg:
+        for i in range(args.episodes):
+            tg.start_soon(episode_loop, i)
+        await anyio.sleep(args.warmup)
+        cpu0, t0, errors0 = _self_cpu_s(), time.perf_counter(), errors
+        measuring = True
+        await anyio.sleep(args.window)
+        measuring = False
+        wall = time.perf_counter() - t0
+        cpu = _self_cpu_s() - cpu0
+        out = {
+            "policy": args.one_vllm,
+            "episodes": args.episodes,
+            "window_s": wall,
+            "turns": turns,
+            "turns_per_s": turns / wall,
+            "client_cpu_us_per_turn": 1e6 * cpu / turns if turns else float("nan"),
+            "client_cpu_frac": cpu / wall,
+            "mean_prompt_tokens": sum(prompt_tokens) / len(prompt_tokens)
+            if prompt_tokens
+            else float("nan"),
+            "errors": errors - errors0,
+        }
+        print(json.dumps(out), flush=True)
+        os._exit(0)
+
+
+def _vllm_rows(args: argparse.Namespace) -> None:
+    from doubles.tiny_model import build_tiny_model
+    from doubles.vllm_server import VLLMServer, vllm_venv
+
+    venv = vllm_venv()
+    if venv is None:
+        print("vLLM rows skipped: no vLLM venv (run `bash .ci/vllm-env`, or set GYMUX_VLLM_VENV)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_tiny_model(Path(tmp) / "tiny", python=str(venv / "bin" / "python"))
+        server = VLLMServer(venv, model, Path(tmp) / "server.log", max_model_len=VLLM_MAX_MODEL_LEN)
+        t = time.perf_counter()
+        server.start()
+        print(f"real vLLM CPU server (tiny random Llama) ready in {time.perf_counter() - t:.0f} s")
+        rows = []
+        try:
+            for n in VLLM_CONCURRENCY:
+                for policy in VLLM_POLICIES:
+                    cmd = [sys.executable, __file__, "--one-vllm", policy, "--url", server.url]
+                    cmd += ["--tok", str(model), "--episodes", str(n)]
+                    cmd += ["--warmup", str(args.warmup), "--window", str(args.window)]
+                    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+                    if res.returncode != 0 or not res.stdout.strip():
+                        raise SystemExit(f"client {policy} x{n} failed:\n{res.stderr[-3000:]}")
+                    rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+                    print(f"  {policy} x{n}: done", flush=True)
+        finally:
+            server.stop()
+    head = f"{'policy':<8}{'episodes':>9}{'turns/s':>9}{'prompt tok':>11}{'cpu us/turn':>12}"
+    head += f"{'cli cpu':>8}{'err':>5}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['policy']:<8}{r['episodes']:>9}{r['turns_per_s']:>9.1f}"
+            f"{r['mean_prompt_tokens']:>11.0f}{r['client_cpu_us_per_turn']:>12.0f}"
+            f"{r['client_cpu_frac']:>8.2f}{r['errors']:>5}"
+        )
+    for r in rows:
+        if r["policy"] == "vllm":
+            ok = r["client_cpu_us_per_turn"] < 200
+            print(
+                f"{'PASS' if ok else 'FAIL'} vllm x{r['episodes']}: client CPU "
+                f"{r['client_cpu_us_per_turn']:.0f} us/turn at "
+                f"~{r['mean_prompt_tokens']:.0f}-token prompts (target < 200 us)"
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"vllm_rows": rows}, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="short windows (< 60 s in all)")
@@ -347,7 +511,9 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=EPISODES)
     p.add_argument("--warmup", type=float)
     p.add_argument("--window", type=float)
+    p.add_argument("--vllm", action="store_true", help="rows against a real vLLM CPU server")
     p.add_argument("--one", choices=STRATEGIES, help=argparse.SUPPRESS)
+    p.add_argument("--one-vllm", choices=VLLM_POLICIES, help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--tok", help=argparse.SUPPRESS)
     p.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
@@ -358,6 +524,12 @@ def main() -> None:
         args.window = 4.0 if args.quick else 30.0
     if args.one:
         anyio.run(_client, args)
+        return
+    if args.one_vllm:
+        anyio.run(_vllm_client, args)
+        return
+    if args.vllm:
+        _vllm_rows(args)
         return
 
     from doubles.sglang_double import build_tiny_tokenizer

@@ -23,6 +23,8 @@ Usage::
     # one configuration, JSON on stdout (what the parent runs):
     python bench/scheduler.py --one 1000 instant [--parser react] [--episodes N]
     python bench/scheduler.py --one seq 50ms     # the sequential baseline
+    # the cost of the store sink's durability (the default, always, vs batch / os):
+    python bench/scheduler.py --one 1000 instant --store always
     # profile one configuration (cProfile, pstats file + top functions on stderr):
     python bench/scheduler.py --one 1000 instant --profile /tmp/c1000.prof
     # what-if: patch the runtime in that process only (see ABLATIONS):
@@ -41,6 +43,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -269,14 +272,27 @@ def apply_ablations(names: list[str]) -> list[str]:
 
 
 async def _run_runtime(
-    concurrency: int, policy_kind: str, parser: str, episodes: int, warmup: int, profiler: Any
+    concurrency: int,
+    policy_kind: str,
+    parser: str,
+    episodes: int,
+    warmup: int,
+    profiler: Any,
+    store: str | None = None,
 ) -> dict[str, Any]:
     registry = Registry(entry_points_group=None)
     registry.register(make_plugin(episodes, parser))
-    config = RuntimeConfig(max_concurrent_episodes=concurrency, env_instances={ENV_ID: concurrency})
+    config = RuntimeConfig(
+        max_concurrent_episodes=concurrency,
+        env_instances={ENV_ID: concurrency},
+        durability=store or "always",  # type: ignore[arg-type]
+    )
     policy = POLICIES[policy_kind]()
     rss_before = _maxrss_mb()
-    async with Runtime(config, registry=registry) as rt:
+    # --store MODE: every trajectory also goes to a store in a temp dir, committed in MODE.
+    tmp = tempfile.TemporaryDirectory(prefix="gymux-bench-") if store else None
+    out = tmp.name if tmp is not None else None
+    async with Runtime(config, registry=registry, out=out) as rt:
         # Warm-up: a short run on the same runtime (creates a few instances, warms caches).
         if warmup:
             await rt.run(Workload(env=ENV_ID, tasks="test", limit=warmup), policy=policy)
@@ -322,8 +338,11 @@ async def _run_runtime(
     steady_tps = None
     if len(steady) >= 3 and steady[-1][0] > steady[0][0]:
         steady_tps = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
+    if tmp is not None:
+        tmp.cleanup()
     return {
         "kind": "runtime",
+        "store": store,
         "concurrency": concurrency,
         "policy": policy_kind,
         "parser": parser,
@@ -449,7 +468,14 @@ def run_one(args: argparse.Namespace) -> None:
         episodes = args.episodes or concurrency * 3
         warmup = min(concurrency, 100)
         out = anyio.run(
-            _run_runtime, concurrency, policy_kind, args.parser, episodes, warmup, profiler
+            _run_runtime,
+            concurrency,
+            policy_kind,
+            args.parser,
+            episodes,
+            warmup,
+            profiler,
+            args.store,
         )
     out["ablations"] = ablations
     if profiler is not None:
@@ -680,6 +706,11 @@ def main() -> None:
         help="action parser for --one (default: trivial, returns the text)",
     )
     parser.add_argument("--episodes", type=int, help="episodes for --one (default 3*C)")
+    parser.add_argument(
+        "--store",
+        choices=["os", "batch", "always"],
+        help="with --one: also write every trajectory to a store (temp dir) in this durability",
+    )
     parser.add_argument("--profile", metavar="PATH", help="with --one: cProfile to PATH")
     parser.add_argument(
         "--turns", type=int, help=f"with --one: turns per episode (default {K}; experiments)"

@@ -4,13 +4,16 @@
   by a timeout keeps its thread until the env returns; the instance is then discarded.
 * :class:`ProcessEnv` runs a blocking env in its own worker process. A crash (even a
   segfault) or a hang costs only that instance: the process is killed and the episode
-  ends with ``env_error`` or ``timeout``.
+  ends with ``env_error`` or ``timeout``. A worker killed from outside (``SIGKILL``,
+  ``SIGTERM`` or ``SIGHUP``: the OOM killer, an operator) says nothing about the episode, so
+  it raises :class:`TransientEnvError` and the runtime reruns the episode on a fresh worker.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -34,6 +37,9 @@ from gymux.env_plugins.protocol import (
 from gymux.env_plugins.registry import PluginError, import_ref
 
 __all__ = ["ProcessEnv", "ThreadEnv", "factory_ref", "make_instance"]
+
+#: Signals that end a worker from outside: its death is worth a retry on a fresh worker.
+_EXTERNAL_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGHUP})
 
 
 def _check_methods(env_id: str, instance: object, *, want_async: bool) -> None:
@@ -151,9 +157,10 @@ class ProcessEnv:
                 ok = True
             except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
                 code = await self._exit_code()
-                raise EnvError(
-                    f"worker process for {self._env_id!r} died (exit code {code})"
-                ) from None
+                message = f"worker process for {self._env_id!r} died (exit code {code})"
+                if code is not None and -code in _EXTERNAL_SIGNALS:
+                    raise TransientEnvError(f"{message}: killed by a signal") from None
+                raise EnvError(message) from None
             finally:
                 if not ok:
                     # Cancelled or failed mid-call: the framing is unknowable now.

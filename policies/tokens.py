@@ -20,9 +20,16 @@ did not generate) and ``loss_mask`` (1 exactly on generated tokens) line up with
 server received and returned. :meth:`TokenLedger.token_data` exports them as
 :class:`gymux.trajectory.TokenData`.
 
-Tokenizers load from a local directory holding ``tokenizer.json`` and
-``tokenizer_config.json`` (:meth:`ChatTokenizer.from_dir`), with the ``tokenizers`` and
-``jinja2`` packages (the ``sglang-client`` extra). Nothing is downloaded.
+Tokenizers load from a local model folder (:meth:`ChatTokenizer.from_dir`), with the
+``tokenizers`` and ``jinja2`` packages (the ``sglang-client`` extra); nothing is downloaded.
+The folder holds ``tokenizer.json``, ``tokenizer_config.json`` (``bos_token``/``eos_token``;
+``special_tokens_map.json`` when they are not there) and the chat template, found where
+``transformers`` looks for it, first match wins:
+
+1. ``chat_template.jinja``: what ``save_pretrained`` writes since transformers 4.50/5;
+2. ``tokenizer_config.json`` ``chat_template``: the older layout (a string, or a list of
+   named templates of which ``default`` is used);
+3. ``chat_template.json`` ``{"chat_template": ...}``: the older processor layout.
 """
 
 from __future__ import annotations
@@ -33,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from gymux.errors import PolicyError
-from gymux.messages import Message
+from gymux.messages import Message, PolicyRequest, PolicyResponse
 from gymux.trajectory import TokenData, pack_float32, pack_int32, pack_uint8
 
-__all__ = ["ChatTokenizer", "TokenLedger"]
+__all__ = ["ChatTokenizer", "EpisodeLedgers", "TokenLedger", "context_limit_response"]
 
 _PROBE = "\x00GYMUX-PROBE\x00"
 
@@ -48,6 +55,54 @@ def _token_text(value: object) -> str | None:
     if isinstance(value, dict) and isinstance(value.get("content"), str):
         return str(value["content"])
     return None
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file's content; ``{}`` when the file is absent."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise PolicyError(f"cannot read {str(path)!r}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise PolicyError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{str(path)!r} is not a JSON object")
+    return data
+
+
+def _template_text(value: object) -> str | None:
+    """A ``chat_template`` value: a string, or named templates of which ``default`` is used."""
+    if isinstance(value, list):  # [{"name": ..., "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _find_chat_template(folder: Path, config: dict[str, Any]) -> str:
+    """The folder's chat template, looked up where transformers looks (module docstring)."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        try:
+            text = jinja.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(f"cannot read {str(jinja)!r}: {exc}") from exc
+        if text.strip():
+            return text
+    template = _template_text(config.get("chat_template"))
+    if template is None:
+        template = _template_text(
+            _read_json_object(folder / "chat_template.json").get("chat_template")
+        )
+    if template is None:
+        raise PolicyError(
+            f"{str(folder)!r} has no chat template (looked for chat_template.jinja, "
+            "'chat_template' in tokenizer_config.json, and chat_template.json)"
+        )
+    return template
 
 
 class ChatTokenizer:
@@ -94,7 +149,7 @@ class ChatTokenizer:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ChatTokenizer:
-        """Load ``tokenizer.json`` and ``tokenizer_config.json`` from a local directory."""
+        """Load the tokenizer and chat template of a local model folder (module docstring)."""
         try:
             from tokenizers import Tokenizer
         except ImportError as exc:  # pragma: no cover - depends on the install
@@ -102,23 +157,21 @@ class ChatTokenizer:
                 "token-exact prompts need 'tokenizers' (gymux[sglang-client])"
             ) from exc
         folder = Path(path)
+        if not (folder / "tokenizer.json").is_file():
+            raise PolicyError(f"cannot load a tokenizer from {str(folder)!r}: no tokenizer.json")
         try:
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, Exception) as exc:
+        except Exception as exc:  # tokenizers raises its own Exception type
             raise PolicyError(f"cannot load a tokenizer from {str(folder)!r}: {exc}") from exc
-        template = config.get("chat_template")
-        if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-            template = named.get("default")
-        if not isinstance(template, str):
-            raise PolicyError(f"{str(folder / 'tokenizer_config.json')!r} has no chat_template")
+        config = _read_json_object(folder / "tokenizer_config.json")
+        special = _read_json_object(folder / "special_tokens_map.json")
+        template = _find_chat_template(folder, config)
         return cls(
             tokenizer,
             template,
             name=str(folder),
-            bos_token=_token_text(config.get("bos_token")),
-            eos_token=_token_text(config.get("eos_token")),
+            bos_token=_token_text(config.get("bos_token", special.get("bos_token"))),
+            eos_token=_token_text(config.get("eos_token", special.get("eos_token"))),
         )
 
     # -- rendering and tokenizing ---------------------------------------------------------
@@ -246,3 +299,57 @@ class TokenLedger:
             logprobs=pack_float32(self.logprobs),
             tokenizer=self.tokenizer.name,
         )
+
+
+class EpisodeLedgers:
+    """The :class:`TokenLedger` of every running episode of one token-exact policy.
+
+    What a token-exact server policy does around each call: :meth:`prompt` before it (a
+    fresh ledger on turn 0; the answer ``context_limit`` when the prompt plus
+    ``max_new_tokens`` would not fit), :meth:`record` after it, :meth:`finish` when the
+    episode ends.
+    """
+
+    __slots__ = ("_ledgers", "tokenizer")
+
+    def __init__(self, tokenizer: ChatTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._ledgers: dict[str, TokenLedger] = {}
+
+    def __len__(self) -> int:
+        return len(self._ledgers)
+
+    def prompt(
+        self, request: PolicyRequest, *, max_new_tokens: int, context_length: int | None
+    ) -> list[int] | PolicyResponse:
+        """The prompt ids of ``request``'s turn, or a ``context_limit`` answer."""
+        ledger = self._ledgers.get(request.episode_id)
+        if ledger is None or request.turn == 0:
+            ledger = self._ledgers[request.episode_id] = TokenLedger(self.tokenizer)
+        ids = ledger.prompt_for(request.messages)
+        if context_length is not None and not ledger.fits(max_new_tokens, context_length):
+            return context_limit_response(len(ids))
+        return ids
+
+    def record(self, episode_id: str, ids: Sequence[int], logprobs: Sequence[float] | None) -> None:
+        """Append what the server generated for ``episode_id``'s current turn.
+
+        Raises :class:`PolicyError` when the episode was finished meanwhile or the logprobs
+        do not match the ids.
+        """
+        ledger = self._ledgers.get(episode_id)
+        if ledger is None:
+            raise PolicyError(f"episode {episode_id} was finished while generating")
+        ledger.append_generated(ids, logprobs)
+
+    def finish(self, episode_id: str) -> TokenData | None:
+        """Take the episode's :class:`TokenData` and forget it (``None``: never seen)."""
+        ledger = self._ledgers.pop(episode_id, None)
+        return ledger.token_data() if ledger is not None else None
+
+
+def context_limit_response(prompt_tokens: int | None = None) -> PolicyResponse:
+    """The answer that ends an episode ``context_limit``: the prompt no longer fits."""
+    return PolicyResponse(
+        text="", finish_reason="context_limit", prompt_tokens=prompt_tokens, completion_tokens=0
+    )

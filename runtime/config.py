@@ -22,55 +22,88 @@ Example ``gymux.toml``::
 options of :func:`gymux.policies.registry.make_policy`; the CLI's model flags
 (``--base-url``, ``--server``, ...) take precedence over them.
 
-Unknown keys and invalid values are errors that name the key.
+Unknown keys and invalid values are errors that name the key. Every numeric option is
+bounded (the aliases below say how); a workload plans at most :data:`MAX_EPISODES` episodes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
 from gymux.errors import ConfigError
 
-__all__ = ["ConfigError", "GymuxConfig", "RuntimeConfig", "Workload", "load_config"]
+__all__ = [
+    "MAX_EPISODES",
+    "ConfigError",
+    "GymuxConfig",
+    "RuntimeConfig",
+    "Workload",
+    "checked",
+    "load_config",
+]
+
+#: Most episodes one workload may plan (task ids x samples); more is refused with one line.
+MAX_EPISODES = 100_000_000
+#: Longest time limit or delay any option accepts: a year, in seconds.
+MAX_SECONDS = 365 * 24 * 3600.0
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+#: Bounded numbers: every numeric option has an upper bound, so no value can overflow a C
+#: integer (``gc.set_threshold``) or make a limit meaningless.
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
+Delay = Annotated[float, msgspec.Meta(ge=0, le=3600.0)]
+Episodes = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Instances = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+Retries = Annotated[int, msgspec.Meta(ge=0, le=100)]
+GcThreshold = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+Samples = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Turns = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+TaskLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_EPISODES)]
+Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 #: Policies that take ``policy_options``.
-MODEL_POLICIES = ("openai", "sglang")
+MODEL_POLICIES = ("openai", "sglang", "vllm", "hf")
 
 
 class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Limits and policies of the runtime, shared by all workloads."""
 
     #: Global cap on episodes running at once.
-    max_concurrent_episodes: PositiveInt = 256
+    max_concurrent_episodes: Episodes = 256
     #: Per-env cap on live environment instances (overrides the plugin's default).
-    env_instances: dict[str, PositiveInt] = msgspec.field(default_factory=dict)
+    env_instances: dict[str, Instances] = msgspec.field(default_factory=dict)
     #: Time limit for one ``reset`` or ``step`` call of an environment.
-    step_timeout_s: PositiveFloat = 60.0
+    step_timeout_s: Seconds = 60.0
     #: Time limit for one policy call.
-    policy_timeout_s: PositiveFloat = 300.0
+    policy_timeout_s: Seconds = 300.0
     #: Time limit for a whole episode (all attempts); ``None`` for no limit.
-    episode_timeout_s: PositiveFloat | None = 3600.0
+    episode_timeout_s: Seconds | None = 3600.0
     #: Time allowed for an environment's ``close``.
-    close_timeout_s: PositiveFloat = 10.0
+    close_timeout_s: Seconds = 10.0
     #: Reruns of an episode after a :class:`~gymux.env_plugins.TransientEnvError`.
-    env_retries: NonNegInt = 2
+    env_retries: Retries = 2
     #: First retry delay; doubles per attempt, with jitter, up to ``retry_backoff_max_s``.
-    retry_backoff_s: NonNegFloat = 0.5
-    retry_backoff_max_s: NonNegFloat = 10.0
+    retry_backoff_s: Delay = 0.5
+    retry_backoff_max_s: Delay = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     #: While the runtime runs, Python's generation-0 GC threshold (default 700). Thousands
     #: of in-flight episodes make frequent young collections expensive; ``None`` leaves
     #: the interpreter's setting alone. Restored when the runtime exits.
-    gc_threshold: PositiveInt | None = 50_000
+    gc_threshold: GcThreshold | None = 50_000
+    #: How the store sink (``out/store``) commits trajectories: ``always`` (default) reports
+    #: an episode finished (events, progress, run handles, summary) only once its record is
+    #: fsynced, group-committed with the others; ``batch`` fsyncs at most every 10 ms and
+    #: ``os`` only hands records to the OS: both report episodes before they are durable, so
+    #: a crash can lose episodes already shown as finished.
+    durability: Literal["os", "batch", "always"] = "always"
 
 
 class Workload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -79,16 +112,17 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     env: str
     #: A split name (``"test"``) or explicit task ids.
     tasks: str | list[int] = "test"
-    samples: PositiveInt = 1
+    #: Episodes per task (at most 1,000,000; a workload plans at most :data:`MAX_EPISODES`).
+    samples: Samples = 1
     #: Policy name, resolved by :func:`gymux.policies.registry.make_policy` (``oracle``,
     #: ``random``) unless a policy object is passed to ``Runtime.submit``.
     policy: str = "oracle"
     #: Turn budget; defaults to the env's ``max_turns``.
-    max_turns: PositiveInt | None = None
+    max_turns: Turns | None = None
     #: Run only the first ``limit`` tasks.
-    limit: PositiveInt | None = None
-    seed: int = 0
-    #: Options of a model policy (``openai``, ``sglang``), given to ``make_policy``.
+    limit: TaskLimit | None = None
+    seed: Seed = 0
+    #: Options of a model policy (``openai``, ``sglang``, ``vllm``), given to ``make_policy``.
     policy_options: dict[str, str | int | float | bool | list[str]] = msgspec.field(
         default_factory=dict
     )
@@ -128,3 +162,19 @@ def parse_config(data: bytes | str, *, source: str = "<config>") -> GymuxConfig:
         raise ConfigError(f"{source}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+
+_S = TypeVar("_S", RuntimeConfig, Workload)
+
+
+def checked(value: _S, *, labels: Mapping[str, str] | None = None) -> _S:
+    """``value`` validated against its schema, bounds included (a Struct built in code, e.g.
+    from CLI flags, is not validated by its constructor). Raises :class:`ConfigError` naming
+    the field, after its label in ``labels`` (e.g. ``{"samples": "--samples"}``) if any."""
+    try:
+        return msgspec.convert(msgspec.to_builtins(value), type(value))
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        field = text.rpartition("`$.")[2].split("`")[0].split(".")[0].split("[")[0]
+        label = (labels or {}).get(field)
+        raise ConfigError(f"{label}: {text}" if label else f"invalid option: {text}") from None

@@ -7,6 +7,7 @@ propagates, after the trajectory has been recorded as ``cancelled``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -279,30 +280,17 @@ async def _bounded(
     return result
 
 
-def _env_passthrough() -> tuple[type[BaseException], ...]:
-    return (TransientEnvError, anyio.get_cancelled_exc_class())
-
-
-async def _env_call_reset(ctx: _Context, lease: Lease) -> Observation:
-    task = Task(id=ctx.job.task_id, split=ctx.job.split)
+async def _env_call(
+    ctx: _Context, call: Callable[[], Awaitable[object]], kind: type[_T], what: str
+) -> _T:
+    """One env call under the step time limit; a transient failure or a cancel passes through."""
     return await _bounded(
-        lambda: lease.env.reset(task),
-        Observation,
-        what="env reset",
+        call,
+        kind,
+        what=what,
         limit_s=ctx.config.step_timeout_s,
         failure=FinishReason.ENV_ERROR,
-        passthrough=_env_passthrough(),
-    )
-
-
-async def _env_call_step(ctx: _Context, lease: Lease, action: str) -> StepResult:
-    return await _bounded(
-        lambda: lease.env.step(action),
-        StepResult,
-        what="env step",
-        limit_s=ctx.config.step_timeout_s,
-        failure=FinishReason.ENV_ERROR,
-        passthrough=_env_passthrough(),
+        passthrough=(TransientEnvError, anyio.get_cancelled_exc_class()),
     )
 
 
@@ -324,7 +312,8 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
     bus = ctx.bus
 
     t = _clock()
-    observation = await _env_call_reset(ctx, lease)
+    task = Task(id=ctx.job.task_id, split=ctx.job.split)
+    observation = await _env_call(ctx, lambda: lease.env.reset(task), Observation, "env reset")
     reset_s = _clock() - t
     messages = traj.messages
     messages.append(Message(role="user", content=spec.instruction))
@@ -359,6 +348,7 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
             prompt_tokens=response.prompt_tokens,
             completion_tokens=response.completion_tokens,
             policy_finish=response.finish_reason,
+            weight_version=response.weight_version,
         )
         try:
             action = parse(response.text)
@@ -380,7 +370,9 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
         turn.action = action
         t = _clock()
         try:
-            result = await _env_call_step(ctx, lease, action)
+            result = await _env_call(
+                ctx, functools.partial(lease.env.step, action), StepResult, "env step"
+            )
         finally:
             turn.env_s += _clock() - t
             traj.turns.append(turn)

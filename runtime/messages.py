@@ -52,3 +52,6 @@ class PolicyResponse(msgspec.Struct, frozen=True, kw_only=True):
     logprobs: list[float] | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: The model weights' version that produced the answer, when the server reports one
+    #: (SGLang's ``meta_info.weight_version``).
+    weight_version: str | None = None

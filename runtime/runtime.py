@@ -19,7 +19,7 @@ import gc
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -35,7 +35,7 @@ from gymux.env_plugins.registry import Registry, default_registry
 from gymux.episode import EpisodeJob
 from gymux.events import EpisodeFinished, Event, EventBus, RunFinished, RunStarted
 from gymux.log import LogSubscriber, configure_logging
-from gymux.metrics import Metrics, RunSummary
+from gymux.metrics import ENV_INSTANCES, EPISODE_SLOTS, POLICY_REQUESTS, Metrics, RunSummary
 from gymux.policies.protocol import Policy
 from gymux.policies.registry import make_policy
 from gymux.scheduler import Scheduler, plan_jobs
@@ -48,16 +48,20 @@ _log = structlog.get_logger("gymux.runtime")
 
 #: How often buffered sinks are flushed while runs are going.
 FLUSH_INTERVAL_S = 1.0
+#: How often a running run samples which limits its episodes wait for (the summary's
+#: ``waits`` and ``bound_by``, :meth:`gymux.metrics.Metrics.sample_limits`).
+LIMIT_SAMPLE_S = 0.05
 
 
-def default_sink(out: Path, out_format: str = "store") -> Sink:
-    """The sink ``Runtime(out=...)`` adds: the store at ``out/store``, or JSONL."""
+def default_sink(out: Path, out_format: str = "store", durability: str = "always") -> Sink:
+    """The sink ``Runtime(out=...)`` adds: the store at ``out/store`` (committed with
+    ``durability``), or JSONL."""
     if out_format == "jsonl":
         return JsonlSink(out / "trajectories.jsonl")
     if out_format == "store":
         from gymux.stores.sink import StoreSink
 
-        return StoreSink(out / "store")
+        return StoreSink(out / "store", durability=durability)
     raise ValueError(f"out_format must be 'store' or 'jsonl', got {out_format!r}")
 
 
@@ -184,7 +188,7 @@ class Runtime:
         self.sinks: list[Sink] = list(sinks or [])
         self.out = Path(out) if out is not None else None
         if self.out is not None:
-            self.sinks.append(default_sink(self.out, out_format))
+            self.sinks.append(default_sink(self.out, out_format, self.config.durability))
         self._configure_logs = configure_logs
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -192,6 +196,7 @@ class Runtime:
         self._policies: dict[int, Policy] = {}
         self._policy_lock = anyio.Lock()
         self._handles: list[RunHandle] = []
+        self._failed_sinks: set[int] = set()
         self.bus.subscribe(LogSubscriber(self.config.log_level))
 
     def subscribe(self, subscriber: Callable[[Event], None]) -> Callable[[], None]:
@@ -267,7 +272,12 @@ class Runtime:
             try:
                 await sink.flush()
             except Exception as exc:
-                _log.error("sink flush failed", sink=repr(sink), error=repr(exc))
+                # Once per sink: a failed sink fails every later flush the same way (and
+                # the runs writing to it end with that error).
+                already = exc is getattr(sink, "failed", None)  # raised to a run already
+                if id(sink) not in self._failed_sinks and not already:
+                    self._failed_sinks.add(id(sink))
+                    _log.warning("sink flush failed", sink=repr(sink), error=repr(exc))
 
     async def _host_policy(
         self, policy: Policy, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -305,26 +315,63 @@ class Runtime:
             raise RuntimeError("Runtime is not running; use 'async with Runtime(...)'")
         plugin = self.registry.get_runnable(workload.env)
         run_id = run_id or new_run_id()
-        jobs = plan_jobs(run_id, workload, plugin)
+        plan = plan_jobs(run_id, workload, plugin)
+        jobs: Iterable[EpisodeJob] = plan
+        planned = len(plan)
         if only is not None:
-            jobs = [job for job in jobs if only(job)]
+            # Counted without keeping the jobs (the plan is lazy); run as a filtered stream.
+            planned = sum(1 for job in plan if only(job))
+            jobs = (job for job in plan if only(job))
         self.scheduler.pool_for(plugin)
         if policy is None:
             policy = make_policy(
-                workload.policy, plugin, seed=workload.seed, options=workload.policy_options or None
+                workload.policy,
+                plugin,
+                seed=workload.seed,
+                options=workload.policy_options or None,
+                concurrency=self.config.max_concurrent_episodes,
             )
         await self._ensure_policy(policy)
-        handle = RunHandle(run_id, workload, policy, len(jobs))
+        handle = RunHandle(run_id, workload, policy, planned)
         self._handles.append(handle)
         self._tg.start_soon(self._execute, handle, plugin, jobs, name=f"run {run_id}")
+        self._tg.start_soon(self._sample_limits, handle, plugin, name=f"limits of {run_id}")
         return handle
+
+    def _waiting(self, handle: RunHandle, plugin: Any) -> dict[str, tuple[int, int]]:
+        """``{limit: (cap, episodes of handle's run waiting for it now)}``."""
+        metrics = handle.metrics
+        cap = self.config.max_concurrent_episodes
+        # Episodes not started wait for a slot only while every slot is taken.
+        queued = handle.planned - metrics.episodes_started if self.scheduler.running >= cap else 0
+        waiting = {EPISODE_SLOTS: (cap, max(0, queued))}
+        pool = self.scheduler.pools.get(plugin.id)
+        if pool is not None:
+            # Running episodes hold an instance unless the pool is full (then they wait).
+            holding = pool.live - pool.idle
+            short = metrics.running - holding if pool.live >= pool.cap else 0
+            waiting[ENV_INSTANCES] = (pool.cap, max(0, short))
+        slots = getattr(handle.policy, "request_slots", None)
+        if isinstance(slots, tuple) and len(slots) == 2:
+            waiting[POLICY_REQUESTS] = (int(slots[0]), int(slots[1]))
+        return waiting
+
+    async def _sample_limits(self, handle: RunHandle, plugin: Any) -> None:
+        """While ``handle`` runs, sample which limits its episodes wait for."""
+        last = time.perf_counter()
+        while not handle.done:
+            with anyio.move_on_after(LIMIT_SAMPLE_S):
+                await handle._done.wait()
+            now = time.perf_counter()
+            handle.metrics.sample_limits(now - last, self._waiting(handle, plugin))
+            last = now
 
     async def run(self, workload: Workload, *, policy: Policy | None = None) -> RunResult:
         """Submit ``workload`` and wait for its result."""
         handle = await self.submit(workload, policy=policy)
         return await handle.wait()
 
-    async def _execute(self, handle: RunHandle, plugin: Any, jobs: list[Any]) -> None:
+    async def _execute(self, handle: RunHandle, plugin: Any, jobs: Iterable[EpisodeJob]) -> None:
         metrics = handle.metrics
         run_id = handle.run_id
 
@@ -345,7 +392,7 @@ class Runtime:
         error: BaseException | None = None
         self.bus.publish(
             RunStarted(
-                run_id=run_id, env_id=plugin.id, policy=handle.policy.name, episodes=len(jobs)
+                run_id=run_id, env_id=plugin.id, policy=handle.policy.name, episodes=handle.planned
             )
         )
         try:
@@ -353,7 +400,8 @@ class Runtime:
                 await self.scheduler.run_jobs(jobs, plugin, handle.policy, record)
         except Exception as exc:
             error = _first_leaf(exc)
-            _log.error("run failed", run_id=run_id, error=repr(error))
+            # Not an error log: the error is the run's outcome, raised by handle.wait().
+            _log.info("run failed", run_id=run_id, error=repr(error))
         finally:
             with anyio.CancelScope(shield=True):
                 await self._flush_sinks()

@@ -1,14 +1,17 @@
 """Scheduling episodes: a global cap on running episodes, per-env instance pools, and
-isolation (one episode's failure is recorded on that episode and stops nothing else)."""
+isolation (one episode's failure is recorded on that episode and stops nothing else).
+
+Workloads are planned lazily (:class:`JobPlan`): episodes are created as slots free up, so
+memory follows the running episodes, not the planned ones."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 
 import anyio
 import structlog
 
-from gymux.config import ConfigError, RuntimeConfig, Workload
+from gymux.config import MAX_EPISODES, ConfigError, RuntimeConfig, Workload
 from gymux.env_plugins.protocol import EnvPlugin
 from gymux.episode import EpisodeJob, run_episode
 from gymux.events import EventBus
@@ -16,19 +19,68 @@ from gymux.policies.protocol import Policy
 from gymux.pool import EnvPool
 from gymux.trajectory import Trajectory
 
-__all__ = ["Scheduler", "plan_jobs"]
+__all__ = ["JobPlan", "Scheduler", "plan_jobs"]
 
 _log = structlog.get_logger("gymux.scheduler")
 
 Record = Callable[[Trajectory], Awaitable[None]]
 
 
-def plan_jobs(run_id: str, workload: Workload, plugin: EnvPlugin) -> list[EpisodeJob]:
-    """Expand a workload into episodes: task ids x samples, in that order."""
+class JobPlan:
+    """The episodes of a workload, planned lazily: task ids x samples, in that order.
+
+    Iterating yields fresh :class:`EpisodeJob` objects one at a time (a plan of 10^8
+    episodes costs no memory until they run, and the scheduler holds only the running
+    ones); ``len()`` is computed, not counted.
+    """
+
+    __slots__ = ("_ids", "_max_turns", "_run_id", "_samples", "_spec_id", "_split")
+
+    def __init__(
+        self,
+        run_id: str,
+        spec_id: str,
+        ids: Sequence[int],
+        split: str,
+        samples: int,
+        max_turns: int,
+    ) -> None:
+        self._run_id = run_id
+        self._spec_id = spec_id
+        self._ids = ids
+        self._split = split
+        self._samples = samples
+        self._max_turns = max_turns
+
+    def __len__(self) -> int:
+        return len(self._ids) * self._samples
+
+    def __iter__(self) -> Iterator[EpisodeJob]:
+        run_id, env_id, split = self._run_id, self._spec_id, self._split
+        for task_id in self._ids:
+            for sample in range(self._samples):
+                yield EpisodeJob(
+                    run_id=run_id,
+                    episode_id=f"{run_id}:{env_id}:{task_id}:{sample}",
+                    env_id=env_id,
+                    task_id=task_id,
+                    split=split,
+                    sample=sample,
+                    max_turns=self._max_turns,
+                )
+
+
+def plan_jobs(run_id: str, workload: Workload, plugin: EnvPlugin) -> JobPlan:
+    """Expand a workload into episodes: task ids x samples, in that order (lazily).
+
+    Raises :class:`ConfigError` for unknown task ids and for a workload of more than
+    :data:`~gymux.config.MAX_EPISODES` episodes.
+    """
     spec = plugin.spec
+    ids: Sequence[int]
     if isinstance(workload.tasks, str):
         split = spec.split(workload.tasks)
-        ids, split_name = list(split.ids), split.name
+        ids, split_name = split.ids, split.name
     else:
         ids, split_name = list(workload.tasks), ""
         membership = {tid: name for name, s in spec.splits.items() for tid in s.ids}
@@ -39,20 +91,14 @@ def plan_jobs(run_id: str, workload: Workload, plugin: EnvPlugin) -> list[Episod
         split_name = names.pop() if len(names) == 1 else ""
     if workload.limit is not None:
         ids = ids[: workload.limit]
-    max_turns = workload.max_turns or spec.max_turns
-    return [
-        EpisodeJob(
-            run_id=run_id,
-            episode_id=f"{run_id}:{spec.id}:{task_id}:{sample}",
-            env_id=spec.id,
-            task_id=task_id,
-            split=split_name,
-            sample=sample,
-            max_turns=max_turns,
+    total = len(ids) * workload.samples
+    if total > MAX_EPISODES:
+        raise ConfigError(
+            f"workload {spec.id}: {len(ids):,} tasks x {workload.samples:,} samples = "
+            f"{total:,} episodes; a workload may plan at most {MAX_EPISODES:,}"
         )
-        for task_id in ids
-        for sample in range(workload.samples)
-    ]
+    max_turns = workload.max_turns or spec.max_turns
+    return JobPlan(run_id, spec.id, ids, split_name, workload.samples, max_turns)
 
 
 class Scheduler:

@@ -25,7 +25,8 @@ __all__ = [
 
 #: Version of the :class:`Trajectory` layout. Readers of version N read version N-1.
 #: 1: first release. 2: ``tokens``, ``policy_step``, ``Turn.policy_finish``.
-SCHEMA_VERSION = 2
+#: 3: ``Turn.weight_version``.
+SCHEMA_VERSION = 3
 
 
 class FinishReason(enum.StrEnum):
@@ -60,6 +61,8 @@ class Turn(msgspec.Struct, kw_only=True):
     completion_tokens: int | None = None
     #: The policy's finish reason for this output (``stop``, ``length``, ...).
     policy_finish: str = "stop"
+    #: The model weights' version that produced ``raw_output``, when the server reports one.
+    weight_version: str | None = None
 
 
 class TokenData(msgspec.Struct, frozen=True, kw_only=True):

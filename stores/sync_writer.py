@@ -339,7 +339,7 @@ class StreamWriter:
         try:
             self._loop_forever()
         except BaseException as exc:
-            _log.error("store writer failed", stream=str(self.path), error=repr(exc))
+            _log.info("store writer failed", stream=str(self.path), error=repr(exc))
             self._failed = exc
             with self._qlock:
                 self._pending.clear()

@@ -447,6 +447,12 @@ def register_bridges(
         name = bridge_name(workload.env)
         if name is None:
             continue
+        if dialect is None and name not in AGENTGYM_ENVS:
+            known = ", ".join(sorted(AGENTGYM_ENVS))
+            raise ConfigError(
+                f"unknown AgentGym env {name!r} (known: {known}); for an env served by "
+                "'gymux serve-env', add --agentgym-dialect gymux"
+            )
         if isinstance(workload.tasks, str):
             raise ConfigError(
                 f"{workload.env}: give AgentGym task ids, e.g. --tasks 0-199 "

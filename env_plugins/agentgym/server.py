@@ -25,7 +25,13 @@ Unlike AgentGym's servers, failures use real HTTP status codes with a JSON body
 instance, 409 the instance is busy with another call, was not reset, or its episode is
 over, 422 a field with a bad value (unknown task id, empty action), 500 the env failed,
 503 at ``--max-instances`` capacity or a transient env failure (clients retry), 504 an env
-call exceeded ``--call-timeout`` (the instance is discarded).
+call exceeded ``--call-timeout`` (the instance is discarded), 408 a request body that did not
+arrive within ``--read-timeout`` (the connection is closed).
+
+Hostile bodies are bad requests, not server errors: a number no field can hold (a
+5,000-digit integer, or a numeric string of more than 19 digits) and nesting deeper than the
+decoder allows are 400s. A client that disconnects mid-request costs one ``info`` log line.
+A port already in use is :class:`ServeError` (``gymux serve-env`` prints one line, exit 1).
 
 The action: AgentGym's clients differ in what they send -- the maze, wordle, BabyAI,
 SciWorld and TextCraft clients send the text after ``Action:``, WebShop and ALFWorld the
@@ -50,11 +56,14 @@ The command line half (``gymux serve-env``) is :mod:`gymux.cli.serve_env`.
 
 from __future__ import annotations
 
+import errno
+import reprlib
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+import aiohttp
 import anyio
 import msgspec
 import structlog
@@ -73,11 +82,20 @@ from gymux.env_plugins.protocol import (
     Task,
     TransientEnvError,
 )
+from gymux.errors import GymuxError
 from gymux.react import ACTION_MARKER
 
-__all__ = ["EnvServer", "HttpError", "default_dialect", "serve"]
+__all__ = ["EnvServer", "HttpError", "ServeError", "default_dialect", "serve"]
 
 _log = structlog.get_logger("gymux.env_plugins.agentgym.server")
+
+
+#: Longest numeric string accepted for an integer field (int64 has 19 digits).
+_MAX_DIGITS = 19
+
+
+class ServeError(GymuxError):
+    """The server cannot start (its address is in use, ...): one line for the user."""
 
 
 class HttpError(Exception):
@@ -125,6 +143,7 @@ class EnvServer(AsyncResource):
         max_instances: int | None = None,
         idle_timeout_s: float = 600.0,
         call_timeout_s: float = 300.0,
+        read_timeout_s: float = 30.0,
     ) -> None:
         max_instances = plugin.max_instances if max_instances is None else max_instances
         if max_instances < 1:
@@ -134,6 +153,7 @@ class EnvServer(AsyncResource):
         self.max_instances = max_instances
         self.idle_timeout_s = idle_timeout_s
         self.call_timeout_s = call_timeout_s
+        self.read_timeout_s = read_timeout_s
         self._slots: dict[int, _Slot] = {}
         self._reserved = 0
         self._next_id = 0
@@ -230,13 +250,23 @@ class EnvServer(AsyncResource):
     # -- request helpers --------------------------------------------------------------
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
+        try:
+            with anyio.fail_after(self.read_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            raise HttpError(
+                408, f"request body not received within {self.read_timeout_s:g} s"
+            ) from None
         if not raw.strip():
             return {}
         try:
             body = msgspec.json.decode(raw)
+        except msgspec.ValidationError as exc:  # e.g. an integer of 5,000 digits
+            raise HttpError(400, f"request body has a value out of range: {exc}") from None
         except msgspec.DecodeError as exc:
             raise HttpError(400, f"request body is not JSON: {exc}") from None
+        except RecursionError:
+            raise HttpError(400, "request body is nested too deeply") from None
         if body is None:
             return {}
         if not isinstance(body, dict):
@@ -248,9 +278,10 @@ class EnvServer(AsyncResource):
             raise HttpError(400, f"missing field {name!r}")
         value = body[name]
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            digits = value.strip().lstrip("-") if isinstance(value, str) else ""
+            if digits.isdigit() and len(digits) <= _MAX_DIGITS:
                 return int(value)
-            raise HttpError(400, f"field {name!r} must be an integer, got {value!r}")
+            raise HttpError(400, f"field {name!r} must be an integer, got {reprlib.repr(value)}")
         return value
 
     def _slot(self, instance: int) -> _Slot:
@@ -471,11 +502,18 @@ async def _errors(
     try:
         return await handler(request)
     except HttpError as exc:
-        return web.Response(
+        response = web.Response(
             body=msgspec.json.encode({"error": exc.message}),
             status=exc.status,
             content_type="application/json",
         )
+        if exc.status == 408:
+            response.force_close()
+        return response
+    except (ConnectionError, aiohttp.ClientConnectionError) as exc:
+        # The client went away mid-request: nothing to answer, nothing wrong here.
+        _log.info("client disconnected", path=request.path, error=type(exc).__name__)
+        raise web.HTTPBadRequest(reason="client disconnected") from None
     except web.HTTPException as exc:
         return web.Response(
             body=msgspec.json.encode({"error": exc.reason}),
@@ -509,7 +547,13 @@ async def serve(
             await runner.setup()
             try:
                 site = web.TCPSite(runner, host, port)
-                await site.start()
+                try:
+                    await site.start()
+                except OSError as exc:
+                    why = "address already in use" if exc.errno == errno.EADDRINUSE else None
+                    raise ServeError(
+                        f"cannot listen on {host}:{port}: {why or exc.strerror or exc}"
+                    ) from None
                 bound = [a for a in runner.addresses if isinstance(a, tuple)]
                 real_port = bound[0][1] if bound else port
                 shown = f"[{host}]" if ":" in host else host

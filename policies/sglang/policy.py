@@ -39,6 +39,32 @@ marks the server unhealthy and moves the episode to another server; a background
 (owned by the policy's task group) polls ``/health`` on unhealthy servers and re-admits
 them.
 
+Starting: ``async with policy`` waits (at most ``startup_timeout_s``, saying what it waits
+for) until a server's ``GET /health`` answers 200 -- SGLang refuses connections while it
+loads the weights and answers 503 while it warms up, for minutes -- then reads each
+server's limits: the context length from ``GET /v1/models`` (``data[0].max_model_len``),
+else ``GET /server_info`` (``max_req_input_len`` + 1), and whether the server streams only
+deltas (``/server_info``'s ``incremental_streaming_output``; such chunks are accumulated).
+
+Request ids are prefix-free: ``gymux-<run>-<episode>-<n>.`` (hex numbers, and ``.`` only at
+the end), because SGLang aborts by rid *prefix* (its scheduler matches
+``req.rid.startswith(rid)``): aborting one rid can never touch another request, and
+:meth:`SGLangPolicy.episode_rid_prefix` (``gymux-<run>-<episode>-``) matches exactly one
+episode's requests. A cancelled turn sends ``/abort_request`` with its exact rid -- SGLang
+0.5.23's tokenizer manager (one tokenizer worker, the default) forwards an abort only for a
+rid it is serving and drops any other prefix -- to its server and to every URL in
+``worker_urls`` (SGLang's router does not forward ``/abort_request``, so when ``urls`` is a
+router, list the workers behind it there).
+
+Context: a prompt that does not fit (prompt + ``max_new_tokens`` > context) is answered
+``finish_reason="context_limit"`` before sending when the context length is known; when
+the server refuses one anyway (HTTP 400 "Requested token count exceeds the model's maximum
+context length of N tokens" or "The input (N tokens) is longer than the model's context
+length", or the same as an in-stream error), the turn gets ``context_limit`` too. SGLang
+refuses a whole batch for one such item, so the policy learns N from the message, answers
+the items that do not fit with ``context_limit`` and resends only the others (one by one
+when the message does not tell which).
+
 Errors: connection refused (nothing was sent) and HTTP 503 are retried with exponential
 backoff and equal jitter (:func:`gymux._backoff.backoff_delay`), at most ``retries`` times.
 A stale keep-alive connection -- a reused pooled connection that the server had closed as
@@ -50,10 +76,18 @@ section 9.3.1, which aiohttp itself applies only to idempotent methods). A secon
 failure in a row counts as an ordinary retryable error. Everything else (timeouts, other
 HTTP errors, malformed JSON, a batch answer of the wrong length, a connection dropped mid-
 answer) fails only the affected requests with :class:`PolicyError` (the runtime records
-``policy_error``). Every HTTP call is bounded by ``request_timeout_s``. When an episode's
-``act()`` is cancelled while its generation runs, ``/abort_request`` is sent with its rid.
+``policy_error``). Every HTTP call is bounded by ``request_timeout_s``. In a stream, an
+item whose final chunk is an abort with ``status_code`` 503 (SGLang retracted it under
+memory pressure, or its queue was full) is resent alone with a fresh rid (the same
+bounded retries), while the rest of its batch is answered as it finishes; an in-stream
+``{"error": {...}}`` chunk fails the unfinished items with the server's message. (A
+*non-streamed* batch gets no such per-item outcome: SGLang answers the whole HTTP batch
+with 503 and discards the other items, so the ``batch`` strategy resends the batch.)
+Each answer's ``meta_info.weight_version`` is returned as
+:attr:`PolicyResponse.weight_version` and recorded on the trajectory's turn.
 
-Options: :class:`gymux.policies.options.SGLangOptions` (``options=``), or the same names as
+Options: :class:`SGLangClientOptions` (:class:`gymux.policies.options.SGLangOptions` plus
+``worker_urls`` and ``startup_timeout_s``; ``options=``), or the same names as
 keywords (``urls`` may be positional; ``tokenizer=`` takes a :class:`ChatTokenizer` or a
 folder). The pieces: :mod:`.transport` (HTTP), :mod:`.routing` (servers, affinity, health,
 retries), :mod:`.wire` (SGLang's request and answer shapes); this module joins them with
@@ -62,16 +96,19 @@ the per-episode :class:`~gymux.policies.tokens.TokenLedger`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
 import anyio
+import msgspec
 
+from gymux._backoff import backoff_delay
 from gymux.errors import PolicyOptionsError
 from gymux.policies.batching import BatchingPolicy, OnResult
 from gymux.policies.options import SGLangOptions, Strategy, build_options
@@ -81,20 +118,91 @@ from gymux.policies.sglang.routing import Router, Server
 from gymux.policies.sglang.wire import (
     FinishReason,
     GenerateAnswer,
-    ModelInfo,
+    ServerInfo,
+    StreamError,
+    TokenLogprob,
+    context_limit_of,
     decode_answers,
-    decode_chunk,
-    decode_model_info,
+    decode_event,
+    decode_model_list,
+    decode_server_info,
+    error_message,
     generate_body,
+    is_context_error,
 )
 from gymux.policies.tokens import ChatTokenizer, TokenLedger
 from gymux.trajectory import TokenData
 
-__all__ = ["SGLangPolicy", "Strategy"]
+__all__ = ["SGLangClientOptions", "SGLangPolicy", "Strategy"]
 
 _LABEL = "SGLang"
 _Result = PolicyResponse | BaseException
 _Item = tuple[PolicyRequest, list[int]]
+#: The abort status SGLang gives a request it retracted or could not queue: retry it.
+_RETRY_STATUS = 503
+
+
+class SGLangClientOptions(SGLangOptions, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """:class:`SGLangOptions` plus the options this client adds."""
+
+    #: The SGLang workers behind a router given in ``urls`` (aborts go to each of them:
+    #: SGLang's router does not forward ``/abort_request``).
+    worker_urls: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
+    #: How long ``async with policy`` waits for a server to become ready (SGLang answers
+    #: ``/health`` with 503 while it loads, for minutes).
+    startup_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+
+
+class _Retry:
+    """An item the server aborted with status 503: resend it (with a fresh rid)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _ContextRefused(Exception):
+    """The server refused the request because a prompt does not fit the context."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.limit = context_limit_of(message)
+
+
+class _Partial:
+    """One item's output so far in an incremental stream (chunks carry only what is new)."""
+
+    __slots__ = ("ids", "logprobs", "text")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = None
+        self.text = ""
+
+    def add(self, chunk: GenerateAnswer) -> GenerateAnswer:
+        self.ids.extend(chunk.output_ids)
+        self.text += chunk.text or ""
+        entries = chunk.meta_info.output_token_logprobs
+        if entries is not None:
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.extend(entries)
+        if not chunk.meta_info.finished:
+            return chunk
+        meta = msgspec.structs.replace(
+            chunk.meta_info,
+            output_token_logprobs=list(self.logprobs) if self.logprobs is not None else None,
+        )
+        return GenerateAnswer(
+            output_ids=list(self.ids), meta_info=meta, text=self.text, index=chunk.index
+        )
+
+
+def _upgrade(options: SGLangOptions | None) -> SGLangClientOptions | None:
+    if options is None or isinstance(options, SGLangClientOptions):
+        return options
+    return msgspec.convert(msgspec.to_builtins(options), SGLangClientOptions)
 
 
 class SGLangPolicy(BatchingPolicy):
@@ -102,7 +210,7 @@ class SGLangPolicy(BatchingPolicy):
 
     name = "sglang"
     version = "1"
-    Options = SGLangOptions
+    Options = SGLangClientOptions
 
     def __init__(
         self,
@@ -114,7 +222,9 @@ class SGLangPolicy(BatchingPolicy):
     ) -> None:
         if urls is not None:
             keywords["urls"] = [urls] if isinstance(urls, str) else list(urls)
-        opts = self.options = build_options(SGLangOptions, options, keywords, who="SGLangPolicy")
+        opts = self.options = build_options(
+            SGLangClientOptions, _upgrade(options), keywords, who="SGLangPolicy"
+        )
         super().__init__(
             max_batch=opts.max_batch,
             window_s=opts.window_s,
@@ -141,6 +251,7 @@ class SGLangPolicy(BatchingPolicy):
         self.context_length = opts.context_length
         self.request_timeout_s = opts.request_timeout_s
         self.connect_timeout_s = opts.connect_timeout_s
+        self.worker_urls = [u.rstrip("/") for u in opts.worker_urls or []]
         self._router = Router(
             opts.urls,
             label=_LABEL,
@@ -153,10 +264,16 @@ class SGLangPolicy(BatchingPolicy):
         self._session: aiohttp.ClientSession | None = None
         self._ledgers: dict[str, TokenLedger] = {}
         self._inflight: dict[str, tuple[Server, str]] = {}  # episode -> (server, rid)
-        self._rid_prefix = uuid.uuid4().hex[:12]
+        self._run_key = uuid.uuid4().hex[:12]
+        self._episode_keys: dict[str, str] = {}
+        self._episode_seq = itertools.count()
         self._rid_seq = itertools.count()
+        #: Server URL -> whether it streams deltas (``--incremental-streaming-output``).
+        self._incremental: dict[str, bool] = {}
         self.http_requests = 0
         self.aborts_sent = 0
+        #: Items resent because the server aborted them with status 503 (in a stream).
+        self.items_resent = 0
         #: Seconds each answered turn spent at the server (its ``meta_info.e2e_latency``).
         self.server_s = 0.0
 
@@ -177,34 +294,35 @@ class SGLangPolicy(BatchingPolicy):
     # -- lifecycle ----------------------------------------------------------------------
 
     async def aopen(self) -> None:
-        """Open the connection pool, check the servers, start the dispatcher and the
-        health watcher (both owned by the policy's task group)."""
+        """Open the connection pool, wait for a server to be ready, read the servers'
+        limits, start the dispatcher and the health watcher (both owned by the policy's
+        task group)."""
         opts = self.options
         self._session = transport.open_session(
             connections_per_host=opts.connections_per_server,
             request_timeout_s=opts.request_timeout_s,
             connect_timeout_s=opts.connect_timeout_s,
         )
-        infos: list[ModelInfo] = []
-
-        async def probe_with_info(server: Server) -> None:
-            await self._probe(server)
-            infos.append(decode_model_info(await self._get(server, "/get_model_info")))
-
         try:
-            await self._router.check(probe_with_info, timeout_s=self.connect_timeout_s + 1)
+            await self._router.wait_ready(
+                self._probe,
+                deadline_s=opts.startup_timeout_s,
+                timeout_s=self.connect_timeout_s + 1,
+                what="/health to answer 200; SGLang answers 503 while it loads the model",
+            )
+            limits = [await self._learn(s) for s in self._router.servers if s.healthy]
             await super().aopen()
         except BaseException:
             await self._close_session()
             raise
         if self.context_length is None:
-            limits = [i.max_context_length for i in infos if i.max_context_length is not None]
-            self.context_length = min(limits) if limits else None
+            known = [limit for limit in limits if limit is not None]
+            self.context_length = min(known) if known else None
         assert self._tg is not None
         self._tg.start_soon(
             functools.partial(
                 self._router.watch_health,
-                self._probe,
+                self._probe_and_learn,
                 interval_s=opts.health_interval_s,
                 timeout_s=self.connect_timeout_s,
             )
@@ -228,6 +346,26 @@ class SGLangPolicy(BatchingPolicy):
     async def _probe(self, server: Server) -> None:
         await self._get(server, "/health")
 
+    async def _probe_and_learn(self, server: Server) -> None:
+        await self._probe(server)
+        if server.url not in self._incremental:
+            await self._learn(server)
+
+    async def _learn(self, server: Server) -> int | None:
+        """Read what the policy needs from ``server`` (best effort): its streaming mode,
+        and its context length (``None`` when it reports none)."""
+        limit: int | None = None
+        info = ServerInfo()
+        with anyio.move_on_after(self.connect_timeout_s + 1):
+            with contextlib.suppress(PolicyError, aiohttp.ClientError, OSError):
+                limit = decode_model_list(await self._get(server, "/v1/models")).max_model_len
+            with contextlib.suppress(PolicyError, aiohttp.ClientError, OSError):
+                info = decode_server_info(await self._get(server, "/server_info"))
+        self._incremental[server.url] = info.incremental_streaming_output
+        if limit is None and info.max_req_input_len is not None:
+            limit = info.max_req_input_len + 1
+        return limit
+
     # -- the public surface -------------------------------------------------------------
 
     def finish_episode(self, episode_id: str) -> TokenData | None:
@@ -239,8 +377,18 @@ class SGLangPolicy(BatchingPolicy):
         ended); afterwards the episode id is unknown to the policy.
         """
         ledger = self._ledgers.pop(episode_id, None)
+        self._episode_keys.pop(episode_id, None)
         self._router.forget(episode_id)
         return ledger.token_data() if ledger is not None else None
+
+    def episode_rid_prefix(self, episode_id: str) -> str:
+        """The prefix of every rid this policy sends for ``episode_id`` (and of no other
+        rid): ``gymux-<run>-<episode>-``; an SGLang abort by this prefix matches exactly
+        that episode's requests."""
+        key = self._episode_keys.get(episode_id)
+        if key is None:
+            key = self._episode_keys[episode_id] = f"{next(self._episode_seq):x}"
+        return f"gymux-{self._run_key}-{key}-"
 
     async def act(self, request: PolicyRequest) -> PolicyResponse:
         if self._session is None or self._tg is None:
@@ -320,32 +468,117 @@ class SGLangPolicy(BatchingPolicy):
         if self.context_length is not None and not ledger.fits(
             self.max_new_tokens, self.context_length
         ):
-            return PolicyResponse(
-                text="", finish_reason="context_limit", prompt_tokens=len(ids), completion_tokens=0
-            )
+            return _context_limit(ids)
         return ids
 
-    def _rid(self) -> str:
-        return f"gymux-{self._rid_prefix}-{next(self._rid_seq)}"
+    def _rid(self, episode_id: str) -> str:
+        return f"{self.episode_rid_prefix(episode_id)}{next(self._rid_seq):x}."
 
     # -- sending ----------------------------------------------------------------------------
 
     async def _send(
         self, episode_id: str, items: list[_Item], on_result: OnResult | None = None
     ) -> list[_Result]:
-        """Send ``items`` (all with the same server affinity) with retries; one result each."""
-        try:
-            return await self._router.call(
-                episode_id, lambda server: self._send_once(server, items, on_result)
-            )
-        except PolicyError as exc:
-            return [exc] * len(items)
+        """Send ``items`` (all with the same server affinity) with retries; one result each.
+
+        Items the server aborted with status 503 are resent alone (bounded like other
+        retries); a context-length refusal is resolved per item (see the module doc).
+        """
+        results: list[_Result | None] = [None] * len(items)
+        pending = list(range(len(items)))
+        resent = 0
+        while pending:
+            batch = [items[i] for i in pending]
+            where = list(pending)
+
+            def early(j: int, res: _Result, where: list[int] = where) -> None:
+                if on_result is not None:
+                    on_result(where[j], res)
+
+            async def once(
+                server: Server, batch: list[_Item] = batch, early: OnResult = early
+            ) -> list[_Result | _Retry]:
+                return await self._send_once(server, batch, early)
+
+            try:
+                got = await self._router.call(episode_id, once)
+            except _ContextRefused as exc:
+                await self._resolve_context(episode_id, items, pending, results, exc, on_result)
+                break
+            except PolicyError as exc:
+                for i in pending:
+                    results[i] = exc
+                break
+            retry: list[int] = []
+            reason = ""
+            for i, res in zip(where, got, strict=True):
+                if isinstance(res, _Retry):
+                    retry.append(i)
+                    reason = res.reason
+                else:
+                    results[i] = res
+            if retry:
+                resent += 1
+                if resent > self._router.retries:
+                    err = PolicyError(f"{_LABEL}: giving up after {resent} attempts: {reason}")
+                    for i in retry:
+                        results[i] = err
+                    break
+                self.items_resent += len(retry)
+                self._router.retried += 1
+                await anyio.sleep(
+                    backoff_delay(resent, self._router.backoff_s, self._router.backoff_max_s)
+                )
+            pending = retry
+        return [r if r is not None else PolicyError("no answer") for r in results]
+
+    async def _resolve_context(
+        self,
+        episode_id: str,
+        items: list[_Item],
+        pending: list[int],
+        results: list[_Result | None],
+        refused: _ContextRefused,
+        on_result: OnResult | None,
+    ) -> None:
+        """The server refused ``pending`` items for the context: answer the items that do
+        not fit with ``context_limit`` and resend the others (one by one when the refusal
+        does not tell which item it was about)."""
+        if len(pending) == 1:
+            results[pending[0]] = _context_limit(items[pending[0]][1])
+            return
+        limit = refused.limit
+        if limit is not None:
+            self.context_length = min(self.context_length or limit, limit)
+        rest = []
+        for i in pending:
+            ids = items[i][1]
+            if limit is not None and len(ids) + self.max_new_tokens > limit:
+                results[i] = _context_limit(ids)
+            else:
+                rest.append(i)
+        if not rest:
+            return
+        groups = [rest] if len(rest) < len(pending) else [[i] for i in rest]
+
+        async def resend(group: list[int]) -> None:
+            def early(j: int, res: _Result) -> None:
+                if on_result is not None:
+                    on_result(group[j], res)
+
+            got = await self._send(episode_id, [items[i] for i in group], early)
+            for i, res in zip(group, got, strict=True):
+                results[i] = res
+
+        async with anyio.create_task_group() as tg:
+            for group in groups:
+                tg.start_soon(resend, group)
 
     async def _send_once(
         self, server: Server, items: list[_Item], on_result: OnResult | None
-    ) -> list[_Result]:
+    ) -> list[_Result | _Retry]:
         assert self._session is not None
-        rids = [self._rid() for _ in items]
+        rids = [self._rid(request.episode_id) for request, _ in items]
         tokens = sum(len(ids) + self.max_new_tokens for _, ids in items)
         stream = self.strategy == "batch_stream"
         batched = self.strategy != "single"
@@ -367,7 +600,13 @@ class SGLangPolicy(BatchingPolicy):
                     if stream:
                         return await self._read_stream(server, resp, items, on_result)
                     return self._read_answers(server, await resp.read(), items)
-        except (transport.Retryable, PolicyError):
+        except transport.HTTPStatusError as exc:
+            if exc.status == 400:
+                message = error_message(exc.body)
+                if is_context_error(message):
+                    raise _ContextRefused(message) from None
+            raise
+        except (transport.Retryable, PolicyError, _ContextRefused):
             raise
         except TimeoutError:
             self._abort_later(server, rids)
@@ -388,24 +627,29 @@ class SGLangPolicy(BatchingPolicy):
             await server.budget.release(len(items), tokens)
 
     def _abort_later(self, server: Server, rids: list[str]) -> None:
+        """Abort ``rids`` on their server and on every worker URL (best effort, in the
+        background). Each rid is exact: rids are prefix-free, so it aborts only itself."""
         if self._tg is None:
             return
-        for rid in rids:
-            self._tg.start_soon(self._abort, server, rid)
+        for url in dict.fromkeys([server.url, *self.worker_urls]):
+            for rid in rids:
+                self._tg.start_soon(self._abort, url, rid)
 
-    async def _abort(self, server: Server, rid: str) -> None:
+    async def _abort(self, url: str, rid: str) -> None:
         assert self._session is not None
         self.aborts_sent += 1
         await transport.post_quietly(
             self._session,
-            server.url + "/abort_request",
+            url + "/abort_request",
             {"rid": rid},
             timeout_s=self.connect_timeout_s,
         )
 
     # -- answers ----------------------------------------------------------------------------
 
-    def _read_answers(self, server: Server, raw: bytes, items: list[_Item]) -> list[_Result]:
+    def _read_answers(
+        self, server: Server, raw: bytes, items: list[_Item]
+    ) -> list[_Result | _Retry]:
         answers = decode_answers(raw, where=f"{_LABEL} {server.url}")
         if len(answers) != len(items):
             raise PolicyError(
@@ -422,22 +666,27 @@ class SGLangPolicy(BatchingPolicy):
         resp: aiohttp.ClientResponse,
         items: list[_Item],
         on_result: OnResult | None,
-    ) -> list[_Result]:
+    ) -> list[_Result | _Retry]:
         where = f"{_LABEL} {server.url}"
-        last: list[GenerateAnswer | None] = [None] * len(items)
-        answered: dict[int, _Result] = {}
+        partial = [_Partial() for _ in items] if self._incremental.get(server.url, False) else None
+        answered: dict[int, _Result | _Retry] = {}
         events = transport.EventStream(resp)
         async for payload in events:
-            chunk = decode_chunk(payload, where=where)
-            index = chunk.index
+            event = decode_event(payload, where=where)
+            if isinstance(event, StreamError):
+                self._stream_error(where, event, len(items), answered)
+                continue
+            index = event.index
             if not 0 <= index < len(items):
                 raise PolicyError(f"{where}: malformed stream chunk (index {index})")
-            last[index] = chunk
-            if chunk.meta_info.finished and index not in answered:
+            if index in answered:
+                continue
+            chunk = partial[index].add(event) if partial is not None else event
+            if chunk.meta_info.finished:
                 result = answered[index] = self._to_response(server, items[index][0], chunk)
-                if on_result is not None:
+                if on_result is not None and not isinstance(result, _Retry):
                     on_result(index, result)
-        missing = [i for i, c in enumerate(last) if c is None or not c.meta_info.finished]
+        missing = [i for i in range(len(items)) if i not in answered]
         if missing or not events.finished:
             raise PolicyError(
                 f"{where}: stream ended before {len(missing) or 'all'} of "
@@ -445,13 +694,38 @@ class SGLangPolicy(BatchingPolicy):
             )
         return [answered[i] for i in range(len(items))]
 
+    def _stream_error(
+        self, where: str, event: StreamError, count: int, answered: dict[int, _Result | _Retry]
+    ) -> None:
+        """An in-stream ``{"error": ...}`` chunk: a context refusal or a retryable error of
+        the whole request raises; otherwise the unfinished items (or the one it names) fail
+        with the server's message."""
+        message = event.error.message or "(no message)"
+        if not answered and event.index is None:
+            if is_context_error(message):
+                raise _ContextRefused(message)
+            if event.error.retryable:
+                raise transport.Retryable(f"{where}: error in stream: {message}", refused=False)
+        err = PolicyError(f"{where}: error in stream: {message}")
+        targets = [event.index] if event.index is not None else range(count)
+        for i in targets:
+            if 0 <= i < count and i not in answered:
+                answered[i] = err
+
     def _to_response(
         self, server: Server, request: PolicyRequest, answer: GenerateAnswer
-    ) -> _Result:
+    ) -> _Result | _Retry:
         where = f"{_LABEL} {server.url}"
         ids = answer.output_ids
         meta = answer.meta_info
         entries = meta.output_token_logprobs
+        self.server_s += meta.e2e_latency or 0.0
+        if meta.finish_type == "abort":
+            finish = meta.finish_reason
+            why = finish.message if isinstance(finish, FinishReason) and finish.message else ""
+            if isinstance(finish, FinishReason) and finish.status_code == _RETRY_STATUS:
+                return _Retry(f"{where}: generation aborted with status 503: {why}")
+            return PolicyError(f"{where}: generation aborted{': ' + why if why else ''}")
         logprobs = None
         if entries is not None:
             if [e.token_id for e in entries] != ids:
@@ -459,14 +733,10 @@ class SGLangPolicy(BatchingPolicy):
                     f"{where}: unexpected answer shape: output_token_logprobs do not match "
                     "output_ids"
                 )
-            logprobs = [e.logprob for e in entries]
+            logprobs = [e.logprob for e in entries if e.logprob is not None]
+            if len(logprobs) != len(entries):
+                return PolicyError(f"{where}: unexpected answer shape: a null output logprob")
         text = answer.text if answer.text is not None else self.tokenizer.decode(ids)
-        self.server_s += meta.e2e_latency
-        kind = meta.finish_type
-        if kind == "abort":
-            finish = meta.finish_reason
-            why = finish.message if isinstance(finish, FinishReason) and finish.message else ""
-            return PolicyError(f"{where}: generation aborted{': ' + why if why else ''}")
         ledger = self._ledgers.get(request.episode_id)
         if ledger is None:
             return PolicyError(f"episode {request.episode_id} was finished while generating")
@@ -477,9 +747,16 @@ class SGLangPolicy(BatchingPolicy):
         completion = meta.completion_tokens
         return PolicyResponse(
             text=text,
-            finish_reason="length" if kind == "length" else "stop",
+            finish_reason="length" if meta.finish_type == "length" else "stop",
             token_ids=ids,
             logprobs=logprobs,
             prompt_tokens=meta.prompt_tokens,
             completion_tokens=completion if completion is not None else len(ids),
+            weight_version=meta.weight_version,
         )
+
+
+def _context_limit(ids: list[int]) -> PolicyResponse:
+    return PolicyResponse(
+        text="", finish_reason="context_limit", prompt_tokens=len(ids), completion_tokens=0
+    )

@@ -6,7 +6,10 @@ Generic over the server's API (SGLang today, vLLM-style servers later):
   fewest active episodes and stays there (radix/prefix-cache reuse); it moves only when its
   server is marked unhealthy.
 * **Flow control**: each server has a :class:`Budget` of sequences and tokens in flight.
-* **Health**: :meth:`Router.check` probes every server at start; :meth:`Router.watch_health`
+* **Health**: :meth:`Router.check` probes every server at start (:meth:`Router.wait_ready`
+  keeps probing, up to a deadline, while the servers are still starting: a loading SGLang
+  answers ``/health`` with 503 for minutes, and refuses connections before that);
+  :meth:`Router.watch_health`
   (a task the policy owns) re-probes unhealthy ones and re-admits them.
 * **Retries**: :meth:`Router.call` retries a :class:`~.transport.Retryable` failure with
   :func:`gymux._backoff.backoff_delay`, at most ``retries`` times (a refused connection marks
@@ -20,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import anyio
+import structlog
 
 from gymux._backoff import backoff_delay
 from gymux.errors import PolicyError
@@ -28,6 +32,11 @@ from gymux.policies.sglang.transport import Retryable, describe
 __all__ = ["Budget", "Probe", "Router", "Server"]
 
 _T = TypeVar("_T")
+
+_log = structlog.get_logger("gymux.policies.routing")
+
+#: How often :meth:`Router.wait_ready` says what it still waits for.
+_WAIT_LOG_EVERY_S = 10.0
 
 
 class Budget:
@@ -161,6 +170,57 @@ class Router:
                 problems.append(f"{server.url}: {error}")
         if not any(s.healthy for s in self.servers):
             raise PolicyError(f"no {self.label} server reachable: " + "; ".join(problems))
+
+    async def wait_ready(
+        self,
+        probe: Probe,
+        *,
+        deadline_s: float,
+        timeout_s: float,
+        interval_s: float = 0.05,
+        max_interval_s: float = 1.0,
+        what: str = "/health to answer 200",
+    ) -> None:
+        """Probe every server until at least one answers, for at most ``deadline_s``.
+
+        Marks each server's health as :meth:`check` does (servers still starting when one is
+        ready are re-admitted later by :meth:`watch_health`). Between rounds it waits
+        ``interval_s``, doubling up to ``max_interval_s``, and logs what it is waiting for
+        (at once, then every 10 s). Raises :class:`PolicyError` naming every server and its
+        last error when none is ready by the deadline.
+        """
+        started = anyio.current_time()
+        logged_at: float | None = None
+        delay = interval_s
+        while True:
+            problems = []
+            for server in self.servers:
+                error = await _probe(probe, server, timeout_s)
+                server.healthy = error is None
+                if error is not None:
+                    server.last_error = error
+                    problems.append(f"{server.url}: {error}")
+            if any(s.healthy for s in self.servers):
+                return
+            now = anyio.current_time()
+            waited = now - started
+            if waited >= deadline_s:
+                raise PolicyError(
+                    f"no {self.label} server reachable within {deadline_s:g}s (waited for "
+                    f"{what}): " + "; ".join(problems)
+                )
+            if logged_at is None or now - logged_at >= _WAIT_LOG_EVERY_S:
+                logged_at = now
+                _log.info(
+                    "waiting for model server",
+                    server=self.label,
+                    waiting_for=what,
+                    waited_s=round(waited, 1),
+                    deadline_s=deadline_s,
+                    problems=problems,
+                )
+            await anyio.sleep(min(delay, max(0.0, deadline_s - waited)))
+            delay = min(delay * 2, max_interval_s)
 
     async def watch_health(self, probe: Probe, *, interval_s: float, timeout_s: float) -> None:
         """Forever: every ``interval_s``, re-admit the unhealthy servers that answer again."""

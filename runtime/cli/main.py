@@ -6,6 +6,9 @@ Each subcommand lives in its own module with ``add_parser(sub)`` and ``run(args,
 :class:`~gymux.errors.GymuxError` is reported as one line ``gymux: error: ...`` (exit 2 for
 bad input, 1 for other failures, see :func:`~gymux.cli.common.exit_code_for`); any other
 exception is a bug and keeps its traceback.
+
+Bare ``gymux`` (no subcommand) prints the help with the list of commands and exits 0, as
+``gymux --help`` does; so does a command group without its subcommand (``gymux store``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from gymux.cli.common import (
     err,
     error_line,
     exit_code_for,
+    out,
 )
 from gymux.env_plugins.registry import Registry, default_registry
 from gymux.errors import GymuxError
@@ -66,9 +70,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="gymux", description="Run LLM agents over text environments.")
+    parser = Parser(
+        prog="gymux",
+        description="Run LLM agents over text environments.",
+        epilog="example:\n  gymux run --env maze --policy oracle --tasks test --out runs/demo\n\n"
+        "'gymux COMMAND --help' shows a command's options and an example.",
+    )
     parser.add_argument("--version", action="version", version=f"gymux {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(
+        dest="command", title="commands", metavar="COMMAND", parser_class=Parser
+    )
     for command in SUBCOMMANDS.values():
         command.add_parser(sub)
     return parser
@@ -84,6 +95,9 @@ def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None)
             args = parser.parse_args(argv)
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else EXIT_OK
+        if args.command is None:  # bare gymux: the command list
+            out(parser.format_help().rstrip())
+            return EXIT_OK
         return SUBCOMMANDS[args.command].run(args, registry)
     except GymuxError as exc:
         err(error_line(exc))

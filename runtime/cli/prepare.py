@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from gymux.cli.common import EXIT_OK, out, parse_tasks, split_of
+from gymux.cli.common import EXIT_OK, add_command, out, parse_tasks, split_of
 from gymux.env_plugins.registry import Registry
 
 __all__ = ["add_parser", "run"]
@@ -14,7 +14,12 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: Any) -> None:
     """Register ``gymux prepare`` on the top-level subparsers."""
-    p = sub.add_parser("prepare", help="generate or build what an env's tasks need before a run")
+    p = add_command(
+        sub,
+        "prepare",
+        "generate or build what an env's tasks need before a run",
+        "gymux prepare textworld --tasks test",
+    )
     p.add_argument("env", help="environment id (see 'gymux envs')")
     p.add_argument("--tasks", default="test", help="split name, or ids like 0,1,2 or 0-9")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from gymux.cli.common import EXIT_FAILED, EXIT_OK, UsageError
+from gymux.cli.common import EXIT_FAILED, EXIT_OK, UsageError, add_command
 from gymux.cli.common import err as _err
 from gymux.cli.common import out as _out
 from gymux.env_plugins.registry import Registry, default_registry
@@ -59,12 +59,17 @@ __all__ = [
 
 def add_parser(sub: Any) -> None:
     """Register ``gymux report`` on the top-level subparsers."""
-    p = sub.add_parser(
-        "report", help="regenerate an eval's reports, or compare several evals side by side"
+    p = add_command(
+        sub,
+        "report",
+        "regenerate an eval's reports, or compare several evals side by side",
+        "gymux report runs/eval-smoke-oracle",
+        "gymux report runs/eval-a runs/eval-b -o runs/a-vs-b",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="eval output folders (gymux eval --out)")
     p.add_argument(
         "--out",
+        "-o",
         help="where to write (default: the run itself; for several runs "
         "runs/compare-<A>-vs-<B>...)",
     )

@@ -36,6 +36,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--call-timeout", type=float, default=300.0, help="seconds an env call may take")
     p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may take to send a request body (then 408; default 30)",
+    )
+    p.add_argument(
         "--dialect",
         choices=sorted(DIALECTS),
         help="AgentGym family to speak (default: the env's own, else gymux)",
@@ -51,8 +57,9 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         ("--max-instances", 1 if args.max_instances is None else args.max_instances),
         ("--idle-timeout", args.idle_timeout),
         ("--call-timeout", args.call_timeout),
+        ("--read-timeout", args.read_timeout),
     ):
-        if value <= 0:
+        if not 0 < value < float("inf"):
             raise UsageError(f"{flag} must be positive, got {value}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
@@ -62,6 +69,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         max_instances=args.max_instances,
         idle_timeout_s=args.idle_timeout,
         call_timeout_s=args.call_timeout,
+        read_timeout_s=args.read_timeout,
     )
 
     async def main() -> None:

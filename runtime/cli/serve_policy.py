@@ -25,6 +25,7 @@ from gymux.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    add_command,
     cancel_on_signals,
     err,
     out,
@@ -44,12 +45,15 @@ __all__ = ["add_parser", "run", "serve"]
 
 def add_parser(sub: Any) -> None:
     """Add ``serve-policy`` to the ``gymux`` subcommands (``sub``: argparse subparsers)."""
-    serve_ = sub.add_parser(
-        "serve-policy", help="run an SGLang server for --policy sglang (needs sglang and a GPU)"
+    serve_ = add_command(
+        sub,
+        "serve-policy",
+        "run an SGLang server for --policy sglang (needs sglang and a GPU)",
+        "gymux serve-policy --model /models/Qwen2.5-7B-Instruct --port 30000",
     )
     serve_.add_argument("--model", required=True, help="model path or id for sglang")
-    serve_.add_argument("--host", default="127.0.0.1")
-    serve_.add_argument("--port", type=positive_int, default=30000)
+    serve_.add_argument("--host", default="127.0.0.1", help="address the server listens on")
+    serve_.add_argument("--port", type=positive_int, default=30000, help="TCP port")
     serve_.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel GPUs")
     serve_.add_argument(
         "--extra",
@@ -57,7 +61,12 @@ def add_parser(sub: Any) -> None:
         default=[],
         help="argument for sglang.launch_server (repeat; e.g. --extra=--mem-fraction-static=0.8)",
     )
-    serve_.add_argument("--startup-timeout", type=positive_float, default=900.0)
+    serve_.add_argument(
+        "--startup-timeout",
+        type=positive_float,
+        default=900.0,
+        help="seconds to wait for the server to become healthy",
+    )
     # Internal, for tests: a JSON list replacing the launch command (skips the checks).
     serve_.add_argument("--test-command", help=argparse.SUPPRESS)
 

@@ -3,13 +3,15 @@
 ::
 
     gymux store info PATH [--stream S] [--segments] [--json]
-    gymux store tail PATH [--stream S] [--n N] [--follow] [--json]
+    gymux store tail PATH [--stream S] [-n N] [--follow] [--json]
     gymux store verify PATH [--stream S] [--json]          # exit 0 clean, 1 damaged
-    gymux store export PATH --format agenttraj|chat|parquet --out FILE
+    gymux store export PATH --format agenttraj|chat|parquet -o FILE
                       [--env E]... [--success | --failed] [--min-policy-step N] ...
     gymux store compact PATH [--stream S] [--target-mb MB] [--salvage] [--json]
 
-Bad input (no store at PATH, an unknown stream, a bad option) prints one line
+PATH is the store folder (``runs/x/store``) or the run folder holding it (``runs/x``).
+Bare ``gymux store`` prints this command list. Bad input (no store at PATH, an unknown
+stream, a bad option) prints one line
 ``gymux: error: ...`` on stderr and exits 2; an operation that fails on a good input (a
 stream locked by a writer, damage found while exporting or compacting) exits 1.
 """
@@ -28,6 +30,7 @@ from gymux.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    add_command,
     non_negative_int,
     positive_float_of,
 )
@@ -65,32 +68,65 @@ def _size(n: int) -> str:
 
 def add_parser(sub: Any) -> None:
     """Register ``gymux store`` and its subcommands on the top-level subparsers."""
-    store = sub.add_parser("store", help="inspect, tail, verify, export or compact a store")
-    cmds = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
+    store = add_command(
+        sub,
+        "store",
+        "inspect, tail, verify, export or compact a store",
+        "gymux store verify runs/demo",
+        "gymux store tail runs/demo -n 5",
+    )
+    store.set_defaults(store_parser=store)
+    cmds = store.add_subparsers(dest="store_command", title="commands", metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, *, stream_help: str) -> None:
-        p.add_argument("path", metavar="PATH", help="the store folder (e.g. runs/x/store)")
+        p.add_argument(
+            "path",
+            metavar="PATH",
+            help="the store folder (runs/x/store) or the run folder holding it (runs/x)",
+        )
         p.add_argument("--stream", help=stream_help)
 
-    info = cmds.add_parser("info", help="streams, segments, records, committed position, writer")
+    info = add_command(
+        cmds,
+        "info",
+        "streams, segments, records, committed position, writer",
+        "gymux store info runs/demo --segments",
+    )
     common(info, stream_help="only this stream (default: all)")
     info.add_argument("--segments", action="store_true", help="also list every segment")
     info.add_argument("--json", action="store_true", help="print JSON")
 
-    tail = cmds.add_parser("tail", help="the latest trajectories, one line each")
+    tail = add_command(
+        cmds,
+        "tail",
+        "the latest trajectories, one line each",
+        "gymux store tail runs/demo -n 20 --follow",
+    )
     common(tail, stream_help=f"stream (default: {DEFAULT_STREAM})")
-    tail.add_argument("--n", "-n", type=non_negative_int, default=10, help="how many (default 10)")
+    tail.add_argument(
+        "-n", "--n", dest="n", type=non_negative_int, default=10, help="how many to show"
+    )
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    ver = cmds.add_parser("verify", help="check every record and index; exit 1 if damaged")
+    ver = add_command(
+        cmds,
+        "verify",
+        "check every record and index; exit 1 if damaged",
+        "gymux store verify runs/demo",
+    )
     common(ver, stream_help="only this stream (default: all)")
     ver.add_argument("--json", action="store_true", help="print JSON")
 
-    exp = cmds.add_parser("export", help="write trajectories as AgentTraj/chat JSONL or Parquet")
+    exp = add_command(
+        cmds,
+        "export",
+        "write trajectories as AgentTraj/chat JSONL or Parquet",
+        "gymux store export runs/demo --format chat --success -o demo-chat.jsonl",
+    )
     common(exp, stream_help=f"stream (default: {DEFAULT_STREAM})")
     exp.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    exp.add_argument("--out", required=True, help="output file ('-': stdout, JSONL only)")
+    exp.add_argument("--out", "-o", required=True, help="output file ('-': stdout, JSONL only)")
     exp.add_argument("--env", action="append", help="only this env (repeatable)")
     outcome = exp.add_mutually_exclusive_group()
     outcome.add_argument("--success", action="store_true", help="only successful episodes")
@@ -107,13 +143,18 @@ def add_parser(sub: Any) -> None:
     exp.add_argument("--committed-only", action="store_true", help="stop at the durable offset")
     exp.add_argument("--salvage", action="store_true", help="skip damaged records")
 
-    com = cmds.add_parser("compact", help="merge small sealed segments; rebuild indexes")
+    com = add_command(
+        cmds,
+        "compact",
+        "merge small sealed segments; rebuild indexes",
+        "gymux store compact runs/demo --target-mb 64",
+    )
     common(com, stream_help=f"stream (default: {DEFAULT_STREAM})")
     com.add_argument(
         "--target-mb",
         type=positive_float_of("MiB"),
         default=DEFAULT_TARGET_BYTES / 2**20,
-        help="size of a merged segment in MiB (default 64)",
+        help="size of a merged segment in MiB",
     )
     com.add_argument("--salvage", action="store_true", help="drop damaged ranges (reported)")
     com.add_argument("--json", action="store_true", help="print JSON")
@@ -123,13 +164,22 @@ def add_parser(sub: Any) -> None:
 
 
 def _store(args: argparse.Namespace) -> Store:
+    """The store at ``PATH``, or in ``PATH/store`` when PATH is the run folder holding it."""
     path = Path(args.path)
     if not path.exists():
         raise UsageError(f"no such store: {path}")
     try:
         return Store(path, create=False)
     except StoreError as exc:
-        raise UsageError(str(exc)) from None
+        inner = path / "store"
+        if inner.is_dir():
+            try:
+                return Store(inner, create=False)
+            except StoreError as inner_exc:
+                raise UsageError(f"{inner}: {inner_exc}") from None
+        raise UsageError(
+            f"{exc} (a gymux run keeps its store in OUT/store; give that folder or OUT)"
+        ) from None
 
 
 def _stream(store: Store, name: str | None) -> str:
@@ -366,6 +416,9 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     """Run a parsed ``gymux store ...`` command; returns the exit code. Bad input raises
     :class:`UsageError` and a store error :class:`StoreError` (``gymux.cli.main`` maps them
     to exit codes 2 and 1); a failed read or write of a file is exit 1 too."""
+    if args.store_command is None:  # bare gymux store: its command list
+        _out(args.store_parser.format_help().rstrip())
+        return EXIT_OK
     try:
         return _COMMANDS[args.store_command](args)
     except BrokenPipeError:  # the reader of stdout went away (gymux store tail | head)

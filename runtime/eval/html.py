@@ -36,7 +36,10 @@ from gymux.eval.report import (
     EnvDiff,
     RunData,
     comparison_notes,
+    identity_of,
+    identity_text,
     metric_cells,
+    report_notes,
     run_title,
     score_ranges_of,
     score_series,
@@ -659,6 +662,10 @@ def render_html(
         info = runs[0].info
         title = f"gymux eval: suite {info.suite}, policy {info.policy}"
         head = f"<p class='muted'>{_e(info.path)}</p>"
+        identity = identity_text(identity_of(info.path))
+        if identity:
+            head += f"<p class='identity'>Policy {_e(info.policy)}: {_e(identity)}</p>"
+        head += "".join(f"<p class='muted'>{_e(n)}</p>" for n in report_notes(runs[0].metrics))
         body = _run_section(runs[0])
     else:
         title = f"gymux report: {len(runs)} runs compared"

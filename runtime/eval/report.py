@@ -15,6 +15,7 @@ import random
 import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -38,9 +39,12 @@ __all__ = [
     "bootstrap_diff_ci",
     "compare_runs",
     "comparison_markdown",
+    "identity_of",
+    "identity_text",
     "markdown_table",
     "metric_cells",
     "newcombe_interval",
+    "report_notes",
     "run_letter",
     "score_ranges_of",
     "score_series",
@@ -265,7 +269,10 @@ METRIC_COLUMNS = (
 
 
 def metric_cells(m: EnvMetrics) -> list[str]:
-    """The cells of one row of a metrics table (:data:`METRIC_COLUMNS`), as plain text."""
+    """The cells of one row of a metrics table (:data:`METRIC_COLUMNS`), as plain text. An
+    env without episodes (an interrupted eval that never reached it) is "not run", not 0%."""
+    if m.episodes == 0:
+        return [m.env, "0", "not run", "not run", "not run", "-", "-"]
     lo, hi = m.success_ci
     slo, shi = m.score_ci
     reasons = ", ".join(f"{k}={v}" for k, v in m.finish_reasons.items()) or "-"
@@ -292,12 +299,65 @@ def markdown_table(metrics: EvalMetrics) -> list[str]:
     return lines
 
 
+def identity_of(folder: str | Path) -> dict[str, Any]:
+    """The policy identity pinned in ``folder/eval.json`` (model, sampling options, what the
+    server reported); empty when there is none."""
+    try:
+        doc = json.loads((Path(folder) / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    identity = doc.get("identity") if isinstance(doc, dict) else None
+    return identity if isinstance(identity, dict) else {}
+
+
+def identity_text(identity: Mapping[str, Any]) -> str:
+    """``model `m`, temperature 0.7, ...``: the identity without the policy name."""
+    return ", ".join(
+        f"{k.replace('_', ' ')} `{v}`" if isinstance(v, str) else f"{k.replace('_', ' ')} {v}"
+        for k, v in identity.items()
+        if k != "policy"
+    )
+
+
+#: Finish reasons whose episodes a resumed eval runs again (see gymux.eval.run).
+_RERUN_NOTE_REASONS = ("env_error", "policy_error")
+
+
+def report_notes(metrics: EvalMetrics) -> list[str]:
+    """What a reader of the metrics must know: envs not run, episodes that are errors."""
+    notes = []
+    not_run = [m.env for m in metrics.envs if m.episodes == 0]
+    if not_run:
+        notes.append(f"Not run (no finished episode yet): {', '.join(not_run)}.")
+    errors = {k: metrics.overall.finish_reasons.get(k, 0) for k in _RERUN_NOTE_REASONS}
+    if any(errors.values()):
+        counts = ", ".join(f"{k}={v}" for k, v in errors.items() if v)
+        notes.append(
+            f"Episodes that ended in errors ({counts}) count as failures here; running the "
+            "same gymux eval again reruns them (--keep-errors keeps them)."
+        )
+    notes.append("Cancelled episodes (an interrupted eval) are not counted.")
+    return notes
+
+
 def write_reports(out: Path, suite: str, policy: str, metrics: EvalMetrics) -> list[str]:
-    """Write ``report.md`` and ``report.json`` under ``out``; returns the table's lines."""
+    """Write ``report.md`` and ``report.json`` under ``out``; returns the table's lines.
+    The policy identity comes from ``out/eval.json`` where there is one."""
     table = markdown_table(metrics)
+    identity = identity_of(out)
     head = [f"# gymux eval: suite `{suite}`, policy `{policy}`", ""]
-    (out / "report.md").write_text("\n".join(head + table) + "\n")
-    doc = {"suite": suite, "policy": policy, **msgspec.to_builtins(metrics)}
+    if identity_text(identity):
+        head += [f"Policy: `{policy}`, {identity_text(identity)}.", ""]
+    notes = report_notes(metrics)
+    (out / "report.md").write_text("\n".join(head + table + [""] + notes) + "\n")
+    doc = {
+        "suite": suite,
+        "policy": policy,
+        "identity": identity or {"policy": policy},
+        "not_run": [m.env for m in metrics.envs if m.episodes == 0],
+        "notes": notes,
+        **msgspec.to_builtins(metrics),
+    }
     (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
     return table
 

@@ -40,6 +40,8 @@ __all__ = [
     "EvalPlan",
     "EvalRun",
     "plan_eval",
+    "policy_identity",
+    "read_manifest",
     "read_store",
     "register_suite_bridges",
     "run_eval",
@@ -48,6 +50,9 @@ __all__ = [
 MANIFEST = "eval.json"
 #: Finish reasons ``--rerun-failures`` treats as failures even when the episode succeeded.
 ERROR_REASONS = frozenset({FinishReason.ENV_ERROR, FinishReason.POLICY_ERROR, FinishReason.TIMEOUT})
+#: Finish reasons of triples that are not done: a resume runs them again (unless
+#: ``keep_errors``): the model server or the env failed, the policy was not measured.
+RERUN_REASONS = frozenset({FinishReason.ENV_ERROR, FinishReason.POLICY_ERROR})
 
 
 class EvalOutcome(msgspec.Struct, kw_only=True):
@@ -58,6 +63,8 @@ class EvalOutcome(msgspec.Struct, kw_only=True):
     skipped: int
     interrupted: bool
     metrics: EvalMetrics
+    #: The policy identity pinned in ``OUT/eval.json`` (see :func:`policy_identity`).
+    identity: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class EvalPlan(msgspec.Struct, kw_only=True):
@@ -109,46 +116,141 @@ def _keep_in(keys: set[Triple]) -> Callable[[EpisodeJob], bool]:
     return keep
 
 
-def _needs_run(t: Trajectory | None, rerun_failures: bool) -> bool:
+def _needs_run(t: Trajectory | None, rerun_failures: bool, keep_errors: bool) -> bool:
     if t is None:
+        return True
+    if not keep_errors and t.finish_reason in RERUN_REASONS:
         return True
     return rerun_failures and (not t.success or t.finish_reason in ERROR_REASONS)
 
 
 def plan_eval(
-    suite: Suite, registry: Registry, existing: list[Trajectory], *, rerun_failures: bool = False
+    suite: Suite,
+    registry: Registry,
+    existing: list[Trajectory],
+    *,
+    rerun_failures: bool = False,
+    keep_errors: bool = False,
 ) -> EvalPlan:
+    """What is left to run. Triples whose latest episode ended ``policy_error`` or
+    ``env_error`` are not done (the model server or env failed, not the policy) unless
+    ``keep_errors``; with ``rerun_failures`` every failed triple runs again."""
     latest = latest_per_triple(existing)
     todo: dict[str, list[Triple]] = {}
     skipped = 0
     for env, triples in suite_triples(suite, registry).items():
-        todo[env] = [k for k in triples if _needs_run(latest.get(k), rerun_failures)]
+        todo[env] = [k for k in triples if _needs_run(latest.get(k), rerun_failures, keep_errors)]
         skipped += len(triples) - len(todo[env])
     return EvalPlan(todo=todo, skipped=skipped)
 
 
-def _check_manifest(out: Path, suite: Suite, policy: str) -> None:
+#: Model-policy options that change what the model answers: the eval's identity (URLs,
+#: limits, timeouts and retries do not).
+IDENTITY_OPTIONS = (
+    "model",
+    "tokenizer_path",
+    "tokenizer",
+    "prompt_format",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "max_new_tokens",
+    "stop",
+    "context_length",
+    "extra_body",
+)
+
+
+def policy_identity(
+    policy: str, options: Mapping[str, Any], reported: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """What makes one eval's numbers another's: the policy, its model and sampling options
+    (prompt format ``react`` unless set), and what the model server reports
+    (``model_path``, ``weight_version``) where known."""
+    identity: dict[str, Any] = {"policy": policy}
+    if policy in MODEL_POLICIES or options:
+        identity.update({k: options[k] for k in IDENTITY_OPTIONS if options.get(k) is not None})
+        identity.setdefault("prompt_format", "react")
+    identity.update({f"server_{k}": v for k, v in (reported or {}).items()})
+    return msgspec.to_builtins(identity)  # type: ignore[no-any-return]
+
+
+def _changes(theirs: Mapping[str, Any], mine: Mapping[str, Any]) -> list[str]:
+    """What differs between two identities, as ``key: old -> new``."""
+    out = []
+    for key in sorted(set(theirs) | set(mine)):
+        if key.startswith("server_") and (key not in theirs or key not in mine):
+            continue  # a server that reports nothing now (or did not before) changes nothing
+        if theirs.get(key) != mine.get(key):
+            out.append(f"{key}: {theirs.get(key, 'unset')!r} -> {mine.get(key, 'unset')!r}")
+    return out
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    """``OUT/eval.json``, or ``None`` when there is none."""
     path = out / MANIFEST
-    mine = {"suite": suite.name, "policy": policy, "suite_spec": msgspec.to_builtins(suite)}
-    if path.exists():
-        try:
-            theirs = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path} is unreadable: {exc}") from None
-        if not isinstance(theirs, dict):
-            raise ConfigError(f"{path} is unreadable: not a JSON object")
-        if theirs.get("suite") != suite.name or theirs.get("policy") != policy:
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is unreadable: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} is unreadable: not a JSON object")
+    return doc
+
+
+def _manifest(suite: Suite, policy: str, identity: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "suite": suite.name,
+        "policy": policy,
+        "identity": dict(identity),
+        "suite_spec": msgspec.to_builtins(suite),
+    }
+
+
+def _check_manifest(out: Path, suite: Suite, policy: str, identity: Mapping[str, Any]) -> None:
+    """Refuse an ``out`` that holds another eval, another policy identity, or results that
+    are not an eval's (a ``gymux run`` store). Writes nothing."""
+    theirs = read_manifest(out)
+    if theirs is None:
+        if (out / "store" / "STORE").exists() or (out / "summary.json").exists():
             raise ConfigError(
-                f"{out} holds an eval of suite {theirs.get('suite')!r} with policy "
-                f"{theirs.get('policy')!r}; use another --out for suite {suite.name!r} "
-                f"with policy {policy!r}"
+                f"{out} holds results that are not a gymux eval (no {MANIFEST}; a gymux run "
+                "store?); use another --out"
             )
-        if theirs.get("suite_spec") != mine["suite_spec"]:
-            raise ConfigError(f"{out}: suite {suite.name!r} changed since the earlier run")
+        return
+    if theirs.get("suite") != suite.name or theirs.get("policy") != policy:
+        raise ConfigError(
+            f"{out} holds an eval of suite {theirs.get('suite')!r} with policy "
+            f"{theirs.get('policy')!r}; use another --out for suite {suite.name!r} "
+            f"with policy {policy!r}"
+        )
+    if theirs.get("suite_spec") != msgspec.to_builtins(suite):
+        raise ConfigError(f"{out}: suite {suite.name!r} changed since the earlier run")
+    old = theirs.get("identity")
+    if isinstance(old, dict):
+        changed = _changes(old, identity)
+        if changed:
+            raise ConfigError(
+                f"{out} holds an eval of another policy setup ({'; '.join(changed)}); "
+                "use another --out"
+            )
+
+
+def _write_manifest(out: Path, suite: Suite, policy: str, identity: Mapping[str, Any]) -> None:
+    path = out / MANIFEST
+    doc = _manifest(suite, policy, identity)
+    old = read_manifest(out)
+    if old is not None and isinstance(old.get("identity"), dict):
+        # Keep what a server reported earlier when it reports nothing now.
+        doc["identity"] = {**old["identity"], **doc["identity"]}
+    if old == doc:
         return
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(mine, indent=2) + "\n")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -156,14 +258,19 @@ class EvalRun:
     """What is left of ``suite`` for ``policy`` in the folder ``out``, ready to run.
 
     Building one checks everything that can be checked before anything starts (every env is
-    installed, ``out`` holds no eval of another suite or policy), writes ``OUT/eval.json`` and
-    plans the triples still to run. :meth:`run` runs them; cancelling it (the CLI does so on
-    SIGINT/SIGTERM) keeps every finished episode, and a later ``EvalRun`` resumes from there.
-    :meth:`outcome` reads the metrics back from the store. No signal handlers are installed
-    here: that is the caller's business (``gymux eval`` uses
-    :func:`gymux.cli.common.cancel_on_signals`).
+    installed, ``out`` holds no eval of another suite, policy or policy identity, and no
+    results that are not an eval's) and plans the triples still to run; it writes nothing.
+    :meth:`run` writes ``OUT/eval.json`` (the suite and the policy identity: model, sampling
+    options, what the server reports) once the run can start, then runs them; cancelling it
+    (the CLI does so on SIGINT/SIGTERM) keeps every finished episode, and a later
+    ``EvalRun`` resumes from there. :meth:`outcome` reads the metrics back from the store.
+    No signal handlers are installed here: that is the caller's business (``gymux eval``
+    uses :func:`gymux.cli.common.cancel_on_signals`).
 
     ``options``: model-policy options (the suite's ``[sampling]`` table is merged under them).
+    ``keep_errors``: count ``policy_error``/``env_error`` episodes as done on resume.
+    ``reported``: what the model server says about its model (``model_path``,
+    ``weight_version``; see :func:`policy_identity`).
     """
 
     def __init__(
@@ -176,6 +283,8 @@ class EvalRun:
         registry: Registry | None = None,
         config: RuntimeConfig | None = None,
         options: Mapping[str, Any] | None = None,
+        keep_errors: bool = False,
+        reported: Mapping[str, str] | None = None,
     ) -> None:
         self.suite = suite
         self.policy = policy
@@ -191,12 +300,29 @@ class EvalRun:
                 raise SuiteError(
                     f"suite {suite.name!r}: env {env.id!r} has no split {split!r} (known: {known})"
                 )
-        _check_manifest(self.out, suite, policy)
-        self.plan = plan_eval(
-            suite, self.registry, read_store(self.out), rerun_failures=rerun_failures
-        )
         self.options: dict[str, Any] = {**suite.sampling, **(options or {})}
+        self.identity = policy_identity(
+            policy, self.options if policy in MODEL_POLICIES else {}, reported
+        )
+        _check_manifest(self.out, suite, policy, self.identity)
+        self.plan = plan_eval(
+            suite,
+            self.registry,
+            read_store(self.out),
+            rerun_failures=rerun_failures,
+            keep_errors=keep_errors,
+        )
         self._handles: list[RunHandle] = []
+        # Built now, so bad options are one clean error before anything else happens.
+        self._shared = self._shared_policy()
+
+    def pin_server_identity(self, reported: Mapping[str, str]) -> None:
+        """Add what the model server reports about its model (``model_path``,
+        ``weight_version``) to the identity, and check it against the folder's."""
+        self.identity = policy_identity(
+            self.policy, self.options if self.policy in MODEL_POLICIES else {}, reported
+        )
+        _check_manifest(self.out, self.suite, self.policy, self.identity)
 
     @property
     def pending(self) -> bool:
@@ -223,8 +349,10 @@ class EvalRun:
         for an interruption)."""
         suite, registry = self.suite, self.registry
         budget = max_episodes
-        # Built before the runtime starts, so bad options are one clean error.
-        shared = self._shared_policy()
+        shared = self._shared
+        # Everything that can fail before the first episode has been checked: only now
+        # does the folder become this eval's.
+        _write_manifest(self.out, suite, self.policy, self.identity)
         async with Runtime(self.config, registry=registry, out=self.out) as rt:
             for i, env in enumerate(suite.envs):
                 wanted = self.plan.todo.get(env.id, [])
@@ -252,6 +380,7 @@ class EvalRun:
             ran=self.ran,
             skipped=self.plan.skipped,
             interrupted=interrupted,
+            identity=self.identity,
             metrics=metrics_for(self.suite, self.registry, read_store(self.out)),
         )
 

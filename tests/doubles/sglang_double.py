@@ -1,17 +1,42 @@
 """TEST DOUBLE of an SGLang server (not SGLang, no model): aiohttp.web on loopback.
 
-It implements the parts of SGLang's native HTTP API that gymux uses, with the request and
-response shapes SGLang documents:
+It implements the parts of SGLang 0.5.23's native HTTP API that gymux uses, as SGLang's
+own code does them, and checks itself against SGLang's own schema
+(``sglang/api/v1/api_types.py`` from the pinned wheel, see :mod:`doubles.sglang_schema`):
+with ``schema=`` (the loaded module; ``"auto"``: the cached copy if there is one) every
+``/generate`` body passes SGLang's contract gate (``GenerateRequest.from_json_value``; a
+violation is HTTP 400 ``{"error": "<the schema's text>"}``, e.g. an unknown sampling key),
+and every answer and stream chunk it sends is checked with ``GenerateResponse`` /
+``GenerateStreamError`` (a violation is a bug of the double: HTTP 500, recorded in
+:attr:`SGLangDouble.contract_violations`).
 
 * ``POST /generate``: ``text`` or ``input_ids`` (a list, or a list of lists for a batch),
-  ``sampling_params`` (``max_new_tokens``, ``temperature``, ``top_p``, ``stop``, ...),
-  ``return_logprob``, ``stream``, ``rid``. A single request answers ``{"text",
-  "output_ids", "meta_info": {"id", "prompt_tokens", "completion_tokens", "cached_tokens",
-  "finish_reason": {"type": "stop"|"length"|"abort", ...}, "output_token_logprobs":
-  [[logprob, token_id, null], ...], "e2e_latency"}}``; a batch answers a list of those.
-  Streaming is SSE: ``data: {...}`` chunks (cumulative text/output_ids/meta_info, with
-  ``index`` in a batch) ending with ``data: [DONE]``.
-* ``GET /health``, ``GET /get_model_info``, ``POST /abort_request`` (``{"rid"}``).
+  ``sampling_params``, ``return_logprob``, ``stream``, ``rid`` (a string, or one per item;
+  a string with a batch becomes ``rid_0``, ``rid_1``...). Refused as SGLang refuses them
+  (HTTP 400 ``{"error": {"message": ...}}``, the whole batch): empty ``input_ids`` ("input_ids
+  cannot be empty."), duplicate rids in a batch ("Duplicate request IDs detected within the
+  request: [...]"), an unknown sampling key (the gate's text; checked against SGLang's field
+  list when no schema is loaded), a prompt that does not fit ``context_length`` (SGLang's two
+  texts: "The input (N tokens) is longer than the model's context length (C tokens)." and
+  "Requested token count exceeds the model's maximum context length of C tokens. ...";
+  in a stream, that error comes as ``data: {"error": {"message", "type", "code",
+  "retryable"}}`` then ``data: [DONE]``).
+  A single request answers ``{"text", "output_ids", "meta_info": {"id", "prompt_tokens",
+  "completion_tokens", "cached_tokens", "weight_version", "finish_reason": {"type":
+  "stop"|"length"|"abort", ...}, "output_token_logprobs": [[logprob, token_id, null], ...],
+  "e2e_latency"}}``; a batch answers a list of those. Streaming is SSE: ``data: {...}``
+  chunks (cumulative text/output_ids/meta_info, with ``index`` in a batch; only the new
+  part of each with ``incremental_streaming_output=True``, SGLang's
+  ``--incremental-streaming-output``) ending with ``data: [DONE]``.
+* ``POST /abort_request`` (``{"rid", "abort_all"}``): aborts every live request whose rid
+  *starts with* ``rid`` (SGLang's scheduler rule) -- but, as SGLang's tokenizer manager does
+  with one tokenizer worker (``tokenizer_workers=1``, the default), only when ``rid`` is
+  itself a live rid; otherwise nothing. An aborted request finishes ``{"type": "abort",
+  "message": "Aborted", "status_code": null, "err_type": null}``.
+* ``GET /health`` (503 while "loading": for the first ``loading_health_checks`` probes, or
+  until ``ready_file`` exists), ``GET /model_info`` (and ``/get_model_info``, its deprecated
+  alias; neither has a context length), ``GET /server_info`` (``max_req_input_len``,
+  ``incremental_streaming_output``, ...), ``GET /v1/models`` (``data[0].max_model_len``).
 * Test-only: ``GET /_double/stats`` and ``POST /_double/reset``.
 
 Generation is scripted: ``model(input_ids) -> output ids`` (deterministic), cut at
@@ -23,7 +48,11 @@ charges a serialized per-request and per-sequence overhead (the frontend) and
 ``per_token_s`` per generated token while the sequence holds one of ``capacity`` (B) decode
 slots; extra sequences queue. Failures are injected with :meth:`SGLangDouble.fail_next`
 (``stale_keepalive``: close the connection the request arrived on before reading it, as a
-server does when it times out an idle keep-alive connection just as the client reuses it).
+server does when it times out an idle keep-alive connection just as the client reuses it;
+``retract``: the request's first item is aborted with status 503 as SGLang's scheduler does
+under memory pressure -- a non-streamed request then answers HTTP 503 as a whole, a stream
+ends that item with an abort chunk carrying ``status_code: 503``; ``stream_error``: a stream
+ends with an error chunk).
 ``keepalive_timeout`` closes idle keep-alive connections after that many seconds.
 Run standalone (the benchmark does) with ``python tests/doubles/sglang_double.py --help``.
 """
@@ -41,6 +70,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from aiohttp import web
@@ -56,7 +86,49 @@ FAILURES = (
     "die_mid_stream",
     "hang",
     "stale_keepalive",
+    "retract",
+    "stream_error",
 )
+
+#: SGLang 0.5.23's ``SamplingParams`` fields (its schema rejects any other key); used to
+#: refuse unknown keys when the schema itself is not loaded.
+SAMPLING_KEYS = frozenset(
+    [
+        "max_new_tokens",
+        "stop",
+        "stop_token_ids",
+        "stop_regex",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "frequency_penalty",
+        "presence_penalty",
+        "repetition_penalty",
+        "min_new_tokens",
+        "n",
+        "json_schema",
+        "regex",
+        "ebnf",
+        "structural_tag",
+        "ignore_eos",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+        "no_stop_trim",
+        "stream_interval",
+        "logit_bias",
+        "sampling_seed",
+        "custom_params",
+        "beam_width",
+        "watermark",
+        "choice",
+    ]
+)
+RETRACTED = "Retracted under decode memory pressure without a KV backup. Retry later."
+
+
+class ContractViolation(AssertionError):
+    """An answer of the double does not fit SGLang's schema (a bug of the double)."""
 
 
 @dataclass
@@ -72,22 +144,26 @@ class Stats:
     requests: int = 0  # /generate HTTP requests
     batch_requests: int = 0  # of which batched (list input)
     stream_requests: int = 0
+    rejected: int = 0  # /generate requests refused with HTTP 400
     sequences: int = 0
     max_batch_items: int = 0
     concurrent: int = 0
     max_concurrent: int = 0
     busy_s: float = 0.0  # slot-seconds spent decoding
     generated_tokens: int = 0
-    aborted_rids: list[str] = field(default_factory=list)
+    aborted_rids: list[str] = field(default_factory=list)  # rids /abort_request was sent
+    abort_matched: list[str] = field(default_factory=list)  # live rids an abort ended
     abort_requests: int = 0
     health_checks: int = 0
     inputs: dict[str, list[int]] = field(default_factory=dict)  # rid -> input_ids
     rids: list[str] = field(default_factory=list)  # in arrival order
+    request_items: list[int] = field(default_factory=list)  # items per accepted request
     stale_closed: int = 0  # connections closed by the stale_keepalive failure
     last_sampling_params: dict[str, Any] = field(default_factory=dict)
+    last_error: str = ""  # the message of the last 400 answer
 
     def as_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "inputs"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("inputs", "request_items")}
         out["aborted_rids"] = list(self.aborted_rids)
         out["rids"] = len(self.rids)
         return out
@@ -98,7 +174,9 @@ def default_logprob(position: int, token: int) -> float:
 
 
 class _Seq:
-    __slots__ = ("aborted", "done", "finish", "input_ids", "logprobs", "out", "rid", "stop")
+    __slots__ = (
+        "aborted", "done", "finish", "input_ids", "logprobs", "out", "retract", "rid", "stop",
+    )  # fmt: skip
 
     def __init__(self, rid: str, input_ids: list[int]) -> None:
         self.rid = rid
@@ -107,8 +185,22 @@ class _Seq:
         self.logprobs: list[float] = []
         self.finish: dict[str, Any] | None = None
         self.aborted = False
+        self.retract = False  # abort with status 503 (scheduler retraction)
         self.stop: str | None = None  # the stop string that ended the output
         self.done = asyncio.Event()
+
+
+class _Refused(Exception):
+    """A request SGLang refuses before generating: HTTP 400 with ``body``."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.body = body
+
+    @property
+    def message(self) -> str:
+        error = self.body.get("error")
+        return str(error.get("message") if isinstance(error, dict) else error)
 
 
 class SGLangDouble:
@@ -129,6 +221,12 @@ class SGLangDouble:
         hang_s: float = 3600.0,
         keepalive_timeout: float = 75.0,
         port: int = 0,
+        schema: ModuleType | str | None = "auto",
+        incremental_streaming_output: bool = False,
+        loading_health_checks: int = 0,
+        ready_file: Path | None = None,
+        tokenizer_workers: int = 1,
+        weight_version: str = "default",
     ) -> None:
         self.model = model
         self.cost = cost or CostModel()
@@ -142,6 +240,21 @@ class SGLangDouble:
         self.hang_s = hang_s
         self.keepalive_timeout = keepalive_timeout
         self.port = port
+        if schema == "auto":
+            from doubles import sglang_schema
+
+            schema = sglang_schema.cached()
+        assert schema is None or isinstance(schema, ModuleType)
+        self.schema: ModuleType | None = schema
+        self.incremental = incremental_streaming_output
+        self.loading_health_checks = loading_health_checks
+        self.ready_file = ready_file
+        self.tokenizer_workers = tokenizer_workers
+        self.weight_version = weight_version
+        #: Answers of the double that SGLang's schema rejects (must stay empty).
+        self.contract_violations: list[str] = []
+        #: Stream chunks sent (answers, not errors).
+        self.chunks_sent = 0
         self.stats = Stats()
         self._failures: list[str] = []
         self._runner: web.AppRunner | None = None
@@ -162,7 +275,10 @@ class SGLangDouble:
         app.router.add_post("/generate", self._generate)
         app.router.add_get("/health", self._health)
         app.router.add_get("/health_generate", self._health)
+        app.router.add_get("/model_info", self._model_info)
         app.router.add_get("/get_model_info", self._model_info)
+        app.router.add_get("/server_info", self._server_info)
+        app.router.add_get("/v1/models", self._models)
         app.router.add_post("/abort_request", self._abort)
         app.router.add_get("/_double/stats", self._stats)
         app.router.add_post("/_double/reset", self._reset)
@@ -203,21 +319,89 @@ class SGLangDouble:
         running = self.stats.concurrent
         self.stats = Stats(concurrent=running, max_concurrent=running)
 
+    @property
+    def loading(self) -> bool:
+        """Still "loading the model" (``/health`` answers 503)."""
+        if self.ready_file is not None and not self.ready_file.exists():
+            return True
+        return self.stats.health_checks <= self.loading_health_checks
+
+    # -- SGLang's schema ------------------------------------------------------------------
+
+    def _check(self, type_name: str, value: Any) -> None:
+        """Validate an answer of the double with the schema type ``type_name``."""
+        if self.schema is None:
+            return
+        try:
+            getattr(self.schema, type_name).from_json_value(value)
+        except self.schema.JsonContractError as exc:
+            text = f"{type_name}: {exc}: {json.dumps(value)[:300]}"
+            self.contract_violations.append(text)
+            raise ContractViolation(text) from None
+
+    def _json(self, value: Any, type_name: str | None = None, status: int = 200) -> web.Response:
+        if type_name is not None:
+            self._check(type_name, value)
+        return web.json_response(value, status=status)
+
     # -- endpoints --------------------------------------------------------------------
 
     async def _health(self, request: web.Request) -> web.Response:
         self.stats.health_checks += 1
+        if self.loading:
+            return web.Response(status=503)
         return web.Response(text="")
 
     async def _model_info(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "model_path": self.model_path,
-                "tokenizer_path": self.model_path,
-                "is_generation": True,
-                "max_context_length": self.context_length,
-            }
-        )
+        info = {
+            "model_path": self.model_path,
+            "served_model_name": self.model_path,
+            "tokenizer_path": self.model_path,
+            "is_generation": True,
+            "preferred_sampling_params": None,
+            "weight_version": self.weight_version,
+            "load_format": "auto",
+            "reasoning_parser": None,
+            "tool_call_parser": None,
+            "disaggregation_mode": "null",
+            "has_image_understanding": False,
+            "has_audio_understanding": False,
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+        }
+        return self._json(info, "GetModelInfoResponse")
+
+    async def _server_info(self, request: web.Request) -> web.Response:
+        info = {
+            "model_path": self.model_path,
+            "served_model_name": self.model_path,
+            "tokenizer_path": self.model_path,
+            "context_length": None,  # the server argument: unset unless given
+            "max_req_input_len": self.context_length - 1,
+            "max_total_num_tokens": self.context_length * self.cost.capacity,
+            "stream_interval": self.stream_interval,
+            "incremental_streaming_output": self.incremental,
+            "version": "0.5.23",
+            "internal_states": [{}],
+            "host": "127.0.0.1",
+            "port": self.port,
+            "disaggregation_mode": "null",
+            "frontend": "python",
+        }
+        return self._json(info, "GetServerInfoResponse")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        card = {
+            "id": self.model_path,
+            "object": "model",
+            "created": 0,
+            "owned_by": "sglang",
+            "root": self.model_path,
+            "parent": None,
+            "max_model_len": self.context_length,
+        }
+        self._check("ModelCard", card)
+        return web.json_response({"object": "list", "data": [card]})
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats.as_json())
@@ -228,13 +412,24 @@ class SGLangDouble:
 
     async def _abort(self, request: web.Request) -> web.Response:
         body = await request.json()
-        rid = str(body.get("rid", ""))
+        if self.schema is not None:
+            try:
+                self.schema.AbortRequest.from_json_value(body)
+            except self.schema.JsonContractError as exc:
+                return web.json_response({"error": {"message": str(exc)}}, status=400)
+        rid = str(body.get("rid") or "")
+        abort_all = bool(body.get("abort_all", False))
         self.stats.abort_requests += 1
         self.stats.aborted_rids.append(rid)
-        seq = self._live.get(rid)
-        if seq is not None:
-            seq.aborted = True
-        return web.Response(text="")
+        if not abort_all and not rid:
+            return web.Response()  # SGLang ignores an empty rid (it would match everything)
+        if not abort_all and rid not in self._live and self.tokenizer_workers == 1:
+            return web.Response()  # the tokenizer manager forwards only rids it serves
+        for seq in self._live.values():
+            if (abort_all or seq.rid.startswith(rid)) and not seq.aborted:
+                seq.aborted = True
+                self.stats.abort_matched.append(seq.rid)
+        return web.Response()
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         task = asyncio.current_task()
@@ -242,8 +437,69 @@ class SGLangDouble:
         self._handlers.add(task)
         try:
             return await self._generate_inner(request)
+        except ContractViolation as exc:
+            return web.json_response({"error": {"message": f"DOUBLE BUG: {exc}"}}, status=500)
         finally:
             self._handlers.discard(task)
+
+    def _refuse(self, exc: _Refused) -> web.Response:
+        self.stats.rejected += 1
+        self.stats.last_error = exc.message
+        return web.json_response(exc.body, status=400)
+
+    def _admit(self, body: Any) -> tuple[bool, list[list[int]], list[str], dict[str, Any]]:
+        """SGLang's checks before generating: ``(batched, prompts, rids, sampling)``, or
+        :class:`_Refused` with SGLang's error body."""
+        if self.schema is not None:
+            try:
+                self.schema.GenerateRequest.from_json_value(body)
+            except self.schema.JsonContractError as exc:
+                raise _Refused({"error": str(exc)}) from None
+        if not isinstance(body, dict):
+            raise _Refused({"error": {"message": "the body must be a JSON object"}})
+        batched, prompts = self._prompts(body)
+        if prompts is None:
+            raise _Refused({"error": {"message": "Either text or input_ids should be provided."}})
+        if not prompts or any(not p for p in prompts):
+            raise _Refused({"error": {"message": "input_ids cannot be empty."}})
+        params = body.get("sampling_params") or {}
+        if isinstance(params, list):
+            params = params[0] if params else {}
+        unknown = sorted(set(params) - SAMPLING_KEYS)
+        if unknown:
+            raise _Refused({"error": f"unknown field `{unknown[0]}`"})
+        rid = body.get("rid")
+        if rid is None:
+            rids = [self._new_rid() for _ in prompts]
+        elif isinstance(rid, str):
+            rids = [f"{rid}_{i}" for i in range(len(prompts))] if batched else [rid]
+        else:
+            rids = [str(r) for r in rid]
+        if len(rids) != len(prompts):
+            raise _Refused({"error": {"message": "The rid should be a list of the batch size."}})
+        duplicates = sorted({r for r in rids if rids.count(r) > 1})
+        if duplicates:
+            message = f"Duplicate request IDs detected within the request: {duplicates}"
+            raise _Refused({"error": {"message": message}})
+        max_new = int(params.get("max_new_tokens") or 128)
+        for ids in prompts:
+            if len(ids) >= self.context_length:
+                message = (
+                    f"The input ({len(ids)} tokens) is longer than the model's context length "
+                    f"({self.context_length} tokens)."
+                )
+                raise _Refused({"error": {"message": message}})
+            if len(ids) + max_new > self.context_length:
+                message = (
+                    "Requested token count exceeds the model's maximum context length of "
+                    f"{self.context_length} tokens. You requested a total of "
+                    f"{len(ids) + max_new} tokens: {len(ids)} tokens from the input "
+                    f"messages and {max_new} tokens for the completion. Please reduce the "
+                    "number of tokens in the input messages or the completion to fit "
+                    "within the limit."
+                )
+                raise _Refused({"error": {"message": message}})
+        return batched, prompts, rids, dict(params)
 
     async def _generate_inner(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -259,36 +515,31 @@ class SGLangDouble:
             await asyncio.sleep(self.hang_s)
         if failure in ("http500", "http503"):
             status = 500 if failure == "http500" else 503
-            return web.json_response(
-                {"error": {"message": f"injected HTTP {status}"}}, status=status
-            )
+            # SGLang's HTTPException body.
+            body = _http_exception(f"injected HTTP {status}", status)
+            return web.json_response(body, status=status)
         try:
             body = await request.json()
         except ValueError:
             return web.json_response({"error": {"message": "bad JSON"}}, status=400)
+        stream = isinstance(body, dict) and bool(body.get("stream", False))
+        try:
+            batched, prompts, rids, params = self._admit(body)
+        except _Refused as exc:
+            if stream and isinstance(exc.body.get("error"), dict):
+                # SGLang's tokenizer manager raises inside the stream: an error chunk.
+                return await self._stream_refusal(request, exc)
+            return self._refuse(exc)
         self.stats.requests += 1
-        batched, prompts = self._prompts(body)
-        if prompts is None:
-            return web.json_response(
-                {"error": {"message": "either text or input_ids should be provided"}}, status=400
-            )
+        self.stats.request_items.append(len(prompts))
         if batched:
             self.stats.batch_requests += 1
         self.stats.max_batch_items = max(self.stats.max_batch_items, len(prompts))
-        rids = body.get("rid")
-        if rids is None:
-            rids = [self._new_rid() for _ in prompts]
-        elif isinstance(rids, str):
-            rids = [rids]
-        params = body.get("sampling_params") or {}
-        if isinstance(params, list):
-            params = params[0] if params else {}
         self.stats.last_sampling_params = dict(params)
-        max_new = int(params.get("max_new_tokens", 128))
+        max_new = int(params.get("max_new_tokens") or 128)
         stop = params.get("stop") or []
         stops = [stop] if isinstance(stop, str) else [str(x) for x in stop]
         want_logprob = bool(body.get("return_logprob", False))
-        stream = bool(body.get("stream", False))
         if stream:
             self.stats.stream_requests += 1
         async with self._frontend:  # serialized tokenizer-manager work
@@ -296,13 +547,15 @@ class SGLangDouble:
             if cost > 0:
                 await asyncio.sleep(cost)
         seqs = []
-        for rid, ids in zip(rids, prompts, strict=False):
-            seq = _Seq(str(rid), ids)
+        for rid, ids in zip(rids, prompts, strict=True):
+            seq = _Seq(rid, ids)
             self.stats.sequences += 1
             self.stats.rids.append(seq.rid)
             self.stats.inputs[seq.rid] = list(ids)
             self._live[seq.rid] = seq
             seqs.append(seq)
+        if failure == "retract":
+            seqs[0].retract = True
         tasks = [asyncio.ensure_future(self._decode(seq, max_new, stream, stops)) for seq in seqs]
         try:
             if stream:
@@ -310,7 +563,15 @@ class SGLangDouble:
                     request, seqs, batched, want_logprob, failure, started
                 )
             await asyncio.gather(*tasks)
+            retracted = [s for s in seqs if s.finish and s.finish.get("status_code") == 503]
+            if retracted:
+                # A non-streamed request's 503 abort is an HTTPException for the whole
+                # HTTP request (a batch loses its other items).
+                message = retracted[0].finish["message"]  # type: ignore[index]
+                return web.json_response(_http_exception(message, 503), status=503)
             items = [self._item(seq, want_logprob, started) for seq in seqs]
+            for item in items:
+                self._check("GenerateResponse", item)
             if failure == "wrong_count":
                 items = items[:-1] if len(items) > 1 else items * 2
                 return web.json_response(items)
@@ -328,6 +589,22 @@ class SGLangDouble:
                 task.cancel()
             for seq in seqs:
                 self._live.pop(seq.rid, None)
+
+    async def _stream_refusal(self, request: web.Request, exc: _Refused) -> web.StreamResponse:
+        self.stats.rejected += 1
+        self.stats.last_error = exc.message
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await self._write_error(resp, exc.message)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _write_error(self, resp: web.StreamResponse, message: str) -> None:
+        error = {"message": message, "type": "invalid_request_error", "code": 400}
+        chunk = {"error": {**error, "retryable": False}}
+        self._check("GenerateStreamError", chunk)
+        await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
     async def _die(
         self, request: web.Request, text: str, *, after_headers: bool
@@ -358,6 +635,7 @@ class SGLangDouble:
             request.transport.close()
             return resp
         sent = [0] * len(seqs)
+        sent_text = [""] * len(seqs)
         chunks = 0
         pending = set(range(len(seqs)))
         while pending:
@@ -373,24 +651,46 @@ class SGLangDouble:
                 seq = seqs[i]
                 if len(seq.out) == sent[i] and seq.finish is None:
                     continue
-                sent[i] = len(seq.out)
                 item = self._item(seq, want_logprob, started)
+                if self.incremental:
+                    item = self._delta(item, sent[i], sent_text[i])
+                    sent_text[i] += item["text"]
+                sent[i] = len(seq.out)
                 if batched:
                     item["index"] = i
+                self._check("GenerateResponse", item)
                 if failure == "malformed" and chunks == 0:
                     await resp.write(b"data: {not json\n\n")
                 else:
                     await resp.write(b"data: " + json.dumps(item).encode() + b"\n\n")
+                    self.chunks_sent += 1
                 chunks += 1
                 if failure == "die_mid_stream" and chunks >= 1:
                     assert request.transport is not None
                     request.transport.close()
                     return resp
+                if failure == "stream_error" and chunks >= 1:
+                    await self._write_error(resp, "injected stream error: scheduler failed")
+                    pending.clear()
+                    break
                 if seq.finish is not None:
                     pending.discard(i)
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+    @staticmethod
+    def _delta(item: dict[str, Any], sent: int, sent_text: str) -> dict[str, Any]:
+        """``item`` as ``--incremental-streaming-output`` sends it: only what is new."""
+        meta = dict(item["meta_info"])
+        if "output_token_logprobs" in meta:
+            meta["output_token_logprobs"] = meta["output_token_logprobs"][sent:]
+        text = item["text"]
+        return {
+            "text": text[len(sent_text) :] if text.startswith(sent_text) else text,
+            "output_ids": item["output_ids"][sent:],
+            "meta_info": meta,
+        }
 
     # -- model ------------------------------------------------------------------------
 
@@ -446,7 +746,10 @@ class SGLangDouble:
             i = 0
             while i < len(out):
                 if seq.aborted:
-                    finish = {"type": "abort", "message": f"abort request {seq.rid}"}
+                    finish = _abort_reason("Aborted", None)
+                    break
+                if seq.retract and i > 0:
+                    finish = _abort_reason(RETRACTED, 503)
                     break
                 n = min(step, len(out) - i)
                 if self.cost.per_token_s > 0:
@@ -455,6 +758,8 @@ class SGLangDouble:
                     seq.logprobs.append(self.logprob(len(seq.input_ids) + j, out[j]))
                 seq.out.extend(out[i : i + n])
                 i += n
+            if seq.retract and finish.get("type") != "abort":
+                finish = _abort_reason(RETRACTED, 503)
             seq.finish = finish
         finally:
             self.stats.busy_s += time.perf_counter() - t0
@@ -462,7 +767,7 @@ class SGLangDouble:
             self.stats.concurrent -= 1
             self._slots.release()
             if seq.finish is None:
-                seq.finish = {"type": "abort", "message": "server shutting down"}
+                seq.finish = _abort_reason("server shutting down", None)
             seq.done.set()
 
     def _item(self, seq: _Seq, want_logprob: bool, started: float) -> dict[str, Any]:
@@ -474,8 +779,10 @@ class SGLangDouble:
             "prompt_tokens": len(seq.input_ids),
             "completion_tokens": len(ids),
             "cached_tokens": 0,
-            "e2e_latency": time.perf_counter() - started,
+            "weight_version": self.weight_version,
         }
+        if seq.finish is not None:
+            meta["e2e_latency"] = time.perf_counter() - started
         if want_logprob:
             meta["output_token_logprobs"] = [
                 [lp, t, None] for lp, t in zip(seq.logprobs, ids, strict=False)
@@ -484,6 +791,16 @@ class SGLangDouble:
         if seq.stop is not None and seq.stop in text:
             text = text[: text.find(seq.stop)]
         return {"text": text, "output_ids": ids, "meta_info": meta}
+
+
+def _http_exception(message: str, status: int) -> dict[str, Any]:
+    """SGLang's body for an ``HTTPException`` (its ``ErrorResponse``)."""
+    return {"object": "error", "message": message, "type": str(status), "param": None,
+            "code": status}  # fmt: skip
+
+
+def _abort_reason(message: str, status_code: int | None) -> dict[str, Any]:
+    return {"type": "abort", "message": message, "status_code": status_code, "err_type": None}
 
 
 # -- helpers for tests and the benchmark ------------------------------------------------
@@ -505,7 +822,7 @@ def build_tiny_tokenizer(folder: Path, extra_text: list[str] | None = None) -> P
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from gymux.env_plugins.builtin.maze.env import MAZE_SPEC
+    from gymux.env_plugins.builtin.maze.plugin import MAZE_SPEC
 
     folder.mkdir(parents=True, exist_ok=True)
     corpus = [MAZE_SPEC.instruction] * 3
@@ -640,6 +957,7 @@ async def _serve(args: argparse.Namespace) -> None:
         context_length=args.context_length,
         stream_interval=args.stream_interval,
         port=args.port,
+        schema=None,  # the benchmark measures throughput: no per-answer schema checks
     )
     await double.start()
     print(f"PORT {double.port}", flush=True)

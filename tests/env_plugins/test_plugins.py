@@ -38,7 +38,8 @@ def test_broken_entry_points_are_reported_and_do_not_affect_others(tmp_path, mon
     (pkg / "wrongid.py").write_text(
         textwrap.dedent(
             """
-            from gymux.env_plugins.builtin.maze.env import MAZE_SPEC, MazeEnv
+            from gymux.env_plugins.builtin.maze.env import MazeEnv
+            from gymux.env_plugins.builtin.maze.plugin import MAZE_SPEC
             from gymux.env_plugins import EnvPlugin
             import msgspec
             plugin = EnvPlugin(msgspec.structs.replace(MAZE_SPEC, id="other"), MazeEnv)
@@ -53,7 +54,7 @@ def test_broken_entry_points_are_reported_and_do_not_affect_others(tmp_path, mon
             ep("raises", "badplugs.raises:plugin"),
             ep("wrongtype", "badplugs.wrongtype:plugin"),
             ep("wrongid", "badplugs.wrongid:plugin"),
-            ep("maze", "gymux.env_plugins.builtin.maze.env:plugin"),
+            ep("maze", "gymux.env_plugins.builtin.maze.plugin:plugin"),
         ]
     )
     with pytest.raises(PluginError, match=r"'missing'.*no_such_module_xyz"):

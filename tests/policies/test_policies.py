@@ -223,30 +223,36 @@ class Gate(BatchingPolicy):
         return [PolicyResponse(text=react("go", "go")) for _ in requests]
 
 
+# "At once" vs "after the window": the windows are long (30 s) so that a busy machine's
+# delays (fractions of a second) can never blur the two; no test waits a long window out.
+LONG_WINDOW_S = 30.0
+
+
 async def test_adaptive_window_light_load_dispatches_a_lone_request_at_once():
-    policy = Gate(max_batch=16, window_s=0.5)
+    policy = Gate(max_batch=16, window_s=LONG_WINDOW_S)
     policy.release.set()
     async with policy:
         t0 = anyio.current_time()
         await policy.act(request(0))
-        assert anyio.current_time() - t0 < 0.25
+        assert anyio.current_time() - t0 < LONG_WINDOW_S / 2
     assert policy.dispatched_early == 1
 
 
 async def test_adaptive_window_heavy_load_dispatches_at_once():
-    policy = Gate(max_batch=8, window_s=0.5)
+    policy = Gate(max_batch=8, window_s=LONG_WINDOW_S)
     async with policy, anyio.create_task_group() as tg:
         tg.start_soon(policy.act, request(0))  # a lone request: goes at once, stays in flight
-        with anyio.fail_after(0.25):
+        with anyio.fail_after(LONG_WINDOW_S / 2):
             while len(policy.dispatched) < 1:
                 await anyio.sleep(0.005)
         t0 = anyio.current_time()
         for i in range(1, 5):  # 4 >= max_batch / 2: heavy, no window
             tg.start_soon(policy.act, request(i))
-        with anyio.fail_after(0.25):
+        with anyio.fail_after(LONG_WINDOW_S / 2):
             while len(policy.dispatched) < 2:
                 await anyio.sleep(0.005)
-        assert policy.dispatched[1][0] - t0 < 0.25 and policy.dispatched[1][1] == 4
+        assert policy.dispatched[1][0] - t0 < LONG_WINDOW_S / 2
+        assert policy.dispatched[1][1] == 4
         policy.release.set()
 
 
@@ -254,13 +260,13 @@ async def test_adaptive_window_moderate_load_waits_for_the_window():
     policy = Gate(max_batch=16, window_s=0.3)
     async with policy, anyio.create_task_group() as tg:
         tg.start_soon(policy.act, request(0))
-        with anyio.fail_after(0.25):
+        with anyio.fail_after(LONG_WINDOW_S):  # a bound, not a speed assertion
             while len(policy.dispatched) < 1:
                 await anyio.sleep(0.005)
         t0 = anyio.current_time()
         tg.start_soon(policy.act, request(1))  # one in flight, 2 queued < 8: wait the window
         tg.start_soon(policy.act, request(2))
-        with anyio.fail_after(2):
+        with anyio.fail_after(LONG_WINDOW_S):
             while len(policy.dispatched) < 2:
                 await anyio.sleep(0.005)
         assert policy.dispatched[1][0] - t0 >= 0.25 and policy.dispatched[1][1] == 2

@@ -11,6 +11,7 @@ import pytest
 
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.builtin.maze import env as maze
+from gymux.env_plugins.builtin.maze.plugin import MAZE_SPEC
 from gymux.env_plugins.conformance import check_plugin
 from gymux.env_plugins.parsing import (
     JSON_FORMAT_HINT,
@@ -306,7 +307,7 @@ _POSITION = re.compile(r"Your current position is at position \((\d+), (\d+)\)")
 _STEPS = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 
 MAZE_ANY = EnvPlugin(
-    maze.MAZE_SPEC,
+    MAZE_SPEC,
     maze.MazeEnv,
     parse_action=with_validation(
         parse_any_action, maze.ACTIONS, 'Valid actions are "move up", "move down", ...'

@@ -66,7 +66,8 @@ def test_execution_modes_timeouts_and_errors(backend: str, mode: str) -> None:
     registry = Registry(entry_points_group=None)
     registry.register(plugin)
     config = RuntimeConfig(
-        step_timeout_s=1.0 if mode != "process" else 2.0,
+        # it also bounds creating a process worker (spawn + imports): generous there
+        step_timeout_s=1.0 if mode != "process" else 10.0,
         policy_timeout_s=3.0,
         episode_timeout_s=30.0,
         close_timeout_s=3.0,

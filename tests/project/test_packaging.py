@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from gymux.env_plugins.builtin.maze.env import MAZE_SPEC
-from gymux.env_plugins.builtin.wordle.env import WORDLE_SPEC
+from gymux.env_plugins.builtin.maze.plugin import MAZE_SPEC
+from gymux.env_plugins.builtin.wordle.plugin import WORDLE_SPEC
 from gymux.stores import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,12 +187,12 @@ def test_wheel_contents(wheel: Path) -> None:
     eps.read_string(entry_points)
     assert dict(eps["console_scripts"]) == {"gymux": "gymux.cli:console_main"}
     assert dict(eps["gymux.envs"]) == {
-        "maze": "gymux.env_plugins.builtin.maze.env:plugin",
-        "wordle": "gymux.env_plugins.builtin.wordle.env:plugin",
-        "textcraft": "gymux.env_plugins.builtin.textcraft.env:plugin",
-        "babyai": "gymux.env_plugins.builtin.babyai.env:plugin",
+        "maze": "gymux.env_plugins.builtin.maze.plugin:plugin",
+        "wordle": "gymux.env_plugins.builtin.wordle.plugin:plugin",
+        "textcraft": "gymux.env_plugins.builtin.textcraft.plugin:plugin",
+        "babyai": "gymux.env_plugins.builtin.babyai.plugin:plugin",
         "sciworld": "gymux.env_plugins.builtin.sciworld.env:plugin",
-        "textworld": "gymux.env_plugins.builtin.textworld.env:plugin",
+        "textworld": "gymux.env_plugins.builtin.textworld.plugin:plugin",
         "sqlgym": "gymux.env_plugins.builtin.sqlgym.env:plugin",
     }
     # Every data file the built-in envs ship is in the wheel, byte for byte, and nothing else.
@@ -251,7 +251,7 @@ def test_installed_console_script_lists_envs(venv: Venv) -> None:
     proc = venv.run([str(script), "envs", "--json"])
     assert proc.returncode == 0, proc.stderr
     status = {row["id"]: row for row in json.loads(proc.stdout)}
-    assert status["maze"]["source"] == "entry point gymux.env_plugins.builtin.maze.env:plugin"
+    assert status["maze"]["source"] == "entry point gymux.env_plugins.builtin.maze.plugin:plugin"
     assert status["wordle"]["ok"] is True
 
 
@@ -346,7 +346,7 @@ def test_editable_install_entry_points() -> None:
     from importlib.metadata import entry_points
 
     eps = {ep.name: ep.value for ep in entry_points(group="gymux.envs")}
-    assert eps.get("maze") == "gymux.env_plugins.builtin.maze.env:plugin"
-    assert eps.get("wordle") == "gymux.env_plugins.builtin.wordle.env:plugin"
+    assert eps.get("maze") == "gymux.env_plugins.builtin.maze.plugin:plugin"
+    assert eps.get("wordle") == "gymux.env_plugins.builtin.wordle.plugin:plugin"
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     assert scripts.get("gymux") == "gymux.cli:console_main"

@@ -17,6 +17,8 @@ from gymux.env_plugins.registry import Registry
 from gymux.eval.run import read_store
 from gymux.trajectory import FinishReason, Trajectory
 
+from doubles.trajectories import make_trajectory
+
 
 @dataclass
 class CliResult:
@@ -72,18 +74,7 @@ def build_trajectory(
 ) -> Trajectory:
     """A finished trajectory of run ``r`` (reward 1 on success, else 0, unless given)."""
     values: dict[str, Any] = {"success": success, "reward": 1.0 if success else 0.0, **fields}
-    return Trajectory(
-        run_id="r",
-        episode_id=f"r:{env}:{task}:{sample}",
-        env_id=env,
-        env_version="1",
-        task_id=task,
-        split="test",
-        sample=sample,
-        policy="p",
-        policy_version="1",
-        **values,
-    )
+    return make_trajectory(env=env, task=task, sample=sample, **values)
 
 
 @pytest.fixture

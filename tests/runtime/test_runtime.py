@@ -41,9 +41,15 @@ def registry_with(*plugins) -> Registry:
     return reg
 
 
+#: A step timeout for process-mode tests that expect a hung call to time out. It also bounds
+#: creating a worker process (spawn + imports), which takes seconds on a busy machine, so it
+#: is generous: a bound, not a speed assertion.
+PROCESS_STEP_TIMEOUT_S = 10.0
+
+
 def config(**kw) -> RuntimeConfig:
     base = dict(
-        step_timeout_s=3.0,
+        step_timeout_s=PROCESS_STEP_TIMEOUT_S,  # bounds worker creation too: generous
         policy_timeout_s=3.0,
         episode_timeout_s=30.0,
         close_timeout_s=3.0,
@@ -86,7 +92,8 @@ async def test_healthy_episodes_succeed_and_instances_are_reused(mode):
 async def test_failures_are_isolated_per_episode(mode):
     plugin = E.plugin(MODES[mode], mode, max_instances=4)
     tasks = [0, 1, E.HANG_STEP, E.STEP_RAISES, E.BAD_RESET_TYPE, E.BAD_STEP_TYPE, 2, 3]
-    result, pool = await run_tasks(plugin, tasks, cfg=config(step_timeout_s=1.0, env_retries=0))
+    timeout = 1.0 if mode != "process" else PROCESS_STEP_TIMEOUT_S
+    result, pool = await run_tasks(plugin, tasks, cfg=config(step_timeout_s=timeout, env_retries=0))
     t = by_task(result)
     assert len(t) == len(tasks)
     for ok in (0, 1, 2, 3):
@@ -105,9 +112,8 @@ async def test_failures_are_isolated_per_episode(mode):
 @pytest.mark.parametrize("mode", list(MODES))
 async def test_hung_reset_times_out(mode):
     plugin = E.plugin(MODES[mode], mode)
-    result, _ = await run_tasks(
-        plugin, [E.HANG_RESET, 0], cfg=config(step_timeout_s=0.5 if mode != "process" else 2.0)
-    )
+    timeout = 0.5 if mode != "process" else PROCESS_STEP_TIMEOUT_S
+    result, _ = await run_tasks(plugin, [E.HANG_RESET, 0], cfg=config(step_timeout_s=timeout))
     t = by_task(result)
     assert t[E.HANG_RESET].finish_reason is FinishReason.TIMEOUT
     assert "reset exceeded" in t[E.HANG_RESET].error
@@ -117,7 +123,7 @@ async def test_hung_reset_times_out(mode):
 @pytest.mark.parametrize("mode", ["thread", "process"])
 async def test_hung_env_instance_is_replaced_not_reused(mode):
     plugin = E.plugin(MODES[mode], mode, max_instances=1)
-    timeout = 0.5 if mode == "thread" else 2.0
+    timeout = 0.5 if mode == "thread" else PROCESS_STEP_TIMEOUT_S
     result, pool = await run_tasks(plugin, [E.HANG_STEP, 0, 1], cfg=config(step_timeout_s=timeout))
     t = by_task(result)
     assert t[E.HANG_STEP].finish_reason is FinishReason.TIMEOUT
@@ -249,27 +255,35 @@ async def test_episode_timeout():
     plugin = E.plugin(E.AsyncProbe)
 
     class Slow(SimplePolicy):
+        """Answers the first turn at once, then never again: the episode timeout, not the
+        machine's speed, decides how many turns there are."""
+
         async def act(self, request):
-            await anyio.sleep(0.2)
+            if request.turn > 0:
+                await anyio.sleep_forever()
             return PolicyResponse(text=react("go", "go"))
 
-    result, pool = await run_tasks(plugin, [0], policy=Slow(), cfg=config(episode_timeout_s=0.3))
+    result, pool = await run_tasks(plugin, [0], policy=Slow(), cfg=config(episode_timeout_s=1.0))
     (traj,) = result.trajectories
     assert traj.finish_reason is FinishReason.TIMEOUT
     assert "episode exceeded" in traj.error
-    assert 1 <= len(traj.turns) < 3
+    assert len(traj.turns) == 1
     assert pool.live == 0
 
 
 async def test_global_concurrency_cap_is_enforced():
     plugin = E.plugin(E.AsyncProbe, max_instances=100)
     inflight = peak = 0
+    full = anyio.Event()  # the first calls wait until the cap is reached: no race with time
 
     class Counting(SimplePolicy):
         async def act(self, request):
             nonlocal inflight, peak
             inflight += 1
             peak = max(peak, inflight)
+            if inflight >= 7:
+                full.set()
+            await full.wait()
             await anyio.sleep(0.01)
             inflight -= 1
             return PolicyResponse(text=react("go", "go"))
@@ -300,17 +314,20 @@ async def test_cancellation_records_cancelled_and_leaks_nothing(tmp_path):
     plugin = E.plugin(E.SyncProbe, "thread", max_instances=4)
     reg = registry_with(plugin)
     started = anyio.Event()
+    acting = 0
 
     class Blocks(SimplePolicy):
         async def act(self, request):
-            started.set()
+            nonlocal acting
+            acting += 1
+            if acting == 4:  # every running episode is in its policy call
+                started.set()
             await anyio.sleep_forever()
 
     before = set(asyncio.all_tasks())
     async with Runtime(config(max_concurrent_episodes=4), registry=reg, out=tmp_path) as rt:
         handle = await rt.submit(Workload(env="probe", tasks=E.HEALTHY), policy=Blocks())
         await started.wait()
-        await anyio.sleep(0.05)
         handle.cancel()
         result = await handle.wait()
         pool = rt.scheduler.pools["probe"]
@@ -330,14 +347,21 @@ async def test_exiting_runtime_with_exception_cancels_runs():
     plugin = E.plugin(E.AsyncProbe, max_instances=4)
     reg = registry_with(plugin)
 
+    both = anyio.Event()
+    acting = 0
+
     class Blocks(SimplePolicy):
         async def act(self, request):
+            nonlocal acting
+            acting += 1
+            if acting == 2:
+                both.set()
             await anyio.sleep_forever()
 
     with pytest.raises(ZeroDivisionError):
         async with Runtime(config(), registry=reg) as rt:
             handle = await rt.submit(Workload(env="probe", tasks=[0, 1]), policy=Blocks())
-            await anyio.sleep(0.05)
+            await both.wait()
             1 / 0  # noqa: B018
     assert handle.done
     assert {t.finish_reason for t in handle.trajectories} == {FinishReason.CANCELLED}
@@ -438,7 +462,7 @@ async def test_pool_waiters_are_served_in_order_and_a_cancelled_waiter_passes_it
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(user, "a", release_first)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # a holds the instance
         cancel_b = anyio.CancelScope()
 
         async def b_cancellable():
@@ -446,9 +470,9 @@ async def test_pool_waiters_are_served_in_order_and_a_cancelled_waiter_passes_it
                 await user("b")
 
         tg.start_soon(b_cancellable)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # b waits
         tg.start_soon(user, "c")
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # c waits behind b
         cancel_b.cancel()  # b gives up while waiting
         release_first.set()
     assert order == ["a", "c"]

@@ -10,9 +10,10 @@ from gymux.config import ConfigError, RuntimeConfig, Workload, load_config, pars
 from gymux.env_plugins.registry import Registry
 from gymux.runtime import Runtime
 from gymux.sinks import JsonlSink, SinkError, read_jsonl
-from gymux.trajectory import SCHEMA_VERSION, FinishReason, Trajectory
+from gymux.trajectory import SCHEMA_VERSION, FinishReason
 
 from doubles import envs as E
+from doubles.trajectories import make_trajectory
 
 
 def registry() -> Registry:
@@ -48,17 +49,7 @@ def test_jsonl_round_trips_every_field(tmp_path):
 
 def test_read_jsonl_torn_tail_and_corruption(tmp_path):
     path = tmp_path / "t.jsonl"
-    traj = Trajectory(
-        run_id="r",
-        episode_id="e",
-        env_id="probe",
-        env_version="1",
-        task_id=0,
-        split="test",
-        sample=0,
-        policy="p",
-        policy_version="1",
-    )
+    traj = make_trajectory(env="probe", episode_id="e")
     line = msgspec.json.encode(traj)
     path.write_bytes(line + b"\n" + line + b"\n" + line[: len(line) // 2])
     with pytest.raises(ValueError, match=r"t.jsonl:3: torn last line"):

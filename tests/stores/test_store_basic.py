@@ -14,6 +14,7 @@ from gymux.stores import Store, StoreError, StoreSink
 from gymux.trajectory import FinishReason
 
 from doubles import envs as E
+from doubles.trajectories import make_trajectory
 
 
 def run_probe(out, tasks, **runtime_kw):
@@ -100,19 +101,8 @@ def test_second_runtime_on_the_same_store_gets_a_clear_error(tmp_path):
 
 def test_store_sink_as_an_async_context_manager(tmp_path):
     from gymux.stores.codec import decode_trajectory
-    from gymux.trajectory import Trajectory
 
-    trajectory = Trajectory(
-        run_id="r",
-        episode_id="r:e:0:0",
-        env_id="e",
-        env_version="1",
-        task_id=0,
-        split="test",
-        sample=0,
-        policy="p",
-        policy_version="v1",
-    )
+    trajectory = make_trajectory(policy_version="v1")
 
     async def main():
         async with StoreSink(tmp_path / "store", durability="always") as sink:

@@ -35,6 +35,8 @@ from gymux.stores.format import FRAME, SEGMENT_HEADER, encode_frame, list_segmen
 from gymux.stores.hf import load_hf_dataset
 from gymux.trajectory import FinishReason, TokenData, Trajectory, Turn
 
+from doubles.trajectories import make_trajectory as build
+
 pytestmark = pytest.mark.usefixtures("fresh_structlog")
 
 
@@ -70,14 +72,10 @@ def make_trajectory(
             logprobs=pack_float32([-0.25 * k for k in range(n)]) if tokens == "full" else None,
             tokenizer="tok-a",
         )
-    return Trajectory(
+    return build(
         run_id="run-1",
-        episode_id=f"run-1:{env}:{i}:0",
-        env_id=env,
-        env_version="1",
-        task_id=i,
-        split="test",
-        sample=0,
+        env=env,
+        task=i,
         policy="scripted",
         policy_version="v1",
         messages=messages,

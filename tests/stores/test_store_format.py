@@ -58,6 +58,7 @@ from gymux.stores.sync_writer import StreamWriter
 from gymux.trajectory import FinishReason, TokenData, Trajectory, Turn
 
 from doubles.store_writer_proc import SCRIPT, payload_for, spawn
+from doubles.trajectories import make_trajectory
 
 DATA = Path(__file__).parent / "data"
 MAX = 1 << 20
@@ -208,14 +209,10 @@ def format1_trajectories() -> list[Trajectory]:
             )
         reasons = list(FinishReason)
         out.append(
-            Trajectory(
+            make_trajectory(
                 run_id="run-format1",
-                episode_id=f"run-format1:{env}:{i}:0",
-                env_id=env,
-                env_version="1",
-                task_id=i,
-                split="test",
-                sample=0,
+                env=env,
+                task=i,
                 policy="oracle",
                 policy_version="v1",
                 messages=messages,
@@ -514,10 +511,11 @@ def test_batch_mode_durable_within_sync_interval(tmp_path: Path) -> None:
             seq = w.append(b"x" * 100)
             appended = time.monotonic()
             while w.durable_seq < seq:
-                assert time.monotonic() - appended < 2.0, "not durable within the interval"
+                # without a flush or close: a bound, not a speed assertion
+                assert time.monotonic() - appended < 30, "never durable without a flush"
                 time.sleep(0.002)
             # COMMIT follows once the waiter is woken: allow the writer thread a moment
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 30
             while _committed(path)[-1:] != [seq]:
                 assert time.monotonic() < deadline
                 time.sleep(0.002)
@@ -527,7 +525,7 @@ def test_batch_mode_durable_within_sync_interval(tmp_path: Path) -> None:
     with StreamWriter(path, durability="batch", sync_interval_s=3600, sync_bytes=2000) as w:
         for _ in range(30):
             seq = w.append(b"y" * 100)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # a bound, not a speed assertion
         while w.durable_seq < 15:
             assert time.monotonic() < deadline, "sync_bytes did not trigger a sync"
             time.sleep(0.002)
@@ -541,7 +539,7 @@ def test_batch_mode_committed_only_stops_at_commit(tmp_path: Path) -> None:
         assert _committed(path) == [0]
         for i in range(1, 20):
             w.append(b"later %d" % i)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # a bound, not a speed assertion
         while len(list(StreamReader(path).records())) < 20:  # written (os level) ...
             assert time.monotonic() < deadline
             time.sleep(0.002)
@@ -558,7 +556,7 @@ def test_os_mode_visible_without_fsync(tmp_path: Path) -> None:
         w._fdatasync = lambda fd: calls.append(fd)
         for i in range(50):
             w.append(b"%d" % i)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # a bound, not a speed assertion
         while len(list(StreamReader(path).records())) < 50:
             assert time.monotonic() < deadline
             time.sleep(0.002)
@@ -727,8 +725,8 @@ async def test_async_backpressure_does_not_block_the_loop(tmp_path: Path) -> Non
     async with aw:
         real = aw.writer._fdatasync
 
-        def slow(fd: int) -> None:
-            time.sleep(0.05)
+        def slow(fd: int) -> None:  # slow enough that a sync on the loop cannot hide
+            time.sleep(0.3)
             real(fd)
 
         aw.writer._fdatasync = slow
@@ -761,7 +759,9 @@ async def test_async_backpressure_does_not_block_the_loop(tmp_path: Path) -> Non
         finally:
             gc.enable()
     assert len(list(StreamReader(path).records())) == 48
-    assert max(gaps) < 0.1, f"event loop blocked for {max(gaps):.3f}s"
+    # a sync on the loop would stall it >= 0.3 s; a busy machine's scheduling gaps are
+    # far shorter than that
+    assert max(gaps) < 0.25, f"event loop blocked for {max(gaps):.3f}s"
 
 
 def test_segment_age_rolls(tmp_path: Path) -> None:
@@ -769,7 +769,7 @@ def test_segment_age_rolls(tmp_path: Path) -> None:
     with StreamWriter(path, durability="batch", segment_age_s=0.1) as w:
         w.append(b"a")
         w.flush()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # a bound, not a speed assertion
         while len(list_segments(path)) < 2:  # rolls when idle, too
             assert time.monotonic() < deadline, "segment_age_s never rolled"
             time.sleep(0.01)

@@ -11,12 +11,17 @@ state worth flushing, so nothing is lost by killing them.
 :func:`java_processes` lists live JVMs by a marker in their command line (through
 ``/proc``), for tests and diagnostics.
 
-py4j is imported lazily, inside :meth:`JavaProcess.start`.
+py4j is imported lazily, inside :meth:`JavaProcess.start`. py4j reports a JVM that went
+away (killed, or closed by Ctrl-C) through the standard ``logging`` module, partly on the
+*root* logger with full tracebacks; :func:`quiet_py4j` drops those records (the failure
+itself reaches gymux as an exception, turned into one env error), so a dying JVM never
+prints tracebacks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -29,9 +34,41 @@ import structlog
 
 from gymux.env_plugins.protocol import EnvError
 
-__all__ = ["JavaProcess", "java_processes", "require_java"]
+__all__ = ["JavaProcess", "java_processes", "quiet_py4j", "require_java"]
 
 _log = structlog.get_logger(__name__)
+
+
+class _DropPy4J(logging.Filter):
+    """Drops the records py4j logs, on its own loggers or on the root logger."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self._folder = folder
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("py4j") or record.pathname.startswith(self._folder))
+
+
+_quiet_lock = threading.Lock()
+_quieted = False
+
+
+def quiet_py4j() -> None:
+    """Keep py4j's logging (tracebacks of lost connections) off stderr; idempotent."""
+    global _quieted
+    with _quiet_lock:
+        if _quieted:
+            return
+        import py4j  # type: ignore[import-untyped]
+
+        folder = os.path.dirname(os.path.abspath(py4j.__file__)) + os.sep
+        drop = _DropPy4J(folder)
+        logging.getLogger().addFilter(drop)
+        py4j_logger = logging.getLogger("py4j")
+        py4j_logger.addFilter(drop)
+        py4j_logger.propagate = False
+        _quieted = True
 
 
 def require_java() -> str:
@@ -68,6 +105,7 @@ class JavaProcess:
     ) -> JavaProcess:
         """Launch a JVM with ``classpath`` (plus py4j's own jar) and connect to it."""
         java = require_java()
+        quiet_py4j()
         from py4j.java_gateway import (  # type: ignore[import-untyped]
             GatewayParameters,
             JavaGateway,

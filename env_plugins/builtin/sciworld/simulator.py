@@ -10,7 +10,7 @@ from gymux.env_plugins.builtin.sciworld.tasks import (
     SCIENCEWORLD_VERSION,
     SIMPLIFICATIONS,
 )
-from gymux.env_plugins.protocol import EnvError
+from gymux.env_plugins.protocol import EnvError, TransientEnvError
 
 __all__ = ["JAVA_OPTIONS", "Simulator", "scienceworld_module"]
 
@@ -48,6 +48,17 @@ class Simulator:
         java = JavaProcess.start(JAR_PATH, cwd=BASEPATH, java_options=JAVA_OPTIONS)
         try:
             server = java.jvm.scienceworld.runtime.pythonapi.PythonInterface()
+        except Exception as exc:
+            # A JVM that died while starting (killed by pid, out of memory) is worth a
+            # retry on a fresh one; one that is alive but failed is a real error.
+            exit_code = java.exit_code()
+            java.close()
+            if exit_code is not None:
+                raise TransientEnvError(
+                    f"ScienceWorld's JVM (pid {java.pid}) died while starting "
+                    f"(exit code {exit_code})"
+                ) from exc
+            raise EnvError(f"ScienceWorld's JVM failed to start: {exc!r}") from exc
         except BaseException:
             java.close()
             raise

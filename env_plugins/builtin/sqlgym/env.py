@@ -13,8 +13,8 @@ Reward and success (as AgentGym's SQLGym and BIRD's execution accuracy): reward 
 the set of rows the predicted query returns equals the set of rows of the gold query, else
 ``0.0``; success is reward ``1.0``. The comparison is on sets of row tuples: row order and
 duplicate rows do not matter, column order and values do (Python equality, so ``1 == 1.0``).
-A refused query, an SQL error, the time limit or the row cap score 0; the observation says
-why.
+A refused query, an SQL error, the time limit, the row cap or the byte cap score 0; the
+observation says why.
 
 Data sources:
 
@@ -46,7 +46,8 @@ Data sources:
   files, so ids are tied to the exact data release (e.g. BIRD's dev set, 1534 questions).
   BIRD (CC BY-SA 4.0) and Spider (CC BY-SA 4.0) are not shipped with gymux.
 
-Limits: a predicted query may run 10 s and return 100,000 rows; a gold query gets three
+Limits: a predicted query may run 10 s and return 100,000 rows and 16 MB of values
+(strings and blobs by length, other values 8 bytes each); a gold query gets three
 times as long (30 s, BIRD's evaluation timeout) and is run once per question, its result
 cached. ``sqlgym_plugin(time_limit_s=..., max_rows=...)`` changes them.
 

@@ -13,8 +13,13 @@ Every query the agent sends goes through :func:`run_query`, which layers these g
 * extension loading is switched off (``enable_load_extension(False)``, where the Python
   build supports extensions at all) and no database may be attached;
 * only one statement per call (``sqlite3`` refuses a second one);
-* a wall-clock deadline, enforced by a progress handler that interrupts the query, and a cap
-  on the number of rows fetched and on the size of any string or blob.
+* a wall-clock deadline, checked by a progress handler every few hundred virtual-machine
+  instructions (which interrupts the query) and between the rows fetched;
+* caps on what a query may return: the number of rows, and the total bytes of its values
+  (:data:`DEFAULT_MAX_BYTES`, counted row by row as they are fetched, one row at a time). Each
+  value is bounded too: SQLite's ``SQLITE_LIMIT_LENGTH`` is set to the byte budget divided by
+  the statement's column count (read from ``EXPLAIN`` before it runs), so no single row, and
+  no string or blob built along the way, can exceed the budget.
 
 Failures are raised as :class:`QueryError` with a short, model-readable message.
 """
@@ -28,6 +33,7 @@ from pathlib import Path
 import msgspec
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ROWS",
     "DEFAULT_TIME_LIMIT_S",
     "QueryError",
@@ -41,10 +47,18 @@ __all__ = [
 DEFAULT_TIME_LIMIT_S = 10.0
 #: Default cap on the rows one query may return.
 DEFAULT_MAX_ROWS = 100_000
-#: Largest string or blob a query may build (bytes).
+#: Default cap on the total bytes of the values one query may return (strings and blobs
+#: count their length, every other value 8 bytes).
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+#: Largest string or blob a query may build (bytes), whatever its column count.
 _MAX_LENGTH = 10_000_000
-#: The progress handler runs every this many virtual-machine instructions.
-_PROGRESS_STEPS = 10_000
+#: The progress handler runs every this many virtual-machine instructions. Small, because
+#: one instruction can be expensive (building a 10 MB string).
+_PROGRESS_STEPS = 200
+#: Bytes counted for a value that is not a string or blob.
+_SCALAR_BYTES = 8
+#: The clock of the deadline (a module attribute so tests can drive it).
+_clock = time.monotonic
 
 _ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE})
 _DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer"})
@@ -65,8 +79,9 @@ class QueryError(Exception):
     """A query was refused or failed; ``kind`` says why, the message is for the model.
 
     Kinds: ``"denied"`` (not a read-only statement), ``"multiple"`` (more than one
-    statement), ``"timeout"``, ``"too_many_rows"``, ``"sql"`` (any other SQLite error:
-    syntax, unknown table or column, ...).
+    statement), ``"timeout"``, ``"too_many_rows"``, ``"too_large"`` (the values returned
+    exceed the byte budget), ``"sql"`` (any other SQLite error: syntax, unknown table or
+    column, a string or blob too big, ...).
     """
 
     def __init__(self, kind: str, message: str) -> None:
@@ -129,46 +144,83 @@ def _message(exc: sqlite3.Error) -> QueryError:
     return QueryError("sql", f"SQL error: {text}")
 
 
+def _result_columns(conn: sqlite3.Connection, sql: str) -> int:
+    """How many columns ``sql`` returns, from its compiled program (``EXPLAIN``: the
+    ``ResultRow`` instructions' second operand), without running it. When ``EXPLAIN`` fails
+    (a syntax error, a statement that already starts with ``EXPLAIN``), the most SQLite
+    allows: the real statement then reports its own error, or runs under the tightest cap."""
+    try:
+        program = conn.execute("EXPLAIN " + sql).fetchall()
+    except (sqlite3.Error, sqlite3.Warning):
+        return conn.getlimit(sqlite3.SQLITE_LIMIT_COLUMN)
+    counts = [int(row[3]) for row in program if len(row) > 3 and row[1] == "ResultRow"]
+    return max(counts, default=1)
+
+
+def _size(row: tuple[object, ...]) -> int:
+    total = 0
+    for value in row:
+        if isinstance(value, (str, bytes)):
+            total += len(value)
+        else:
+            total += _SCALAR_BYTES
+    return total
+
+
 def run_query(
     path: str | Path,
     sql: str,
     *,
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> QueryResult:
     """Run one read-only statement on the database at ``path`` and fetch its rows.
 
     Raises :class:`QueryError` when the statement is refused, fails, runs past
-    ``time_limit_s`` or returns more than ``max_rows`` rows.
+    ``time_limit_s``, returns more than ``max_rows`` rows or more than ``max_bytes`` bytes.
     """
     if not sql.strip():
         raise QueryError("sql", "SQL error: the query is empty")
     conn = open_readonly(path)
-    deadline = time.monotonic() + time_limit_s
+    deadline = _clock() + time_limit_s
     timed_out = False
 
     def progress() -> int:
         nonlocal timed_out
-        if time.monotonic() > deadline:
+        if _clock() > deadline:
             timed_out = True
             return 1
         return 0
 
+    def timeout() -> QueryError:
+        return QueryError("timeout", f"the query ran longer than the {time_limit_s:g} s time limit")
+
     conn.set_progress_handler(progress, _PROGRESS_STEPS)
     try:
         try:
+            columns_n = max(1, _result_columns(conn, sql))
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, min(_MAX_LENGTH, max_bytes // columns_n))
             cursor = conn.execute(sql)
             rows: list[tuple[object, ...]] = []
-            while True:
-                batch = cursor.fetchmany(1_000)
-                if not batch:
-                    break
-                rows.extend(batch)
+            total = 0
+            # One row at a time: the budget is checked before the next row is materialised.
+            for row in cursor:
+                rows.append(row)
+                total += _size(row)
+                if total > max_bytes:
+                    raise QueryError(
+                        "too_large",
+                        f"the query returns more than {max_bytes // (1024 * 1024)} MB of data; "
+                        "refine it",
+                    )
                 if len(rows) > max_rows:
                     raise QueryError(
                         "too_many_rows",
                         f"the query returns more than {max_rows} rows; refine it",
                     )
+                if _clock() > deadline:
+                    raise timeout()
             columns = [d[0] for d in cursor.description or ()]
         except sqlite3.Warning as exc:  # e.g. "You can only execute one statement at a time."
             raise QueryError(
@@ -176,9 +228,7 @@ def run_query(
             ) from exc
         except sqlite3.Error as exc:
             if timed_out:
-                raise QueryError(
-                    "timeout", f"the query ran longer than the {time_limit_s:g} s time limit"
-                ) from exc
+                raise timeout() from exc
             raise _message(exc) from exc
     finally:
         conn.close()

@@ -74,22 +74,13 @@ from gymux.env_plugins.builtin.textcraft.game import (
     textcraft_task,
 )
 from gymux.env_plugins.builtin.textcraft.oracle import TextCraftOracle, oracle_plan
-from gymux.env_plugins.protocol import (
-    EnvError,
-    EnvPlugin,
-    EnvSpec,
-    Observation,
-    StepResult,
-    SuccessRule,
-    Task,
-    splits_from,
-)
+from gymux.env_plugins.protocol import Observation, StepResult, Task
+from gymux.errors import EnvError
 
 __all__ = [
     "MAX_TURNS",
     "ORACLE_MAX_STEPS",
     "TEST_IDS",
-    "TEXTCRAFT_SPEC",
     "TRAIN_IDS",
     "Command",
     "TextCraftEnv",
@@ -100,7 +91,6 @@ __all__ = [
     "oracle_plan",
     "parse_command",
     "parse_textcraft_action",
-    "plugin",
     "textcraft_task",
 ]
 
@@ -143,54 +133,3 @@ class TextCraftEnv:
 
 
 # --------------------------------------------------------------------------- spec and plugin
-
-_INSTRUCTION = """\
-You are given a few crafting recipes to craft items in Minecraft. Crafting commands have \
-the form "craft [target object] using [input ingredients]".
-Every round I give you an observation and you answer with one action. You can "get" a \
-base ingredient from the environment, look at what you carry with "inventory", or "craft" \
-a target using one of the crafting commands.
-Your answer must strictly follow this format:
-Thought:
-your thoughts.
-
-Action:
-your next action
-
-Remember:
-1. Always give the quantity in "get" and "craft" commands. Examples: "get 1 lapis lazuli", \
-"craft 1 blue dye using 1 lapis lazuli", "craft 1 golden carrot using 8 gold nugget, 1 carrot".
-2. Do not say where an item comes from in a "get" command. Only base ingredients can be \
-fetched; craft everything else.
-3. Use only the crafting commands you are given. If a command uses a generic ingredient \
-such as "planks", give a specific kind of it instead, e.g. "oak planks".
-4. To craft several batches at once, multiply every ingredient count by the number of \
-batches, e.g. "craft 8 oak planks using 2 oak logs"."""
-
-TEXTCRAFT_SPEC = EnvSpec(
-    id="textcraft",
-    version="1",
-    instruction=_INSTRUCTION,
-    action_format=(
-        "Thought:\n<reasoning>\n\nAction:\n"
-        "get <N> <item> | craft <N> <item> using <N> <ingredient>, ... | inventory"
-    ),
-    splits=splits_from({"test": list(TEST_IDS), "train": list(TRAIN_IDS)}),
-    max_turns=MAX_TURNS,
-    reward_range=(0.0, 1.0),
-    success=SuccessRule(threshold=1.0),
-    example_actions=["inventory", "get 1 oak logs", "craft 4 oak planks using 1 oak logs"],
-    description=(
-        f"TextCraft (ADaPT/AgentGym): craft one of {len(goal_order())} Minecraft items "
-        "(crafting-tree depth 1-4) from the given recipes; reward 1.0 for crafting it."
-    ),
-)
-
-plugin = EnvPlugin(
-    TEXTCRAFT_SPEC,
-    TextCraftEnv,
-    execution="async",
-    parse_action=parse_textcraft_action,
-    oracle=TextCraftOracle,
-    max_instances=1024,
-)

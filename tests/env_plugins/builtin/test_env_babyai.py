@@ -17,14 +17,13 @@ from gymux.env_plugins.adapters import ProcessEnv, factory_ref, make_instance
 from gymux.env_plugins.builtin.babyai.actions import BabyAIGame, normalise_action
 from gymux.env_plugins.builtin.babyai.env import (
     AGENTGYM_TURNS,
-    BABYAI_SPEC,
     MAX_TURNS,
     BabyAIEnv,
     BabyAIOracle,
     oracle_action,
     parse_babyai_action,
-    plugin,
 )
+from gymux.env_plugins.builtin.babyai.plugin import BABYAI_SPEC, plugin
 from gymux.env_plugins.builtin.babyai.text import (
     AGENTGYM_LEVELS,
     level_and_seed,
@@ -448,7 +447,8 @@ def test_missing_minigrid_gives_install_hint() -> None:
         sys.modules["minigrid"] = None
         import gymux.env_plugins.builtin.babyai.env as babyai
         from gymux.env_plugins import EnvError
-        assert babyai.plugin.spec.id == "babyai"
+        from gymux.env_plugins.builtin.babyai.plugin import plugin
+        assert plugin.spec.id == "babyai"
         try:
             babyai.BabyAIEnv()
         except EnvError as exc:

@@ -19,7 +19,6 @@ from gymux.env_plugins.builtin.textcraft.env import (
     MAX_TURNS,
     ORACLE_MAX_STEPS,
     TEST_IDS,
-    TEXTCRAFT_SPEC,
     TRAIN_IDS,
     TextCraftEnv,
     TextCraftGame,
@@ -28,9 +27,9 @@ from gymux.env_plugins.builtin.textcraft.env import (
     oracle_plan,
     parse_command,
     parse_textcraft_action,
-    plugin,
     textcraft_task,
 )
+from gymux.env_plugins.builtin.textcraft.plugin import TEXTCRAFT_SPEC, plugin
 from gymux.env_plugins.builtin.textcraft.recipes import (
     DATA_FILE,
     RecipeBook,

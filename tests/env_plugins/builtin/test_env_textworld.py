@@ -28,13 +28,11 @@ pytest.importorskip("textworld")
 from gymux.env_plugins.builtin.textworld import games as _tw_games
 from gymux.env_plugins.builtin.textworld.env import (
     MAX_TURNS,
-    TEXTWORLD_SPEC,
     TextWorldEnv,
     TextWorldOracle,
     clean_feedback,
     params_for_task,
     parse_textworld_action,
-    plugin,
     pregenerate,
     walkthrough_for,
 )
@@ -45,6 +43,7 @@ from gymux.env_plugins.builtin.textworld.games import (
     generation_count,
     load_entry,
 )
+from gymux.env_plugins.builtin.textworld.plugin import TEXTWORLD_SPEC, plugin
 from gymux.env_plugins.conformance import check_plugin
 from gymux.env_plugins.protocol import (
     ActionParseError,

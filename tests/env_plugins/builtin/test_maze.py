@@ -15,7 +15,6 @@ from gymux.env_plugins import ActionParseError, Env, EnvError, Execution, Task
 from gymux.env_plugins.builtin.maze.env import (
     ACTIONS,
     LAYOUTS,
-    MAZE_SPEC,
     TASKS,
     TEST_IDS,
     TRAIN_IDS,
@@ -25,8 +24,8 @@ from gymux.env_plugins.builtin.maze.env import (
     maze_task,
     observation_text,
     parse_maze_action,
-    plugin,
 )
+from gymux.env_plugins.builtin.maze.plugin import MAZE_SPEC, plugin
 from gymux.policies import Message, PolicyError, PolicyRequest
 from gymux.policies.oracle import OraclePolicy
 

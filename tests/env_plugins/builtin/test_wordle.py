@@ -13,16 +13,15 @@ from gymux.env_plugins import ActionParseError, EnvError, Execution, SyncEnv, Ta
 from gymux.env_plugins.builtin.wordle.env import (
     MAX_GUESSES,
     OPENING_GUESS,
-    WORDLE_SPEC,
     WordleEnv,
     WordleOracle,
     format_feedback,
     parse_wordle_action,
-    plugin,
     target_words,
     word_list,
     wordle_feedback,
 )
+from gymux.env_plugins.builtin.wordle.plugin import WORDLE_SPEC, plugin
 from gymux.policies import Message, PolicyError, PolicyRequest
 from gymux.policies.oracle import OraclePolicy
 

@@ -118,9 +118,10 @@ async def test_context_limit_before_sending(tok: ChatTokenizer, double: SGLangDo
 async def test_unreachable_at_start(tok: ChatTokenizer, double: SGLangDouble) -> None:
     url = double.url
     await double.stop()
-    with pytest.raises(PolicyError, match="no SGLang server reachable"):
-        async with SGLangPolicy(url, tokenizer=tok):
+    with pytest.raises(PolicyError, match="no SGLang server reachable") as info:
+        async with SGLangPolicy(url, tokenizer=tok, startup_timeout_s=0.2):
             pass
+    assert url in str(info.value) and "Cannot connect" in str(info.value)
 
 
 @pytest.mark.parametrize("strategy", ["batch", "batch_stream"])
@@ -277,7 +278,7 @@ async def test_retries_safe_errors(tok: ChatTokenizer, double: SGLangDouble) -> 
         t0 = time.perf_counter()
         with pytest.raises(PolicyError, match="refused"):
             await p.act(req("c", 0, start_messages()))
-        assert time.perf_counter() - t0 < 5
+        assert time.perf_counter() - t0 < 60  # bounded retries, no endless loop
 
 
 async def test_end_to_end_runtime_maze(

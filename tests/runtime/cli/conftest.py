@@ -6,7 +6,7 @@ import importlib.metadata
 
 import pytest
 
-from gymux.env_plugins.builtin.maze.env import plugin as maze_plugin
+from gymux.env_plugins.builtin.maze.plugin import plugin as maze_plugin
 from gymux.env_plugins.registry import Registry
 
 

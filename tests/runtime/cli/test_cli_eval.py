@@ -121,8 +121,11 @@ def test_sigterm_keeps_finished_episodes(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while not (out / "store").exists() and time.monotonic() < deadline:
+    # Ready once the store exists (the signal handlers are set before it opens); the
+    # deadline only stops a hung child, it is no speed assertion.
+    deadline = time.monotonic() + 120
+    while not (out / "store").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the eval never opened its store"
         time.sleep(0.01)
     proc.terminate()
     proc.communicate(timeout=60)

@@ -13,7 +13,7 @@ import pytest
 
 from gymux.cli.main import main
 from gymux.cli.report import load_run
-from gymux.env_plugins.builtin.maze.env import plugin as maze_plugin
+from gymux.env_plugins.builtin.maze.plugin import plugin as maze_plugin
 from gymux.env_plugins.registry import Registry
 from gymux.eval.charts import charts_available
 from gymux.eval.report import newcombe_interval

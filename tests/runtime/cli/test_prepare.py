@@ -7,8 +7,8 @@ import pytest
 
 from gymux.cli.main import main
 from gymux.env_plugins import EnvPlugin
-from gymux.env_plugins.builtin.maze.env import MAZE_SPEC
-from gymux.env_plugins.builtin.maze.env import plugin as maze_plugin
+from gymux.env_plugins.builtin.maze.plugin import MAZE_SPEC
+from gymux.env_plugins.builtin.maze.plugin import plugin as maze_plugin
 from gymux.env_plugins.registry import Registry
 
 

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from gymux.cli.common import EXIT_INTERRUPTED
-from gymux.env_plugins.builtin.maze.env import MAZE_SPEC, TEST_IDS, TRAIN_IDS
-from gymux.env_plugins.builtin.wordle.env import WORDLE_SPEC
+from gymux.env_plugins.builtin.maze.env import TEST_IDS, TRAIN_IDS
+from gymux.env_plugins.builtin.maze.plugin import MAZE_SPEC
+from gymux.env_plugins.builtin.wordle.plugin import WORDLE_SPEC
 from gymux.env_plugins.registry import Registry
 from gymux.sinks import read_jsonl
 from gymux.stores import Store
@@ -410,16 +411,20 @@ def test_signal_stops_run_and_keeps_finished_episodes(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and proc.poll() is None:
-            if segments.exists() and any(
-                p.suffix == ".seg" and p.stat().st_size > 32 for p in segments.iterdir()
-            ):
-                break
+        # Ready once episodes reach the store: the child has imported, its signal handlers
+        # are in place (they are set before the store opens) and the run is under way. The
+        # deadline only stops a hung child; it is no speed assertion (a busy machine may
+        # take many seconds to import), and the workload is far too big to end meanwhile.
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and not (
+            segments.exists()
+            and any(p.suffix == ".seg" and p.stat().st_size > 32 for p in segments.iterdir())
+        ):
+            assert time.monotonic() < deadline, "no episode reached the store"
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before the signal was sent"
         proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=20)
+        stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

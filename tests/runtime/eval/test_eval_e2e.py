@@ -205,18 +205,24 @@ def test_smoke_suite_against_sglang_double_counts_induced_errors(
     assert len(errors) == 3 and all(t.error for t in errors)
     assert "policy_error=3" in (out / "report.md").read_text()
 
-    # Resuming without --rerun-failures runs nothing; with it, only the three failures rerun.
+    # The report says the error episodes rerun on resume.
+    assert "reruns them" in (out / "report.md").read_text()
+    # Resuming with --keep-errors runs nothing; without it, the three policy errors (the
+    # server failed, the model was not measured) run again, and only they.
     capsys.readouterr()
-    assert main(args) == 0
+    assert main([*args, "--keep-errors"]) == 0
     assert "episodes run: 0" in capsys.readouterr().out
-    assert main([*args, "--rerun-failures"]) == 0
+    assert main(args) == 0
     printed = capsys.readouterr().out
-    ran = int(re.search(r"episodes run: (\d+)", printed)[1])  # type: ignore[index]
-    failed_before = overall["episodes"] - overall["successes"]
-    assert ran == failed_before
+    assert re.search(r"episodes run: 3, already done: (\d+)", printed), printed
     again = json.loads((out / "report.json").read_text())
     assert "policy_error" not in again["overall"]["finish_reasons"]
     assert again["overall"]["episodes"] == overall["episodes"]
+    # With --rerun-failures every failed triple runs again.
+    assert main([*args, "--rerun-failures"]) == 0
+    printed = capsys.readouterr().out
+    ran = int(re.search(r"episodes run: (\d+)", printed)[1])  # type: ignore[index]
+    assert ran == again["overall"]["episodes"] - again["overall"]["successes"]
 
 
 # --------------------------------------------------------------------------- expert data

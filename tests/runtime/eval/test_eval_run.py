@@ -69,7 +69,7 @@ def test_library_installs_no_signal_handlers(
 
 def test_checks_before_anything_runs(tmp_path: Path) -> None:
     suite = parse_suite(MAZE_SUITE)
-    EvalRun(suite, "oracle", tmp_path / "a")
+    run_eval(suite, "oracle", tmp_path / "a")
     with pytest.raises(ConfigError, match="holds an eval of suite 'r' with policy 'oracle'"):
         EvalRun(suite, "random", tmp_path / "a")
     (tmp_path / "b").mkdir()

@@ -105,6 +105,12 @@ class SGLangOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     health_interval_s: _Positive = 1.0
     #: Keep-alive connections per server (0: no limit).
     connections_per_server: _Count = 256
+    #: The SGLang workers behind a router given in ``urls`` (aborts go to each of them:
+    #: SGLang's router does not forward ``/abort_request``).
+    worker_urls: list[_Name] | None = None
+    #: How long ``async with policy`` waits for a server to become ready (SGLang answers
+    #: ``/health`` with 503 while it loads, for minutes).
+    startup_timeout_s: _Positive = 300.0
 
 
 class VLLMOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -1,4 +1,4 @@
-"""A Hugging Face ``datasets`` loader for a store stream (``pip install gymux[hf]``).
+"""A Hugging Face ``datasets`` loader for a store stream (``pip install gymux[datasets]``).
 
 ::
 
@@ -31,7 +31,7 @@ def _import_datasets() -> Any:
         import datasets
     except ImportError:
         raise StoreError(
-            "the Hugging Face loader needs the datasets package: pip install gymux[hf]"
+            "the Hugging Face loader needs the datasets package: pip install gymux[datasets]"
         ) from None
     return datasets
 

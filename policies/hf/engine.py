@@ -124,7 +124,9 @@ class Engine:
         torch.set_num_threads(self.threads)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         try:
-            model: Any = AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=dtype[self.dtype])
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                str(self.folder), dtype=dtype[self.dtype]
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise PolicyError(f"cannot load a model from {str(self.folder)!r}: {exc}") from None
         model.eval()

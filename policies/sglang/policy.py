@@ -102,7 +102,7 @@ import itertools
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import aiohttp
 import anyio
@@ -142,15 +142,8 @@ _Item = tuple[PolicyRequest, list[int]]
 _RETRY_STATUS = 503
 
 
-class SGLangClientOptions(SGLangOptions, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """:class:`SGLangOptions` plus the options this client adds."""
-
-    #: The SGLang workers behind a router given in ``urls`` (aborts go to each of them:
-    #: SGLang's router does not forward ``/abort_request``).
-    worker_urls: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
-    #: How long ``async with policy`` waits for a server to become ready (SGLang answers
-    #: ``/health`` with 503 while it loads, for minutes).
-    startup_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+#: The old name of :class:`gymux.policies.options.SGLangOptions` (the client's options).
+SGLangClientOptions = SGLangOptions
 
 
 class _Retry:
@@ -199,18 +192,12 @@ class _Partial:
         )
 
 
-def _upgrade(options: SGLangOptions | None) -> SGLangClientOptions | None:
-    if options is None or isinstance(options, SGLangClientOptions):
-        return options
-    return msgspec.convert(msgspec.to_builtins(options), SGLangClientOptions)
-
-
 class SGLangPolicy(BatchingPolicy):
     """See the module docstring. ``tokenizer``: a :class:`ChatTokenizer` or a local folder."""
 
     name = "sglang"
     version = "1"
-    Options = SGLangClientOptions
+    Options = SGLangOptions
 
     def __init__(
         self,
@@ -222,9 +209,7 @@ class SGLangPolicy(BatchingPolicy):
     ) -> None:
         if urls is not None:
             keywords["urls"] = [urls] if isinstance(urls, str) else list(urls)
-        opts = self.options = build_options(
-            SGLangClientOptions, _upgrade(options), keywords, who="SGLangPolicy"
-        )
+        opts = self.options = build_options(SGLangOptions, options, keywords, who="SGLangPolicy")
         super().__init__(
             max_batch=opts.max_batch,
             window_s=opts.window_s,

@@ -161,12 +161,14 @@ def _summary_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _limits_line(s: dict[str, Any]) -> str:
-    """``  bound by: <limit> (cap N); waited (episode-s): <limit> (cap) W, ...``."""
+    """``  bound by: <limit> (cap N); waited (episode-s): <limit> (cap N) W, ...``: the limit
+    that held the run back, and the episode-seconds waited for each."""
     waits = s.get("waits") or {}
-    waited = ", ".join(f"{k} (cap {w['cap']}) {w['wait_s']:.1f}" for k, w in waits.items())
     bound = s.get("bound_by")
-    head = f"bound by: {bound} (cap {waits[bound]['cap']})" if bound in waits else "bound by: none"
-    return f"  {head}; waited (episode-s): {waited or 'nothing'}"
+    if bound not in waits:
+        return "  bound by: no limit (no episode waited for a slot, an instance or a request)"
+    waited = ", ".join(f"{k} (cap {w['cap']}) {w['wait_s']:.1f}" for k, w in waits.items())
+    return f"  bound by: {bound} (cap {waits[bound]['cap']}); waited (episode-s): {waited}"
 
 
 def _policy_key(workload: Workload) -> str:

@@ -13,7 +13,7 @@ import sys
 
 import anyio
 
-from gymux.cli.common import EXIT_OK, UsageError, cancel_on_signals, out
+from gymux.cli.common import EXIT_OK, UsageError, add_command, cancel_on_signals, out
 from gymux.env_plugins.agentgym.dialects import DIALECTS
 from gymux.env_plugins.agentgym.server import EnvServer, serve
 from gymux.env_plugins.registry import Registry
@@ -24,9 +24,14 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve-env`` to the ``gymux`` subcommands (``sub``: argparse subparsers)."""
-    p = sub.add_parser("serve-env", help="serve an environment over AgentGym's HTTP protocol")
+    p = add_command(
+        sub,
+        "serve-env",
+        "serve an environment over AgentGym's HTTP protocol",
+        "gymux serve-env textcraft --port 36001",
+    )
     p.add_argument("name", help="environment id (see 'gymux envs')")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     p.add_argument("--port", type=int, default=36001, help="TCP port (0: any free port)")
     p.add_argument(
         "--max-instances", type=int, help="live instances at most (default: the plugin's)"
@@ -39,14 +44,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--read-timeout",
         type=float,
         default=30.0,
-        help="seconds a client may take to send a request body (then 408; default 30)",
+        help="seconds a client may take to send a request body (then 408)",
     )
     p.add_argument(
         "--dialect",
         choices=sorted(DIALECTS),
         help="AgentGym family to speak (default: the env's own, else gymux)",
     )
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log level of the server (default: warning)",
+    )
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:

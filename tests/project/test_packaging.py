@@ -191,7 +191,7 @@ def test_wheel_contents(wheel: Path) -> None:
         "wordle": "gymux.env_plugins.builtin.wordle.plugin:plugin",
         "textcraft": "gymux.env_plugins.builtin.textcraft.plugin:plugin",
         "babyai": "gymux.env_plugins.builtin.babyai.plugin:plugin",
-        "sciworld": "gymux.env_plugins.builtin.sciworld.env:plugin",
+        "sciworld": "gymux.env_plugins.builtin.sciworld.plugin:plugin",
         "textworld": "gymux.env_plugins.builtin.textworld.plugin:plugin",
         "sqlgym": "gymux.env_plugins.builtin.sqlgym.env:plugin",
     }

@@ -210,6 +210,7 @@ def format1_trajectories() -> list[Trajectory]:
         reasons = list(FinishReason)
         out.append(
             make_trajectory(
+                schema_version=2,  # the fixture's records were written by schema 2
                 run_id="run-format1",
                 env=env,
                 task=i,

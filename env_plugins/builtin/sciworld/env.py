@@ -120,37 +120,28 @@ from gymux.env_plugins.builtin.sciworld.simulator import Simulator, scienceworld
 from gymux.env_plugins.builtin.sciworld.tasks import (
     AGENTGYM_EXCLUDED,
     GOLD_FILE,
-    INSTALL_HINT,
     MAX_ACTION_CHARS,
     SCIENCEWORLD_VERSION,
     SIMPLIFICATIONS,
     TASK_TYPES,
     TEST_VARIATIONS_PER_TYPE,
     TaskType,
-    split_ids,
     task_id_of,
     task_of,
 )
 from gymux.env_plugins.parsing import parse_react_action
 from gymux.env_plugins.protocol import (
-    ActionParseError,
-    EnvError,
-    EnvPlugin,
-    EnvSpec,
     Observation,
     StepResult,
-    SuccessRule,
     Task,
-    TransientEnvError,
-    splits_from,
 )
+from gymux.errors import ActionParseError, EnvError, TransientEnvError
 
 __all__ = [
     "AGENTGYM_EXCLUDED",
     "GOLD_FILE",
     "MAX_ACTION_CHARS",
     "SCIENCEWORLD_VERSION",
-    "SCIWORLD_SPEC",
     "SIMPLIFICATIONS",
     "TASK_TYPES",
     "TEST_VARIATIONS_PER_TYPE",
@@ -160,7 +151,6 @@ __all__ = [
     "generate_gold",
     "load_gold",
     "parse_sciworld_action",
-    "plugin",
     "task_id_of",
     "task_of",
     "write_gold_file",
@@ -306,7 +296,7 @@ def parse_sciworld_action(text: str) -> str:
 
 # --------------------------------------------------------------------------- the spec
 
-_ACTIONS = (
+ACTION_TEMPLATES = (
     ("open OBJ / close OBJ", "open or close a container or a door"),
     ("activate OBJ / deactivate OBJ", "turn a device on or off"),
     ("connect OBJ to OBJ", "connect two electrical components"),
@@ -332,48 +322,5 @@ _ACTIONS = (
     ("inventory", "list what you carry"),
 )
 
-_INSTRUCTION = (
-    "You are an agent in ScienceWorld, a text simulation of a house with a kitchen, a "
-    "workshop, a greenhouse and other rooms, where you carry out elementary science "
-    "experiments. Each turn you receive an observation and answer with exactly one action "
-    "that brings you closer to completing the task. The actions you can take (OBJ and LOC "
-    "are objects and locations named in the observations):\n"
-    + "\n".join(f"- {template}: {meaning}" for template, meaning in _ACTIONS)
-    + "\n\nIf the simulator asks which of several matching actions you mean, answer with the "
-    "number of the one you intend.\n\n"
-    "Answer in this format every turn:\n\n"
-    "Thought:\nyour reasoning about what to do next\n\n"
-    "Action:\nyour next action\n\n"
-    "For example:\n\n"
-    "Thought:\nI need to find a thermometer first; the kitchen may have one.\n\n"
-    "Action:\nopen door to kitchen"
-)
-
-SCIWORLD_SPEC = EnvSpec(
-    id="sciworld",
-    version="1",
-    instruction=_INSTRUCTION,
-    action_format="Action: <one ScienceWorld action, e.g. open door to kitchen>",
-    splits=splits_from({"test": split_ids("test"), "train": split_ids("train")}),
-    max_turns=200,
-    reward_range=(0.0, 100.0),
-    success=SuccessRule(threshold=100.0),
-    example_actions=["look around", "inventory", "task", "wait1"],
-    description=(
-        "ScienceWorld (scienceworld 1.2.3): elementary science experiments in a text "
-        "simulator; reward = task score 0..100, success = 100."
-    ),
-)
-
 
 # --------------------------------------------------------------------------- the plugin
-
-plugin = EnvPlugin(
-    SCIWORLD_SPEC,
-    SciWorldEnv,
-    execution="thread",
-    parse_action=parse_sciworld_action,
-    oracle=SciWorldOracle,
-    max_instances=4,
-    requires={"scienceworld": INSTALL_HINT},
-)

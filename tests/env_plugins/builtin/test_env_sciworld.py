@@ -16,17 +16,16 @@ pytest.importorskip("scienceworld")
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.builtin.sciworld.env import (
     AGENTGYM_EXCLUDED,
-    SCIWORLD_SPEC,
     TASK_TYPES,
     SciWorldEnv,
     SciWorldOracle,
     load_gold,
     parse_sciworld_action,
-    plugin,
     task_id_of,
     task_of,
 )
 from gymux.env_plugins.builtin.sciworld.jvm import java_processes
+from gymux.env_plugins.builtin.sciworld.plugin import SCIWORLD_SPEC, plugin
 from gymux.env_plugins.conformance import check_plugin
 from gymux.env_plugins.protocol import (
     ActionParseError,

@@ -18,8 +18,9 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
 
 from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.builtin.sciworld import simulator
-from gymux.env_plugins.builtin.sciworld.env import SciWorldOracle, plugin
+from gymux.env_plugins.builtin.sciworld.env import SciWorldOracle
 from gymux.env_plugins.builtin.sciworld.jvm import JavaProcess
+from gymux.env_plugins.builtin.sciworld.plugin import plugin
 from gymux.env_plugins.registry import Registry
 from gymux.policies.oracle import OraclePolicy
 from gymux.runtime import Runtime

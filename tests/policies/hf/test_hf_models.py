@@ -167,11 +167,11 @@ def test_smollm2_smoke_on_maze(tmp_path: Path) -> None:
             "--model",
             "smollm2",
             "--tasks",
-            "0-2",
+            "0-1",
             "--max-turns",
-            "4",
+            "2",
             "--max-tokens",
-            "64",
+            "48",
             "--out",
             str(out),
         ],
@@ -182,7 +182,7 @@ def test_smollm2_smoke_on_maze(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     trajectories = list(Store(out / "store", create=False).trajectories())
-    assert sorted(t.task_id for t in trajectories) == [0, 1, 2]
+    assert sorted(t.task_id for t in trajectories) == [0, 1]
     for t in trajectories:
         assert t.finish_reason in ("done", "max_turns", "context_limit"), t.error
         assert t.turns

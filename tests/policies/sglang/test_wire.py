@@ -77,3 +77,40 @@ def test_generate_body():
         "rid": ["r"],
         "stream": True,
     }
+
+
+def test_error_bodies_and_context_refusals():
+    from gymux.policies.sglang.wire import (
+        StreamError,
+        context_limit_of,
+        decode_event,
+        error_message,
+        is_context_error,
+    )
+
+    assert error_message(b'{"error": {"message": "input_ids cannot be empty."}}') == (
+        "input_ids cannot be empty."
+    )
+    assert error_message(b'{"error": "unknown field `x`"}') == "unknown field `x`"
+    assert error_message(b'{"object": "error", "message": "Retry later.", "code": 503}') == (
+        "Retry later."
+    )
+    assert error_message(b"not json") == "not json"
+    total = "Requested token count exceeds the model's maximum context length of 2048 tokens."
+    longer = "The input (9000 tokens) is longer than the model's context length (8192 tokens)."
+    assert is_context_error(total) and context_limit_of(total) == 2048
+    assert is_context_error(longer) and context_limit_of(longer) == 8192
+    assert not is_context_error("input_ids cannot be empty.")
+    assert context_limit_of("other") is None
+    event = decode_event(b'{"error": {"message": "m", "code": 400, "retryable": false}}', where="w")
+    assert isinstance(event, StreamError) and event.error.message == "m"
+    abort = decode_event(
+        json.dumps(
+            answer(finish_reason={"type": "abort", "message": "r", "status_code": 503})
+        ).encode(),
+        where="w",
+    )
+    assert not isinstance(abort, StreamError)
+    assert abort.meta_info.finish_reason == FinishReason(type="abort", message="r", status_code=503)
+    with pytest.raises(PolicyError, match="w: error in stream: m"):
+        decode_chunk(b'{"error": {"message": "m"}}', where="w")

@@ -76,17 +76,8 @@ def _all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
     return list(_subparsers(cli_main.build_parser()))
 
 
-#: Commands whose help is written in modules this change could not touch yet: each entry
-#: must be fixed (then the strict xfail makes the test fail until the entry is removed).
-HELP_TODO: set[str] = {"serve-env"}
-
-
 @pytest.mark.parametrize("command", [name for name, _ in _all_parsers()])
-def test_every_command_has_a_description_an_example_and_option_help(
-    command: str, request: pytest.FixtureRequest
-) -> None:
-    if command in HELP_TODO:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="help texts not written yet"))
+def test_every_command_has_a_description_an_example_and_option_help(command: str) -> None:
     parser = dict(_all_parsers())[command]
     assert parser.description and "\n" not in parser.description.strip(), command
     assert parser.epilog and "example" in parser.epilog, f"{command}: no example"

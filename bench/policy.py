@@ -141,6 +141,21 @@ def _self_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _opening(instruction: str, idx: int, gen: int) -> list[Message]:
+    """The first messages of a bench episode (``gen``-th of client ``idx``)."""
+    return [
+        Message(role="user", content=instruction),
+        Message(role="assistant", content="OK"),
+        Message(role="user", content=f"The goal is at position ({idx % 12}, {gen % 12})."),
+    ]
+
+
+def _reply(messages: list[Message], text: str, idx: int, turn: int) -> None:
+    """Append the policy's answer ``text`` and the env's next observation."""
+    messages.append(Message(role="assistant", content=text, loss=True))
+    messages.append(Message(role="user", content=f"You moved ({idx}, {turn}). Walls: left."))
+
+
 def _pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -173,11 +188,7 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
         while True:
             ep = f"e{idx}-{gen}"
             gen += 1
-            messages = [
-                Message(role="user", content=instruction),
-                Message(role="assistant", content="OK"),
-                Message(role="user", content=f"The goal is at position ({idx % 12}, {gen % 12})."),
-            ]
+            messages = _opening(instruction, idx, gen)
             for turn in range(TURNS):
                 request = PolicyRequest(
                     episode_id=ep, env_id="maze", task_id=idx, turn=turn, messages=messages
@@ -193,10 +204,7 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
                     records.append((wall, policy.e2e.pop(ep, 0.0), resp.completion_tokens))
                 if resp.finish_reason == "context_limit":
                     break
-                messages.append(Message(role="assistant", content=resp.text, loss=True))
-                messages.append(
-                    Message(role="user", content=f"You moved ({idx}, {turn}). Walls: left.")
-                )
+                _reply(messages, resp.text, idx, turn)
             policy.finish_episode(ep)
 
     lags: list[float] = []
@@ -400,11 +408,7 @@ async def _vllm_client(args: argparse.Namespace) -> None:
         while True:
             ep = f"e{idx}-{gen}"
             gen += 1
-            messages = [
-                Message(role="user", content=f"[{ep}] {instruction}"),
-                Message(role="assistant", content="OK"),
-                Message(role="user", content=f"The goal is at position ({idx % 12}, {gen % 12})."),
-            ]
+            messages = _opening(f"[{ep}] {instruction}", idx, gen)
             for turn in range(VLLM_TURNS):
                 request = PolicyRequest(
                     episode_id=ep, env_id="maze", task_id=idx, turn=turn, messages=messages
@@ -420,10 +424,7 @@ async def _vllm_client(args: argparse.Namespace) -> None:
                         prompt_tokens.append(resp.prompt_tokens)
                 if resp.finish_reason == "context_limit":
                     break
-                messages.append(Message(role="assistant", content=resp.text, loss=True))
-                messages.append(
-                    Message(role="user", content=f"You moved ({idx}, {turn}). Walls: left.")
-                )
+                _reply(messages, resp.text, idx, turn)
             policy.finish_episode(ep)
 
     async with policy, anyio.create_task_group() as tg:

@@ -348,13 +348,7 @@ async def _run_runtime(
         "parser": parser,
         "episodes": n,
         "not_done": bad,
-        "turns": turns,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "turns_per_s": turns / wall,
-        "steady_turns_per_s": steady_tps,
-        "us_per_turn": wall / turns * 1e6,
-        "cpu_us_per_turn": cpu / turns * 1e6,
+        **_rates(turns, wall, cpu, steady_tps),
         "peak_running": peak_running,
         "ramp_s": ramp_s,
         "gc_s": gc_timer.total,
@@ -364,6 +358,19 @@ async def _run_runtime(
         "turns_per_episode": K,
         "rss_before_mb": rss_before,
         "peak_rss_mb": _maxrss_mb(),
+    }
+
+
+def _rates(turns: int, wall: float, cpu: float, steady_tps: float | None) -> dict[str, Any]:
+    """A result row's turn count, times and per-turn rates."""
+    return {
+        "turns": turns,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "turns_per_s": turns / wall,
+        "steady_turns_per_s": steady_tps,
+        "us_per_turn": wall / turns * 1e6,
+        "cpu_us_per_turn": cpu / turns * 1e6,
     }
 
 
@@ -427,13 +434,7 @@ async def _run_sequential(
         "parser": parser,
         "episodes": episodes,
         "not_done": 0,
-        "turns": turns,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "turns_per_s": turns / wall,
-        "steady_turns_per_s": None,
-        "us_per_turn": wall / turns * 1e6,
-        "cpu_us_per_turn": cpu / turns * 1e6,
+        **_rates(turns, wall, cpu, None),
         "peak_running": 1,
         "ramp_s": None,
         "gc_s": None,

@@ -7,55 +7,12 @@
 
 from typing import TYPE_CHECKING, Any
 
-from gymux.env_plugins.parsing import (
-    parse_any_action,
-    parse_json_action,
-    parse_react_action,
-    with_validation,
-)
-from gymux.env_plugins.protocol import (
-    ActionParseError,
-    Env,
-    EnvError,
-    EnvPlugin,
-    EnvSpec,
-    Execution,
-    Observation,
-    Oracle,
-    StepResult,
-    SuccessRule,
-    SyncEnv,
-    Task,
-    TaskSplit,
-    TransientEnvError,
-    assistant_turn,
-    splits_from,
-)
+from gymux.env_plugins import parsing, protocol
+from gymux.env_plugins.parsing import *  # noqa: F403 - re-exported: parsing.__all__
+from gymux.env_plugins.protocol import *  # noqa: F403 - re-exported: protocol.__all__
 
-__all__ = [
-    "ActionParseError",
-    "Env",
-    "EnvError",
-    "EnvPlugin",
-    "EnvSpec",
-    "Execution",
-    "Observation",
-    "Oracle",
-    "StepResult",
-    "SuccessRule",
-    "SyncEnv",
-    "Task",
-    "TaskSplit",
-    "TransientEnvError",
-    "assistant_turn",
-    "check_plugin",
-    "parse_any_action",
-    "parse_json_action",
-    "parse_react_action",
-    "register",
-    "splits_from",
-    "with_validation",
-]
+#: The protocol and parsing modules' public names, and the two loaded on first use.
+__all__ = [*protocol.__all__, *parsing.__all__, "check_plugin", "register"]
 
 if TYPE_CHECKING:
     from gymux.env_plugins.conformance import check_plugin

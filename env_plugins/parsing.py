@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from gymux.errors import ActionParseError
-from gymux.react import ACTION_MARKER
+from gymux.react import ACTION_MARKER, JSON_FORMAT_HINT, REACT_FORMAT_HINT
 
 __all__ = [
     "JSON_FORMAT_HINT",
@@ -37,10 +37,6 @@ __all__ = [
     "with_validation",
 ]
 
-#: The ReAct format reminder, as it appears in parse-error messages.
-REACT_FORMAT_HINT = 'Answer as "Thought: <reasoning>\\nAction: <action>".'
-#: The function-call (JSON) format reminder, as it appears in parse-error messages.
-JSON_FORMAT_HINT = 'Answer with one JSON object: {"thought": "<reasoning>", "action": "<action>"}.'
 
 # What follows an action marker: emphasis and blank space (across lines), then the action's line.
 _ACTION_TAIL = re.compile(r"[\s*_]*(.*)$", re.MULTILINE)

@@ -3,7 +3,8 @@
 :class:`OpenAIOptions` configures :class:`gymux.policies.openai.OpenAICompatPolicy`,
 :class:`SGLangOptions` configures :class:`gymux.policies.sglang.SGLangPolicy`,
 :class:`VLLMOptions` configures :class:`gymux.policies.vllm.VLLMPolicy`,
-:class:`HFOptions` configures :class:`gymux.policies.hf.HFPolicy`. Unknown fields
+:class:`HFOptions` configures :class:`gymux.policies.hf.HFPolicy`; the two server
+policies share :class:`ServerOptions`. Unknown fields
 are refused and bounds are declared with :class:`msgspec.Meta`, so
 ``msgspec.convert(mapping, OpenAIOptions)`` (what :func:`gymux.policies.registry.make_policy`
 does with a config's ``policy_options``) fails with a message that names the field, e.g.
@@ -15,6 +16,7 @@ This module imports no HTTP client, so options can be checked without one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -25,14 +27,17 @@ __all__ = [
     "HFOptions",
     "OpenAIOptions",
     "SGLangOptions",
+    "ServerOptions",
     "Strategy",
     "VLLMOptions",
     "build_options",
+    "build_server_options",
     "field_names",
     "validate_options",
 ]
 
 _O = TypeVar("_O", bound=msgspec.Struct)
+_S = TypeVar("_S", bound="ServerOptions")
 
 _Positive = Annotated[float, msgspec.Meta(gt=0)]
 _NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -77,24 +82,21 @@ class OpenAIOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     name: _Name | None = None
 
 
-class SGLangOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Options of the token-exact SGLang policy."""
+class ServerOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The options the token-exact server policies (SGLang, vLLM) share."""
 
     #: Server URLs (an episode stays on the one it started on while it is healthy).
     urls: Annotated[list[_Name], msgspec.Meta(min_length=1)]
-    #: Local model folder the tokenizer is loaded from (``tokenizer.json`` and
-    #: ``tokenizer_config.json``); not needed when a tokenizer object is passed.
+    #: Local model folder the tokenizer is loaded from (``tokenizer.json``,
+    #: ``tokenizer_config.json``, the chat template); not needed when a tokenizer object is
+    #: passed.
     tokenizer_path: _Name | None = None
-    strategy: Strategy = "single"
     max_new_tokens: _AtLeastOne = 256
     temperature: float = 1.0
     top_p: float = 1.0
     stop: list[str] | None = None
-    #: The model's context; default: the smallest ``max_context_length`` the servers report.
+    #: The model's context; default: the smallest context length the servers report.
     context_length: _AtLeastOne | None = None
-    max_batch: _AtLeastOne = 128
-    window_s: _NonNegative = 0.002
-    max_inflight_batches: _AtLeastOne = 64
     max_requests_per_server: _AtLeastOne = 1024
     max_tokens_per_server: _AtLeastOne = 4_000_000
     request_timeout_s: _Positive = 600.0
@@ -105,6 +107,27 @@ class SGLangOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     health_interval_s: _Positive = 1.0
     #: Keep-alive connections per server (0: no limit).
     connections_per_server: _Count = 256
+
+    def sampling(self, max_tokens_field: str) -> dict[str, Any]:
+        """The sampling fields of every request body, the token cap named
+        ``max_tokens_field`` (``stop`` only when set)."""
+        fields: dict[str, Any] = {
+            max_tokens_field: self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
+        if self.stop:
+            fields["stop"] = list(self.stop)
+        return fields
+
+
+class SGLangOptions(ServerOptions, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Options of the token-exact SGLang policy."""
+
+    strategy: Strategy = "single"
+    max_batch: _AtLeastOne = 128
+    window_s: _NonNegative = 0.002
+    max_inflight_batches: _AtLeastOne = 64
     #: The SGLang workers behind a router given in ``urls`` (aborts go to each of them:
     #: SGLang's router does not forward ``/abort_request``).
     worker_urls: list[_Name] | None = None
@@ -113,33 +136,14 @@ class SGLangOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     startup_timeout_s: _Positive = 300.0
 
 
-class VLLMOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class VLLMOptions(ServerOptions, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Options of the token-exact vLLM policy (``/v1/completions`` with token-id prompts)."""
 
-    #: Server URLs (an episode stays on the one it started on while it is healthy).
-    urls: Annotated[list[_Name], msgspec.Meta(min_length=1)]
-    #: Local model folder the tokenizer is loaded from (``tokenizer.json``, the chat
-    #: template); not needed when a tokenizer object is passed.
-    tokenizer_path: _Name | None = None
     #: The served model name sent with each request; default: each server's first model
     #: in ``GET /v1/models``.
     model: _Name | None = None
-    max_new_tokens: _AtLeastOne = 256
     temperature: _NonNegative = 1.0
     top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
-    stop: list[str] | None = None
-    #: The model's context; default: the smallest ``max_model_len`` the servers report.
-    context_length: _AtLeastOne | None = None
-    max_requests_per_server: _AtLeastOne = 1024
-    max_tokens_per_server: _AtLeastOne = 4_000_000
-    request_timeout_s: _Positive = 600.0
-    connect_timeout_s: _Positive = 5.0
-    retries: _Count = 4
-    backoff_s: _NonNegative = 0.05
-    backoff_max_s: _NonNegative = 2.0
-    health_interval_s: _Positive = 1.0
-    #: Keep-alive connections per server (0: no limit).
-    connections_per_server: _Count = 256
     #: Extra fields of every ``/v1/completions`` body (vLLM sampling extras such as
     #: ``seed``, ``top_k``, ``min_tokens``); the fields the ledger relies on are refused.
     extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -194,6 +198,21 @@ def build_options(
     if keywords:
         raise TypeError(f"{who}: pass either options= or keywords, not both")
     return validate_options(options)
+
+
+def build_server_options(
+    options_type: type[_S],
+    urls: str | Sequence[str] | None,
+    options: _S | None,
+    keywords: dict[str, Any],
+    *,
+    who: str,
+) -> _S:
+    """:func:`build_options` of a server policy, whose ``urls`` (one URL or several) may
+    also be given positionally."""
+    if urls is not None:
+        keywords["urls"] = [urls] if isinstance(urls, str) else list(urls)
+    return build_options(options_type, options, keywords, who=who)
 
 
 def _convert(data: Any, options_type: type[_O], *, who: str | None = None) -> _O:

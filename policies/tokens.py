@@ -35,15 +35,22 @@ The folder holds ``tokenizer.json``, ``tokenizer_config.json`` (``bos_token``/``
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gymux.errors import PolicyError
+from gymux.errors import PolicyError, PolicyOptionsError
 from gymux.messages import Message, PolicyRequest, PolicyResponse
 from gymux.trajectory import TokenData, pack_float32, pack_int32, pack_uint8
 
-__all__ = ["ChatTokenizer", "EpisodeLedgers", "TokenLedger", "context_limit_response"]
+__all__ = [
+    "ChatTokenizer",
+    "EpisodeLedgers",
+    "TokenLedger",
+    "context_limit_response",
+    "load_tokenizer",
+    "prepare_all",
+]
 
 _PROBE = "\x00GYMUX-PROBE\x00"
 
@@ -225,6 +232,20 @@ class ChatTokenizer:
         return closing + self.encode(self._user_prefix + content + self._user_suffix)
 
 
+def load_tokenizer(
+    tokenizer: ChatTokenizer | str | Path | None, tokenizer_path: str | None, *, who: str
+) -> ChatTokenizer:
+    """A server policy's tokenizer: ``tokenizer`` (a :class:`ChatTokenizer` or a model
+    folder), else the ``tokenizer_path`` option; :class:`PolicyOptionsError` when neither."""
+    source = tokenizer if tokenizer is not None else tokenizer_path
+    if source is None:
+        raise PolicyOptionsError(
+            f"{who} needs a tokenizer: tokenizer= (a ChatTokenizer or a model "
+            "folder) or the tokenizer_path option"
+        )
+    return source if isinstance(source, ChatTokenizer) else ChatTokenizer.from_dir(source)
+
+
 class TokenLedger:
     """The token-exact record of one episode (see the module docstring).
 
@@ -346,6 +367,28 @@ class EpisodeLedgers:
         """Take the episode's :class:`TokenData` and forget it (``None``: never seen)."""
         ledger = self._ledgers.pop(episode_id, None)
         return ledger.token_data() if ledger is not None else None
+
+
+def prepare_all(
+    requests: Sequence[PolicyRequest],
+    prepare: Callable[[PolicyRequest], list[int] | PolicyResponse],
+) -> tuple[list[PolicyResponse | BaseException | None], list[tuple[int, list[int]]]]:
+    """``prepare`` each request of a batch: the answers already known, by index (a
+    ``context_limit`` answer, or the :class:`PolicyError` of a ledger out of step; ``None``
+    for the others), and the ``(index, prompt ids)`` of the requests to generate for."""
+    out: list[PolicyResponse | BaseException | None] = [None] * len(requests)
+    items: list[tuple[int, list[int]]] = []
+    for i, request in enumerate(requests):
+        try:
+            prepared = prepare(request)
+        except PolicyError as exc:
+            out[i] = exc
+            continue
+        if isinstance(prepared, PolicyResponse):
+            out[i] = prepared
+        else:
+            items.append((i, prepared))
+    return out, items
 
 
 def context_limit_response(prompt_tokens: int | None = None) -> PolicyResponse:

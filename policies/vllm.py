@@ -58,11 +58,16 @@ import msgspec
 
 from gymux.errors import PolicyOptionsError
 from gymux.policies.base import BasePolicy
-from gymux.policies.options import VLLMOptions, build_options
+from gymux.policies.options import VLLMOptions, build_server_options
 from gymux.policies.protocol import PolicyError, PolicyRequest, PolicyResponse
 from gymux.policies.sglang import transport
 from gymux.policies.sglang.routing import Router, Server
-from gymux.policies.tokens import ChatTokenizer, EpisodeLedgers, context_limit_response
+from gymux.policies.tokens import (
+    ChatTokenizer,
+    EpisodeLedgers,
+    context_limit_response,
+    load_tokenizer,
+)
 from gymux.trajectory import TokenData
 
 __all__ = [
@@ -200,43 +205,21 @@ class VLLMPolicy(BasePolicy):
         options: VLLMOptions | None = None,
         **keywords: Any,
     ) -> None:
-        if urls is not None:
-            keywords["urls"] = [urls] if isinstance(urls, str) else list(urls)
-        opts = self.options = build_options(VLLMOptions, options, keywords, who="VLLMPolicy")
+        opts = self.options = build_server_options(
+            VLLMOptions, urls, options, keywords, who="VLLMPolicy"
+        )
         reserved = sorted(RESERVED_FIELDS & set(opts.extra_body))
         if reserved:
             raise PolicyOptionsError(
                 f"VLLMPolicy: invalid option: extra_body may not set {', '.join(reserved)} "
                 "(the policy sets them) - at `$.extra_body`"
             )
-        source = tokenizer if tokenizer is not None else opts.tokenizer_path
-        if source is None:
-            raise PolicyOptionsError(
-                "VLLMPolicy needs a tokenizer: tokenizer= (a ChatTokenizer or a model "
-                "folder) or the tokenizer_path option"
-            )
-        self.tokenizer = (
-            source if isinstance(source, ChatTokenizer) else ChatTokenizer.from_dir(source)
-        )
+        self.tokenizer = load_tokenizer(tokenizer, opts.tokenizer_path, who="VLLMPolicy")
         self.max_new_tokens = opts.max_new_tokens
-        self.sampling: dict[str, Any] = {
-            "max_tokens": opts.max_new_tokens,
-            "temperature": opts.temperature,
-            "top_p": opts.top_p,
-        }
-        if opts.stop:
-            self.sampling["stop"] = list(opts.stop)
+        self.sampling: dict[str, Any] = opts.sampling("max_tokens")
         self.context_length = opts.context_length
         self.request_timeout_s = opts.request_timeout_s
-        self._router = Router(
-            opts.urls,
-            label=_LABEL,
-            max_requests=opts.max_requests_per_server,
-            max_tokens=opts.max_tokens_per_server,
-            retries=opts.retries,
-            backoff_s=opts.backoff_s,
-            backoff_max_s=opts.backoff_max_s,
-        )
+        self._router = Router.from_options(opts, label=_LABEL)
         self._ledgers = EpisodeLedgers(self.tokenizer)
         self._models: dict[str, str] = {}  # server url -> served model name
         self._session: aiohttp.ClientSession | None = None

@@ -17,6 +17,7 @@ See docs/store-format.md for the on-disk format. The names here are the public A
 
 from typing import TYPE_CHECKING, Any
 
+from gymux.stores import errors
 from gymux.stores.async_writer import AsyncStreamWriter
 from gymux.stores.codec import (
     MetaFilter,
@@ -28,14 +29,7 @@ from gymux.stores.codec import (
 )
 from gymux.stores.compaction import CompactResult, compact
 from gymux.stores.dataset import TrajectoryDataset
-from gymux.stores.errors import (
-    CorruptionError,
-    DamagedStreamError,
-    RecordTooLargeError,
-    StoreClosedError,
-    StoreError,
-    StoreLockedError,
-)
+from gymux.stores.errors import *  # noqa: F403 - re-exported: errors.__all__
 from gymux.stores.export import (
     FORMATS,
     ExportResult,
@@ -62,20 +56,14 @@ __all__ = [
     "FORMATS",
     "AsyncStreamWriter",
     "CompactResult",
-    "CorruptionError",
-    "DamagedStreamError",
     "ExportResult",
     "MetaFilter",
     "Position",
     "Problem",
     "Record",
-    "RecordTooLargeError",
     "RecordType",
     "Store",
-    "StoreClosedError",
-    "StoreError",
     "StoreInfo",
-    "StoreLockedError",
     "StoreSink",
     "StreamReader",
     "StreamWriter",
@@ -96,6 +84,7 @@ __all__ = [
     "to_arrow_table",
     "token_arrays",
     "verify",
+    *errors.__all__,
 ]
 
 

@@ -178,27 +178,22 @@ def recover_stream(
         )
     fd = os.open(seg_path, os.O_RDWR)
     try:
-        if not scan.header_ok:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, encode_segment_header(last, time.time_ns()), 0)
+        if not scan.header_ok or scan.tail_bytes:
+            # A torn header is rewritten (dropping the whole file); a torn tail is cut off.
+            torn: dict[str, str | None] = {}
+            if scan.header_ok:
+                os.ftruncate(fd, scan.valid_end)
+                event = "truncated torn tail"
+                torn["reason"] = scan.tail_reason
+            else:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, encode_segment_header(last, time.time_ns()), 0)
+                event = "rewrote torn segment header"
             fdatasync(fd)
             out.recovered_tail_bytes += scan.tail_bytes
-            _log.warning(
-                "rewrote torn segment header",
-                segment=str(seg_path),
-                dropped_bytes=scan.tail_bytes,
-            )
-            scan.valid_end = SEGMENT_HEADER.size
-        elif scan.tail_bytes:
-            os.ftruncate(fd, scan.valid_end)
-            fdatasync(fd)
-            out.recovered_tail_bytes += scan.tail_bytes
-            _log.warning(
-                "truncated torn tail",
-                segment=str(seg_path),
-                dropped_bytes=scan.tail_bytes,
-                reason=scan.tail_reason,
-            )
+            _log.warning(event, segment=str(seg_path), dropped_bytes=scan.tail_bytes, **torn)
+            if not scan.header_ok:
+                scan.valid_end = SEGMENT_HEADER.size
     except BaseException:
         os.close(fd)
         raise

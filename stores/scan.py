@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Required, TypedDict, Unpack
 
 import msgspec
 
@@ -153,26 +154,20 @@ def scan_buffer(
     return scan
 
 
-def scan_segment(
-    path: Path,
-    *,
-    first_seq: int,
-    max_len: int,
-    salvage: bool = False,
-    collect_all: bool = False,
-    interval: int = DEFAULT_INDEX_INTERVAL,
-    min_seq: int | None = None,
-) -> SegmentScan:
-    return scan_buffer(
-        path.read_bytes(),
-        path=str(path),
-        first_seq=first_seq,
-        max_len=max_len,
-        salvage=salvage,
-        collect_all=collect_all,
-        interval=interval,
-        min_seq=min_seq,
-    )
+class ScanOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`scan_buffer` after ``path`` (see there)."""
+
+    first_seq: Required[int]
+    max_len: Required[int]
+    salvage: bool
+    collect_all: bool
+    interval: int
+    min_seq: int | None
+
+
+def scan_segment(path: Path, **options: Unpack[ScanOptions]) -> SegmentScan:
+    """:func:`scan_buffer` of the segment file at ``path``."""
+    return scan_buffer(path.read_bytes(), path=str(path), **options)
 
 
 def scan_stream(

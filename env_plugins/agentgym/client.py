@@ -66,17 +66,15 @@ from gymux.env_plugins.agentgym.replies import (
     reply_types,
 )
 from gymux.env_plugins.protocol import (
-    EnvError,
     EnvPlugin,
     EnvSpec,
     Observation,
     StepResult,
     SuccessRule,
     Task,
-    TransientEnvError,
     splits_from,
 )
-from gymux.errors import ConfigError
+from gymux.errors import ConfigError, EnvError, TransientEnvError
 
 __all__ = [
     "AGENTGYM_ENVS",

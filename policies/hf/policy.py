@@ -47,7 +47,12 @@ from gymux.policies.hf.engine import Engine, Generation, Sampling, Ticket
 from gymux.policies.hf.models import INSTALL_HINT, is_builtin, resolve_model
 from gymux.policies.options import HFOptions, build_options
 from gymux.policies.protocol import PolicyError, PolicyRequest, PolicyResponse
-from gymux.policies.tokens import ChatTokenizer, TokenLedger
+from gymux.policies.tokens import (
+    ChatTokenizer,
+    TokenLedger,
+    context_limit_response,
+    prepare_all,
+)
 from gymux.trajectory import TokenData
 
 __all__ = ["HFPolicy"]
@@ -166,18 +171,7 @@ class HFPolicy(BatchingPolicy):
         engine, sampling, tokenizer = self.engine, self.sampling, self.tokenizer
         if engine is None or sampling is None or tokenizer is None:
             raise PolicyError(f"policy {self.name!r} is not running (use 'async with policy')")
-        out: list[_Result | None] = [None] * len(requests)
-        items: list[tuple[int, list[int]]] = []
-        for i, request in enumerate(requests):
-            try:
-                prepared = self._prepare(request)
-            except PolicyError as exc:
-                out[i] = exc
-                continue
-            if isinstance(prepared, PolicyResponse):
-                out[i] = prepared
-            else:
-                items.append((i, prepared))
+        out, items = prepare_all(requests, self._prepare)
         if items:
             tickets = [self._tickets.get(requests[i].episode_id) or Ticket() for i, _ in items]
             generations = await anyio.to_thread.run_sync(
@@ -205,9 +199,7 @@ class HFPolicy(BatchingPolicy):
         if self.context_length is not None and not ledger.fits(
             self.sampling.max_new_tokens, self.context_length
         ):
-            return PolicyResponse(
-                text="", finish_reason="context_limit", prompt_tokens=len(ids), completion_tokens=0
-            )
+            return context_limit_response(len(ids))
         return ids
 
     def _to_response(self, request: PolicyRequest, prompt_tokens: int, gen: Generation) -> _Result:

@@ -91,7 +91,7 @@ Options: :class:`SGLangClientOptions` (:class:`gymux.policies.options.SGLangOpti
 keywords (``urls`` may be positional; ``tokenizer=`` takes a :class:`ChatTokenizer` or a
 folder). The pieces: :mod:`.transport` (HTTP), :mod:`.routing` (servers, affinity, health,
 retries), :mod:`.wire` (SGLang's request and answer shapes); this module joins them with
-the per-episode :class:`~gymux.policies.tokens.TokenLedger`.
+the per-episode token ledgers (:class:`~gymux.policies.tokens.EpisodeLedgers`).
 """
 
 from __future__ import annotations
@@ -109,9 +109,8 @@ import anyio
 import msgspec
 
 from gymux._backoff import backoff_delay
-from gymux.errors import PolicyOptionsError
 from gymux.policies.batching import BatchingPolicy, OnResult
-from gymux.policies.options import SGLangOptions, Strategy, build_options
+from gymux.policies.options import SGLangOptions, Strategy, build_server_options
 from gymux.policies.protocol import PolicyError, PolicyRequest, PolicyResponse
 from gymux.policies.sglang import transport
 from gymux.policies.sglang.routing import Router, Server
@@ -130,7 +129,13 @@ from gymux.policies.sglang.wire import (
     generate_body,
     is_context_error,
 )
-from gymux.policies.tokens import ChatTokenizer, TokenLedger
+from gymux.policies.tokens import (
+    ChatTokenizer,
+    EpisodeLedgers,
+    context_limit_response,
+    load_tokenizer,
+    prepare_all,
+)
 from gymux.trajectory import TokenData
 
 __all__ = ["SGLangClientOptions", "SGLangPolicy", "Strategy"]
@@ -207,47 +212,25 @@ class SGLangPolicy(BatchingPolicy):
         options: SGLangOptions | None = None,
         **keywords: Any,
     ) -> None:
-        if urls is not None:
-            keywords["urls"] = [urls] if isinstance(urls, str) else list(urls)
-        opts = self.options = build_options(SGLangOptions, options, keywords, who="SGLangPolicy")
+        opts = self.options = build_server_options(
+            SGLangOptions, urls, options, keywords, who="SGLangPolicy"
+        )
         super().__init__(
             max_batch=opts.max_batch,
             window_s=opts.window_s,
             max_inflight_batches=opts.max_inflight_batches,
         )
-        source = tokenizer if tokenizer is not None else opts.tokenizer_path
-        if source is None:
-            raise PolicyOptionsError(
-                "SGLangPolicy needs a tokenizer: tokenizer= (a ChatTokenizer or a model "
-                "folder) or the tokenizer_path option"
-            )
-        self.tokenizer = (
-            source if isinstance(source, ChatTokenizer) else ChatTokenizer.from_dir(source)
-        )
+        self.tokenizer = load_tokenizer(tokenizer, opts.tokenizer_path, who="SGLangPolicy")
         self.strategy: Strategy = opts.strategy
         self.max_new_tokens = opts.max_new_tokens
-        self.sampling: dict[str, Any] = {
-            "max_new_tokens": opts.max_new_tokens,
-            "temperature": opts.temperature,
-            "top_p": opts.top_p,
-        }
-        if opts.stop:
-            self.sampling["stop"] = list(opts.stop)
+        self.sampling: dict[str, Any] = opts.sampling("max_new_tokens")
         self.context_length = opts.context_length
         self.request_timeout_s = opts.request_timeout_s
         self.connect_timeout_s = opts.connect_timeout_s
         self.worker_urls = [u.rstrip("/") for u in opts.worker_urls or []]
-        self._router = Router(
-            opts.urls,
-            label=_LABEL,
-            max_requests=opts.max_requests_per_server,
-            max_tokens=opts.max_tokens_per_server,
-            retries=opts.retries,
-            backoff_s=opts.backoff_s,
-            backoff_max_s=opts.backoff_max_s,
-        )
+        self._router = Router.from_options(opts, label=_LABEL)
         self._session: aiohttp.ClientSession | None = None
-        self._ledgers: dict[str, TokenLedger] = {}
+        self._ledgers = EpisodeLedgers(self.tokenizer)
         self._inflight: dict[str, tuple[Server, str]] = {}  # episode -> (server, rid)
         self._run_key = uuid.uuid4().hex[:12]
         self._episode_keys: dict[str, str] = {}
@@ -361,10 +344,9 @@ class SGLangPolicy(BatchingPolicy):
         policy never saw the episode. Call it once, when the episode has ended (however it
         ended); afterwards the episode id is unknown to the policy.
         """
-        ledger = self._ledgers.pop(episode_id, None)
         self._episode_keys.pop(episode_id, None)
         self._router.forget(episode_id)
-        return ledger.token_data() if ledger is not None else None
+        return self._ledgers.finish(episode_id)
 
     def episode_rid_prefix(self, episode_id: str) -> str:
         """The prefix of every rid this policy sends for ``episode_id`` (and of no other
@@ -403,22 +385,11 @@ class SGLangPolicy(BatchingPolicy):
         ``on_result(index, result)``, when given, is called as soon as each answer is known
         (with ``batch_stream``, before the rest of its batch has finished).
         """
-        out: list[_Result | None] = [None] * len(requests)
-        items: list[tuple[int, PolicyRequest, list[int]]] = []
-        for i, request in enumerate(requests):
-            try:
-                prepared = self._prepare(request)
-            except PolicyError as exc:
-                out[i] = exc
-                continue
-            if isinstance(prepared, PolicyResponse):
-                out[i] = prepared
-            else:
-                items.append((i, request, prepared))
+        out, prompts = prepare_all(requests, self._prepare)
         groups: dict[int, list[tuple[int, PolicyRequest, list[int]]]] = {}
-        for item in items:
-            server = self._router.server_for(item[1].episode_id)
-            groups.setdefault(id(server), []).append(item)
+        for i, ids in prompts:
+            server = self._router.server_for(requests[i].episode_id)
+            groups.setdefault(id(server), []).append((i, requests[i], ids))
 
         async def run(group: list[tuple[int, PolicyRequest, list[int]]]) -> None:
             def early(j: int, res: _Result) -> None:
@@ -446,15 +417,9 @@ class SGLangPolicy(BatchingPolicy):
     # -- per-request state ----------------------------------------------------------------
 
     def _prepare(self, request: PolicyRequest) -> list[int] | PolicyResponse:
-        ledger = self._ledgers.get(request.episode_id)
-        if ledger is None or request.turn == 0:
-            ledger = self._ledgers[request.episode_id] = TokenLedger(self.tokenizer)
-        ids = ledger.prompt_for(request.messages)
-        if self.context_length is not None and not ledger.fits(
-            self.max_new_tokens, self.context_length
-        ):
-            return _context_limit(ids)
-        return ids
+        return self._ledgers.prompt(
+            request, max_new_tokens=self.max_new_tokens, context_length=self.context_length
+        )
 
     def _rid(self, episode_id: str) -> str:
         return f"{self.episode_rid_prefix(episode_id)}{next(self._rid_seq):x}."
@@ -530,7 +495,7 @@ class SGLangPolicy(BatchingPolicy):
         not fit with ``context_limit`` and resend the others (one by one when the refusal
         does not tell which item it was about)."""
         if len(pending) == 1:
-            results[pending[0]] = _context_limit(items[pending[0]][1])
+            results[pending[0]] = context_limit_response(len(items[pending[0]][1]))
             return
         limit = refused.limit
         if limit is not None:
@@ -539,7 +504,7 @@ class SGLangPolicy(BatchingPolicy):
         for i in pending:
             ids = items[i][1]
             if limit is not None and len(ids) + self.max_new_tokens > limit:
-                results[i] = _context_limit(ids)
+                results[i] = context_limit_response(len(ids))
             else:
                 rest.append(i)
         if not rest:
@@ -722,11 +687,8 @@ class SGLangPolicy(BatchingPolicy):
             if len(logprobs) != len(entries):
                 return PolicyError(f"{where}: unexpected answer shape: a null output logprob")
         text = answer.text if answer.text is not None else self.tokenizer.decode(ids)
-        ledger = self._ledgers.get(request.episode_id)
-        if ledger is None:
-            return PolicyError(f"episode {request.episode_id} was finished while generating")
         try:
-            ledger.append_generated(ids, logprobs)
+            self._ledgers.record(request.episode_id, ids, logprobs)
         except PolicyError as exc:
             return exc
         completion = meta.completion_tokens
@@ -739,9 +701,3 @@ class SGLangPolicy(BatchingPolicy):
             completion_tokens=completion if completion is not None else len(ids),
             weight_version=meta.weight_version,
         )
-
-
-def _context_limit(ids: list[int]) -> PolicyResponse:
-    return PolicyResponse(
-        text="", finish_reason="context_limit", prompt_tokens=len(ids), completion_tokens=0
-    )

@@ -27,6 +27,7 @@ import structlog
 
 from gymux._backoff import backoff_delay
 from gymux.errors import PolicyError
+from gymux.policies.options import ServerOptions
 from gymux.policies.sglang.transport import Retryable, describe
 
 __all__ = ["Budget", "Probe", "Router", "Server"]
@@ -107,6 +108,19 @@ class Router:
         #: Requests resent after failing on a stale (server-closed) keep-alive connection.
         self.stale_retries = 0
 
+    @classmethod
+    def from_options(cls, options: ServerOptions, *, label: str) -> Router:
+        """A router over ``options.urls`` with its per-server caps and retries."""
+        return cls(
+            options.urls,
+            label=label,
+            max_requests=options.max_requests_per_server,
+            max_tokens=options.max_tokens_per_server,
+            retries=options.retries,
+            backoff_s=options.backoff_s,
+            backoff_max_s=options.backoff_max_s,
+        )
+
     # -- affinity -----------------------------------------------------------------------
 
     def server_for(self, episode_id: str) -> Server:
@@ -161,6 +175,12 @@ class Router:
 
     async def check(self, probe: Probe, *, timeout_s: float) -> None:
         """Probe every server and mark its health; :class:`PolicyError` if none answers."""
+        problems = await self._probe_all(probe, timeout_s)
+        if not any(s.healthy for s in self.servers):
+            raise PolicyError(f"no {self.label} server reachable: " + "; ".join(problems))
+
+    async def _probe_all(self, probe: Probe, timeout_s: float) -> list[str]:
+        """Probe every server and mark its health; return ``"url: error"`` of each down one."""
         problems = []
         for server in self.servers:
             error = await _probe(probe, server, timeout_s)
@@ -168,8 +188,7 @@ class Router:
             if error is not None:
                 server.last_error = error
                 problems.append(f"{server.url}: {error}")
-        if not any(s.healthy for s in self.servers):
-            raise PolicyError(f"no {self.label} server reachable: " + "; ".join(problems))
+        return problems
 
     async def wait_ready(
         self,
@@ -193,13 +212,7 @@ class Router:
         logged_at: float | None = None
         delay = interval_s
         while True:
-            problems = []
-            for server in self.servers:
-                error = await _probe(probe, server, timeout_s)
-                server.healthy = error is None
-                if error is not None:
-                    server.last_error = error
-                    problems.append(f"{server.url}: {error}")
+            problems = await self._probe_all(probe, timeout_s)
             if any(s.healthy for s in self.servers):
                 return
             now = anyio.current_time()

@@ -78,53 +78,57 @@ def add_parser(sub: Any) -> None:
     store.set_defaults(store_parser=store)
     cmds = store.add_subparsers(dest="store_command", title="commands", metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser, *, stream_help: str) -> None:
+    def command(
+        name: str, summary: str, example: str, *, all_streams: bool = False
+    ) -> argparse.ArgumentParser:
+        """Subcommand ``name`` of ``gymux store`` with its ``PATH`` and ``--stream``."""
+        p = add_command(cmds, name, summary, example)
         p.add_argument(
             "path",
             metavar="PATH",
             help="the store folder (runs/x/store) or the run folder holding it (runs/x)",
         )
+        stream_help = (
+            "only this stream (default: all)"
+            if all_streams
+            else f"stream (default: {DEFAULT_STREAM})"
+        )
         p.add_argument("--stream", help=stream_help)
+        return p
 
-    info = add_command(
-        cmds,
+    info = command(
         "info",
         "streams, segments, records, committed position, writer",
         "gymux store info runs/demo --segments",
+        all_streams=True,
     )
-    common(info, stream_help="only this stream (default: all)")
     info.add_argument("--segments", action="store_true", help="also list every segment")
     info.add_argument("--json", action="store_true", help="print JSON")
 
-    tail = add_command(
-        cmds,
+    tail = command(
         "tail",
         "the latest trajectories, one line each",
         "gymux store tail runs/demo -n 20 --follow",
     )
-    common(tail, stream_help=f"stream (default: {DEFAULT_STREAM})")
     tail.add_argument(
         "-n", "--n", dest="n", type=non_negative_int, default=10, help="how many to show"
     )
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    ver = add_command(
-        cmds,
+    ver = command(
         "verify",
         "check every record and index; exit 1 if damaged",
         "gymux store verify runs/demo",
+        all_streams=True,
     )
-    common(ver, stream_help="only this stream (default: all)")
     ver.add_argument("--json", action="store_true", help="print JSON")
 
-    exp = add_command(
-        cmds,
+    exp = command(
         "export",
         "write trajectories as AgentTraj/chat JSONL or Parquet",
         "gymux store export runs/demo --format chat --success -o demo-chat.jsonl",
     )
-    common(exp, stream_help=f"stream (default: {DEFAULT_STREAM})")
     exp.add_argument("--format", required=True, choices=FORMATS, help="output format")
     exp.add_argument("--out", "-o", required=True, help="output file ('-': stdout, JSONL only)")
     exp.add_argument("--env", action="append", help="only this env (repeatable)")
@@ -143,13 +147,11 @@ def add_parser(sub: Any) -> None:
     exp.add_argument("--committed-only", action="store_true", help="stop at the durable offset")
     exp.add_argument("--salvage", action="store_true", help="skip damaged records")
 
-    com = add_command(
-        cmds,
+    com = command(
         "compact",
         "merge small sealed segments; rebuild indexes",
         "gymux store compact runs/demo --target-mb 64",
     )
-    common(com, stream_help=f"stream (default: {DEFAULT_STREAM})")
     com.add_argument(
         "--target-mb",
         type=positive_float_of("MiB"),

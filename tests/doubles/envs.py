@@ -27,18 +27,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 
-from gymux.env_plugins import (
-    EnvPlugin,
-    EnvSpec,
-    Observation,
-    StepResult,
-    Task,
-    TransientEnvError,
-    splits_from,
-)
+from gymux.config import RuntimeConfig
+from gymux.env_plugins import EnvPlugin, EnvSpec, Observation, StepResult, Task, splits_from
+from gymux.errors import TransientEnvError
 from gymux.messages import PolicyRequest, PolicyResponse
 from gymux.policies.base import SimplePolicy, react
 from gymux.react import format_react
@@ -222,6 +218,37 @@ class GoOracle:
 
     async def aclose(self) -> None:
         self.closed += 1
+
+
+async def play_concurrently(
+    play: Callable[[int], Awaitable[list[str]]], task_ids: list[int]
+) -> dict[int, list[str]]:
+    """``play(task_id)`` for every task at once (one task group); each task's result."""
+    results: dict[int, list[str]] = {}
+
+    async def run(task_id: int) -> None:
+        results[task_id] = await play(task_id)
+
+    async with anyio.create_task_group() as tg:
+        for task_id in task_ids:
+            tg.start_soon(run, task_id)
+    return results
+
+
+def runtime_config(timeouts: tuple[float, float, float, float], **kw: Any) -> RuntimeConfig:
+    """A RuntimeConfig for tests: the step, policy, episode and close timeouts, quick retries
+    (10 ms backoff, 50 ms at most); ``kw`` overrides any field."""
+    step, policy, episode, close = timeouts
+    fields: dict[str, Any] = dict(
+        step_timeout_s=step,
+        policy_timeout_s=policy,
+        episode_timeout_s=episode,
+        close_timeout_s=close,
+        retry_backoff_s=0.01,
+        retry_backoff_max_s=0.05,
+    )
+    fields.update(kw)
+    return RuntimeConfig(**fields)
 
 
 def plugin(

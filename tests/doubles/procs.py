@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPO_ROOT", "clean_env", "last_json", "run_child", "run_python"]
+__all__ = ["REPO_ROOT", "clean_env", "last_json", "reaped", "run_child", "run_python"]
 
 #: The repository root (the folder holding pyproject.toml).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,9 @@ def run_child(
     )
 
 
-def run_python(code: str, *, input: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, *, input: str | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -c CODE`` in a child (see :func:`run_child`)."""
     return run_child([sys.executable, "-c", code], input=input, timeout=timeout)
 
@@ -59,3 +62,15 @@ def last_json(proc: subprocess.CompletedProcess[str], *, tail: int = 3000) -> An
     """The JSON on PROC's last stdout line, once PROC has exited 0."""
     assert proc.returncode == 0, proc.stderr[-tail:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """Leaves no child behind: PROC, if still running when the block ends, is killed and
+    reaped."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gymux.messages import Message
 from gymux.trajectory import Trajectory
 
 __all__ = ["make_trajectory"]
@@ -35,3 +36,16 @@ def make_trajectory(
         policy_version=policy_version,
         **fields,
     )
+
+
+def opening(instruction: str, first: str, *turns: str) -> list[Message]:
+    """A conversation as the runtime opens an episode: the instruction, the policy's "OK",
+    the first observation ``first``; then ``turns``, alternately assistant and user."""
+    messages = [
+        Message(role="user", content=instruction),
+        Message(role="assistant", content="OK"),
+        Message(role="user", content=first),
+    ]
+    roles = ("assistant", "user")
+    messages += [Message(role=roles[i % 2], content=text) for i, text in enumerate(turns)]
+    return messages

@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.request
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -151,21 +151,14 @@ def test_cli_unreachable_server_is_one_line(
     dead = f"http://127.0.0.1:{_closed_port()}"
     res = run_gymux(
         [
-            "run",
-            "--env",
-            "maze",
-            "--policy",
-            "vllm",
-            "--server",
+            *("run", "--env", "maze", "--policy", "vllm", "--server"),
             dead,
-            "--tokenizer",
-            str(tokenizer_dir),
+            *("--tokenizer", str(tokenizer_dir)),
             "--tasks",
             "0",
             "--out",
             str(tmp_path / "o"),
-            "--progress",
-            "off",
+            *("--progress", "off"),
         ]
     )
     assert res.returncode == 1, res.stderr
@@ -289,6 +282,51 @@ def _wait_for(  # type: ignore[no-untyped-def]
 MAZE_RUN = ["run", "--env", "maze", "--tasks", "0-15", "--concurrency", "16", "--progress", "off"]
 
 
+def _run_interrupted(
+    vllm: VLLMServer,
+    served: Served,
+    tmp_path: Path,
+    *,
+    episodes: int,
+    interrupt: Callable[[subprocess.Popen[str]], object],
+) -> tuple[int, str]:
+    """`gymux run` of ``episodes`` maze episodes at once against ``vllm``; once they all
+    generate, ``interrupt(proc)``; the run's exit status and stderr."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            *("-m", "gymux", "run", "--env", "maze", "--tasks"),
+            f"0-{episodes - 1}",
+            "--concurrency",
+            str(episodes),
+            "--policy",
+            "vllm",
+            "--server",
+            vllm.url,
+            *("--tokenizer", str(served.model)),
+            "--max-tokens",
+            "300",
+            "--out",
+            str(tmp_path / "o"),
+            *("--progress", "off"),
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for("generations running", lambda: _running(vllm.url) >= episodes, proc=proc)
+        interrupt(proc)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
 @pytest.mark.vllm
 @pytest.mark.timeout(1200)
 def test_vllm_policy_is_token_exact_against_a_real_server(
@@ -305,15 +343,8 @@ def test_vllm_policy_is_token_exact_against_a_real_server(
                 "vllm",
                 "--server",
                 proxy.url,
-                "--tokenizer",
-                str(served.model),
-                "--max-tokens",
-                "24",
-                "--temperature",
-                "0",
-                "--max-turns",
-                "3",
-                "--out",
+                *("--tokenizer", str(served.model)),
+                *("--max-tokens", "24", "--temperature", "0", "--max-turns", "3", "--out"),
                 str(out),
             ],
             cwd=tmp_path,
@@ -379,13 +410,7 @@ def test_openai_policy_on_the_same_server_sees_the_same_prompts(
                 "--policy",
                 policy,
                 *extra,
-                "--max-tokens",
-                "16",
-                "--temperature",
-                "0",
-                "--max-turns",
-                "2",
-                "--out",
+                *("--max-tokens", "16", "--temperature", "0", "--max-turns", "2", "--out"),
                 str(out),
             ],
             cwd=tmp_path,
@@ -408,28 +433,11 @@ def test_context_limit(vllm: VLLMServer, served: Served, tmp_path: Path) -> None
     out = tmp_path / "out"
     res = _run_gymux(
         [
-            "run",
-            "--env",
-            "maze",
-            "--tasks",
-            "0-3",
-            "--concurrency",
-            "4",
-            "--progress",
-            "off",
-            "--policy",
-            "vllm",
-            "--server",
+            *("run", "--env", "maze", "--tasks", "0-3", "--concurrency", "4"),
+            *("--progress", "off", "--policy", "vllm", "--server"),
             vllm.url,
-            "--tokenizer",
-            str(served.model),
-            "--max-tokens",
-            "200",
-            "--temperature",
-            "0",
-            "--max-turns",
-            "50",
-            "--out",
+            *("--tokenizer", str(served.model)),
+            *("--max-tokens", "200", "--temperature", "0", "--max-turns", "50", "--out"),
             str(out),
         ],
         cwd=tmp_path,
@@ -509,46 +517,10 @@ def test_interrupted_run_aborts_generations(
 ) -> None:
     """SIGINT to `gymux run` while its 3 episodes generate: exit 130, the episodes are saved
     as cancelled, the server's running set empties and it stays healthy."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gymux",
-            "run",
-            "--env",
-            "maze",
-            "--tasks",
-            "0-2",
-            "--concurrency",
-            "3",
-            "--policy",
-            "vllm",
-            "--server",
-            vllm.url,
-            "--tokenizer",
-            str(served.model),
-            "--max-tokens",
-            "300",
-            "--out",
-            str(tmp_path / "o"),
-            "--progress",
-            "off",
-        ],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, err = _run_interrupted(
+        vllm, served, tmp_path, episodes=3, interrupt=lambda proc: os.kill(proc.pid, signal.SIGINT)
     )
-    try:
-        _wait_for("generations running", lambda: _running(vllm.url) >= 3, proc=proc)
-        os.kill(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err[-3000:]
+    assert returncode == 130, err[-3000:]
     assert "Traceback" not in err
     trajs = read_store(tmp_path / "o")
     assert [t.finish_reason for t in trajs] == [FinishReason.CANCELLED] * 3
@@ -589,47 +561,13 @@ def test_a_dead_server_beside_a_live_one(vllm: VLLMServer, served: Served, tmp_p
 def test_server_killed_mid_run(vllm: VLLMServer, served: Served, tmp_path: Path) -> None:
     """SIGKILL of the server (by pid) mid-generation: the episodes end `policy_error` with a
     clear message, and the run exits cleanly (one error line, no traceback)."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gymux",
-            "run",
-            "--env",
-            "maze",
-            "--tasks",
-            "0-3",
-            "--concurrency",
-            "4",
-            "--policy",
-            "vllm",
-            "--server",
-            vllm.url,
-            "--tokenizer",
-            str(served.model),
-            "--max-tokens",
-            "300",
-            "--out",
-            str(tmp_path / "o"),
-            "--progress",
-            "off",
-        ],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     try:
-        _wait_for("generations running", lambda: _running(vllm.url) >= 4, proc=proc)
-        vllm.kill()
-        _, err = proc.communicate(timeout=300)
+        returncode, err = _run_interrupted(
+            vllm, served, tmp_path, episodes=4, interrupt=lambda proc: vllm.kill()
+        )
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         vllm.stop()  # its engine processes
-    assert proc.returncode == 1, err[-3000:]
+    assert returncode == 1, err[-3000:]
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("gymux: error")]
     assert errors == [

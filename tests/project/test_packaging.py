@@ -127,13 +127,8 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
     _check(
         [
             str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--timeout",
-            "60",
+            *("-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
+            *("--timeout", "60"),
             str(wheel),
         ],
         timeout=INSTALL_TIMEOUT_S,
@@ -276,19 +271,10 @@ def test_installed_python_m_gymux_runs_maze(venv: Venv) -> None:
     proc = venv.run(
         [
             str(venv.python),
-            "-m",
-            "gymux",
-            "run",
-            "--env",
-            "maze",
-            "--policy",
-            "oracle",
-            "--tasks",
-            "test",
-            "--out",
+            *("-m", "gymux", "run", "--env", "maze", "--policy", "oracle", "--tasks", "test"),
+            *("--out",),
             str(out),
-            "--progress",
-            "off",
+            *("--progress", "off"),
         ]
     )
     _check_run(proc, out, "maze", MAZE_SPEC.splits["test"].count)
@@ -302,17 +288,9 @@ def test_installed_console_script_runs_wordle(venv: Venv) -> None:
     proc = venv.run(
         [
             str(venv.bin / "gymux"),
-            "run",
-            "--env",
-            "wordle",
-            "--policy",
-            "oracle",
-            "--limit",
-            "5",
-            "--out",
+            *("run", "--env", "wordle", "--policy", "oracle", "--limit", "5", "--out"),
             str(out),
-            "--progress",
-            "off",
+            *("--progress", "off"),
         ]
     )
     _check_run(proc, out, "wordle", 5)

@@ -4,10 +4,6 @@ computed, not materialised."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from gymux.config import MAX_EPISODES, ConfigError, Workload
@@ -15,7 +11,7 @@ from gymux.env_plugins.builtin.maze.env import TEST_IDS
 from gymux.env_plugins.builtin.maze.plugin import plugin as maze
 from gymux.scheduler import plan_jobs
 
-from doubles.procs import REPO_ROOT, clean_env
+from doubles.procs import last_json, run_python
 
 _CHILD = r"""
 import json, resource, sys
@@ -49,17 +45,7 @@ anyio.run(main)
 
 
 def test_a_huge_workload_runs_in_bounded_memory() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=clean_env(),
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(run_python(_CHILD))
     assert result == {"planned": len(TEST_IDS) * 1_000_000, "only": len(TEST_IDS) * 2, "seen": 20}
 
 

@@ -48,16 +48,8 @@ PROCESS_STEP_TIMEOUT_S = 10.0
 
 
 def config(**kw) -> RuntimeConfig:
-    base = dict(
-        step_timeout_s=PROCESS_STEP_TIMEOUT_S,  # bounds worker creation too: generous
-        policy_timeout_s=3.0,
-        episode_timeout_s=30.0,
-        close_timeout_s=3.0,
-        retry_backoff_s=0.01,
-        retry_backoff_max_s=0.05,
-    )
-    base.update(kw)
-    return RuntimeConfig(**base)
+    # the step timeout bounds worker creation too: generous
+    return E.runtime_config((PROCESS_STEP_TIMEOUT_S, 3.0, 30.0, 3.0), **kw)
 
 
 async def run_tasks(plugin, tasks, *, policy=None, cfg=None, samples=1):
@@ -310,24 +302,28 @@ async def test_per_env_instance_cap_from_config_overrides_plugin_default():
     assert pool.cap == 2 and pool.created == 2 and E.Stats.max_live == 2
 
 
+class BlocksForever(SimplePolicy):
+    """Never answers; ``all_acting`` is set once ``n`` policy calls are in progress."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.acting, self.all_acting = n, 0, anyio.Event()
+
+    async def act(self, request):
+        self.acting += 1
+        if self.acting == self.n:
+            self.all_acting.set()
+        await anyio.sleep_forever()
+
+
 async def test_cancellation_records_cancelled_and_leaks_nothing(tmp_path):
     plugin = E.plugin(E.SyncProbe, "thread", max_instances=4)
     reg = registry_with(plugin)
-    started = anyio.Event()
-    acting = 0
-
-    class Blocks(SimplePolicy):
-        async def act(self, request):
-            nonlocal acting
-            acting += 1
-            if acting == 4:  # every running episode is in its policy call
-                started.set()
-            await anyio.sleep_forever()
+    blocks = BlocksForever(4)  # every running episode is in its policy call
 
     before = set(asyncio.all_tasks())
     async with Runtime(config(max_concurrent_episodes=4), registry=reg, out=tmp_path) as rt:
-        handle = await rt.submit(Workload(env="probe", tasks=E.HEALTHY), policy=Blocks())
-        await started.wait()
+        handle = await rt.submit(Workload(env="probe", tasks=E.HEALTHY), policy=blocks)
+        await blocks.all_acting.wait()
         handle.cancel()
         result = await handle.wait()
         pool = rt.scheduler.pools["probe"]
@@ -346,22 +342,12 @@ async def test_cancellation_records_cancelled_and_leaks_nothing(tmp_path):
 async def test_exiting_runtime_with_exception_cancels_runs():
     plugin = E.plugin(E.AsyncProbe, max_instances=4)
     reg = registry_with(plugin)
-
-    both = anyio.Event()
-    acting = 0
-
-    class Blocks(SimplePolicy):
-        async def act(self, request):
-            nonlocal acting
-            acting += 1
-            if acting == 2:
-                both.set()
-            await anyio.sleep_forever()
+    blocks = BlocksForever(2)
 
     with pytest.raises(ZeroDivisionError):
         async with Runtime(config(), registry=reg) as rt:
-            handle = await rt.submit(Workload(env="probe", tasks=[0, 1]), policy=Blocks())
-            await both.wait()
+            handle = await rt.submit(Workload(env="probe", tasks=[0, 1]), policy=blocks)
+            await blocks.all_acting.wait()
             1 / 0  # noqa: B018
     assert handle.done
     assert {t.finish_reason for t in handle.trajectories} == {FinishReason.CANCELLED}

@@ -403,7 +403,7 @@ def test_missing_optional_packages_give_install_hints(
     with pytest.raises(StoreError, match=r"pip install gymux\[arrow\]"):
         export_parquet(store, tmp_path / "x.parquet")
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(StoreError, match=r"pip install gymux\[hf\]"):
+    with pytest.raises(StoreError, match=r"pip install gymux\[datasets\]"):
         load_hf_dataset(store)
     assert not (tmp_path / "x.parquet").exists()
 

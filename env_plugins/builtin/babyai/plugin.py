@@ -1,6 +1,4 @@
-"""The babyai plugin: its :class:`~gymux.env_plugins.protocol.EnvSpec` and the
-:class:`~gymux.env_plugins.protocol.EnvPlugin` that the ``gymux.envs`` entry point loads
-(the env itself is in :mod:`.env`, its gold solver in :mod:`.oracle`)."""
+"""The babyai entry point: its spec and plugin (the env is in :mod:`.env`)."""
 
 from __future__ import annotations
 

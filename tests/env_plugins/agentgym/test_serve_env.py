@@ -19,16 +19,15 @@ from aiohttp import web
 
 from gymux.env_plugins.agentgym.server import EnvServer
 from gymux.env_plugins.protocol import (
-    EnvError,
     EnvPlugin,
     EnvSpec,
     Observation,
     StepResult,
     Task,
-    TransientEnvError,
     splits_from,
 )
 from gymux.env_plugins.registry import default_registry
+from gymux.errors import EnvError, TransientEnvError
 
 pytestmark = pytest.mark.anyio
 

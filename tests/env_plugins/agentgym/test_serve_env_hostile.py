@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from doubles.procs import REPO_ROOT, clean_env
+from doubles.procs import REPO_ROOT, clean_env, run_child
 
 
 class Server:
@@ -136,14 +136,8 @@ def test_a_port_in_use_is_one_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.run(
-            [sys.executable, "-m", "gymux", "serve-env", "maze", "--port", str(port)],
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            env=clean_env(),
-            timeout=120,
-            check=False,
+        proc = run_child(
+            [sys.executable, "-m", "gymux", "serve-env", "maze", "--port", str(port)], timeout=120
         )
     assert proc.returncode == 1, proc.stderr
     (line,) = proc.stderr.splitlines()

@@ -39,6 +39,8 @@ from gymux.policies.oracle import OraclePolicy
 from gymux.runtime import Runtime
 from gymux.trajectory import FinishReason
 
+from doubles import envs as E
+
 JAR = "scienceworld.jar"
 TEST_IDS = SCIWORLD_SPEC.split("test").ids
 TRAIN_IDS = SCIWORLD_SPEC.split("train").ids
@@ -359,16 +361,7 @@ async def test_conformance_and_oracle_sample() -> None:
 
 
 def runtime_config(**kw: object) -> RuntimeConfig:
-    base: dict[str, object] = dict(
-        step_timeout_s=30.0,
-        policy_timeout_s=30.0,
-        episode_timeout_s=120.0,
-        close_timeout_s=10.0,
-        retry_backoff_s=0.01,
-        retry_backoff_max_s=0.05,
-    )
-    base.update(kw)
-    return RuntimeConfig(**base)  # type: ignore[arg-type]
+    return E.runtime_config((30.0, 30.0, 120.0, 10.0), **kw)
 
 
 class JvmWatcher:

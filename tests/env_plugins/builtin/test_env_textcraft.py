@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import anyio
 import pytest
 
 from gymux.env_plugins import ActionParseError, Env, EnvError, Execution, Task
@@ -42,6 +41,7 @@ from gymux.policies import Message, PolicyError, PolicyRequest
 from gymux.policies.oracle import OraclePolicy
 
 from doubles import envs as E
+from doubles.trajectories import opening
 
 ENV_PLUGINS = Path(recipes_module.__file__).parent
 
@@ -486,11 +486,7 @@ async def play(oracle: OraclePolicy, task_id: int, prefix: Sequence[str] = ()) -
     """Drive one episode as the runtime does; ``prefix`` actions are played first."""
     env = TextCraftEnv()
     obs = await env.reset(Task(id=task_id))
-    messages = [
-        Message(role="user", content=TEXTCRAFT_SPEC.instruction),
-        Message(role="assistant", content="OK"),
-        Message(role="user", content=obs.text),
-    ]
+    messages = opening(TEXTCRAFT_SPEC.instruction, obs.text)
     actions: list[str] = []
     for turn in range(TEXTCRAFT_SPEC.max_turns):
         if turn < len(prefix):
@@ -563,14 +559,7 @@ async def test_oracle_recovers_from_other_actions() -> None:
 async def test_oracle_is_shared_across_concurrent_episodes() -> None:
     oracle = OraclePolicy(TextCraftOracle())
     ids = [0, 176, 300, 420, 533, 543]
-    results: dict[int, list[str]] = {}
-
-    async def run(task_id: int) -> None:
-        results[task_id] = await play(oracle, task_id)
-
-    async with anyio.create_task_group() as tg:
-        for task_id in ids:
-            tg.start_soon(run, task_id)
+    results = await E.play_concurrently(lambda task_id: play(oracle, task_id), ids)
     for task_id in ids:
         goal = textcraft_task(task_id).goal.replace("_", " ")
         assert f" {goal} using " in results[task_id][-1]

@@ -30,6 +30,7 @@ from gymux.policies import Message, PolicyError, PolicyRequest
 from gymux.policies.oracle import OraclePolicy
 
 from doubles import envs as E
+from doubles.trajectories import opening
 
 
 @pytest.fixture
@@ -362,11 +363,7 @@ async def run_oracle_episode(oracle: OraclePolicy, task_id: int) -> tuple[int, f
     """Drive MazeEnv with the oracle exactly as a runtime would; return (steps, reward, done)."""
     env = MazeEnv()
     obs = await env.reset(Task(id=task_id))
-    messages = [
-        Message(role="user", content=MAZE_SPEC.instruction),
-        Message(role="assistant", content="OK"),
-        Message(role="user", content=obs.text),
-    ]
+    messages = opening(MAZE_SPEC.instruction, obs.text)
     reward, done, turn = 0.0, False, 0
     for turn in range(1, MAZE_SPEC.max_turns + 1):
         request = PolicyRequest(

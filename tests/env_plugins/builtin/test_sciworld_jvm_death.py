@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -26,7 +24,7 @@ from gymux.policies.oracle import OraclePolicy
 from gymux.runtime import Runtime
 from gymux.trajectory import FinishReason
 
-from doubles.procs import REPO_ROOT, clean_env
+from doubles.procs import run_python
 
 pytestmark = pytest.mark.anyio
 
@@ -75,15 +73,7 @@ print("outcome:", outcome)
 
 
 def test_py4j_logs_nothing_when_its_jvm_dies() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=clean_env(),
-        timeout=600,
-        check=False,
-    )
+    proc = run_python(_CHILD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "outcome: TransientEnvError" in proc.stdout.splitlines()
     assert "Traceback" not in proc.stderr and "py4j" not in proc.stderr, proc.stderr[-3000:]

@@ -5,9 +5,6 @@ consulted often enough that an endless query is interrupted, not finished."""
 from __future__ import annotations
 
 import itertools
-import json
-import subprocess
-import sys
 
 import pytest
 
@@ -15,7 +12,7 @@ from gymux.env_plugins.builtin.sqlgym import safe
 from gymux.env_plugins.builtin.sqlgym.benchmark import SqlBenchmark, builtin_benchmark
 from gymux.env_plugins.builtin.sqlgym.safe import QueryError, run_query
 
-from doubles.procs import REPO_ROOT, clean_env
+from doubles.procs import last_json, run_python
 
 _ROWS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 900) "
 _WIDE_ZERO = "SELECT " + ", ".join(["zeroblob(9999000)"] * 200)
@@ -64,18 +61,7 @@ def bench() -> SqlBenchmark:
 @pytest.mark.parametrize("sql", [b[1] for b in BOMBS], ids=[b[0] for b in BOMBS])
 def test_memory_bombs_end_as_an_error_observation(bench: SqlBenchmark, sql: str) -> None:
     bench.db_path("school")  # built once here, not under the child's memory limit
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD],
-        input=sql,
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=clean_env(),
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(run_python(_CHILD, input=sql), tail=2000)
     assert (result["reward"], result["done"]) == (0.0, True)
     if result["error"] is None:
         # SQLite's printf() gives NULL for a string over the length limit: defused, answered

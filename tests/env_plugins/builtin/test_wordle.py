@@ -26,6 +26,7 @@ from gymux.policies import Message, PolicyError, PolicyRequest
 from gymux.policies.oracle import OraclePolicy
 
 from doubles import envs as E
+from doubles.trajectories import opening
 
 FEEDBACK_RE = re.compile(r"^Feedback: ", re.MULTILINE)
 COLOUR_RE = re.compile(r"\((?:green|yellow|gray)\)")
@@ -269,11 +270,7 @@ async def play_with_oracle(oracle: OraclePolicy, task_id: int) -> list[str]:
     assert isinstance(env, WordleEnv)
     secret = target_words()[task_id]
     obs = env.reset(Task(id=task_id, split="test"))
-    messages = [
-        Message(role="user", content=WORDLE_SPEC.instruction),
-        Message(role="assistant", content="OK"),
-        Message(role="user", content=obs.text),
-    ]
+    messages = opening(WORDLE_SPEC.instruction, obs.text)
     guesses: list[str] = []
     for turn in range(WORDLE_SPEC.max_turns):
         # the oracle only sees the conversation: the secret is in none of the observations
@@ -315,14 +312,7 @@ async def test_oracle_solves_every_test_task() -> None:
 async def test_oracle_shared_across_concurrent_episodes() -> None:
     oracle = OraclePolicy(WordleOracle())
     ids = [3, 17, 42, 99, 100, 555, 1234, 2718, 3141, 3567]
-    results: dict[int, list[str]] = {}
-
-    async def run(task_id: int) -> None:
-        results[task_id] = await play_with_oracle(oracle, task_id)
-
-    async with anyio.create_task_group() as tg:
-        for task_id in ids:
-            tg.start_soon(run, task_id)
+    results = await E.play_concurrently(lambda task_id: play_with_oracle(oracle, task_id), ids)
     for task_id in ids:
         assert results[task_id][-1] == target_words()[task_id]
         assert len(results[task_id]) <= MAX_GUESSES
@@ -334,11 +324,7 @@ async def test_oracle_shared_across_concurrent_episodes() -> None:
 @pytest.mark.anyio
 async def test_oracle_reads_only_feedback_lines() -> None:
     oracle = OraclePolicy(WordleOracle())
-    base = [
-        Message(role="user", content=WORDLE_SPEC.instruction),
-        Message(role="assistant", content="OK"),
-        Message(role="user", content="A new game has started. You have 6 guesses left."),
-    ]
+    base = opening(WORDLE_SPEC.instruction, "A new game has started. You have 6 guesses left.")
     first = await oracle.act(request(base))
     assert parse_wordle_action(first.text) == OPENING_GUESS
     # feedback in an assistant message is ignored; a rejected word adds no constraint
@@ -357,13 +343,12 @@ async def test_oracle_reads_only_feedback_lines() -> None:
 @pytest.mark.anyio
 async def test_oracle_inconsistent_feedback() -> None:
     oracle = OraclePolicy(WordleOracle())
-    messages = [
-        Message(role="user", content=WORDLE_SPEC.instruction),
-        Message(role="assistant", content="OK"),
-        Message(role="user", content="Feedback: " + format_feedback("crane", "bbbbb") + "."),
-        Message(role="assistant", content="Action: guess crane"),
-        Message(role="user", content="Feedback: " + format_feedback("crane", "ggggg") + "."),
-    ]
+    messages = opening(
+        WORDLE_SPEC.instruction,
+        "Feedback: " + format_feedback("crane", "bbbbb") + ".",
+        "Action: guess crane",
+        "Feedback: " + format_feedback("crane", "ggggg") + ".",
+    )
     with pytest.raises(PolicyError, match="consistent"):
         await oracle.act(request(messages))
 
@@ -382,13 +367,12 @@ async def test_oracle_runs_heavy_choices_in_a_thread(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(wordle, "_CHOICE_CACHE", {})
     monkeypatch.setattr(anyio.to_thread, "run_sync", spy)
     feedback = "Feedback: " + format_feedback("tries", "bbbgg") + ". You have 5 guesses left."
-    messages = [
-        Message(role="user", content=WORDLE_SPEC.instruction),
-        Message(role="assistant", content="OK"),
-        Message(role="user", content="A new game has started. You have 6 guesses left."),
-        Message(role="assistant", content="Action: guess tries"),
-        Message(role="user", content=feedback),
-    ]
+    messages = opening(
+        WORDLE_SPEC.instruction,
+        "A new game has started. You have 6 guesses left.",
+        "Action: guess tries",
+        feedback,
+    )
     response = await OraclePolicy(WordleOracle()).act(request(messages))
     assert parse_wordle_action(response.text) in word_list()
     # the choice among the (136) candidates ran in a worker thread

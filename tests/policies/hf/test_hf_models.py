@@ -101,7 +101,9 @@ def test_stage_display_writes_each_stage_with_its_time() -> None:
 
 _MATERIALISE = """
 import sys
+from gymux.log import configure_logging
 from gymux.policies.hf.models import StageDisplay, materialise_smollm2
+configure_logging("warning")  # as the CLI does: library logs go to stderr, warnings and up
 print(materialise_smollm2(progress=StageDisplay(sys.stderr)))
 """
 
@@ -157,22 +159,8 @@ def test_smollm2_smoke_on_maze(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "gymux",
-            "run",
-            "--env",
-            "maze",
-            "--policy",
-            "hf",
-            "--model",
-            "smollm2",
-            "--tasks",
-            "0-1",
-            "--max-turns",
-            "2",
-            "--max-tokens",
-            "48",
-            "--out",
+            *("-m", "gymux", "run", "--env", "maze", "--policy", "hf", "--model", "smollm2"),
+            *("--tasks", "0-1", "--max-turns", "2", "--max-tokens", "48", "--out"),
             str(out),
         ],
         env=clean_env(),

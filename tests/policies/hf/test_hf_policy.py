@@ -303,22 +303,10 @@ def test_cli_run_maze_with_tiny_model(tiny: Path, reference: Any, tmp_path: Path
 
     out = tmp_path / "out"
     proc = gymux(
-        "run",
-        "--env",
-        "maze",
-        "--policy",
-        "hf",
-        "--model",
+        *("run", "--env", "maze", "--policy", "hf", "--model"),
         tiny,
-        "--tasks",
-        "0-4",
-        "--max-turns",
-        "3",
-        "--max-tokens",
-        "12",
-        "--temperature",
-        "0",
-        "--out",
+        *("--tasks", "0-4", "--max-turns", "3", "--max-tokens", "12", "--temperature", "0"),
+        *("--out",),
         out,
         cwd=tmp_path,
     )
@@ -340,12 +328,7 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     assert "--policy hf needs --model" in no_model.stderr
     assert "Traceback" not in no_model.stderr
     missing = gymux(
-        "run",
-        "--env",
-        "maze",
-        "--policy",
-        "hf",
-        "--model",
+        *("run", "--env", "maze", "--policy", "hf", "--model"),
         tmp_path / "nope",
         "--tasks",
         "0",

@@ -18,14 +18,9 @@ from gymux.policies.sglang.client import SGLangPolicy
 from gymux.policies.tokens import ChatTokenizer
 from gymux.stores.codec import pack_int32
 
-from doubles.sglang_double import CostModel, SGLangDouble, build_tiny_tokenizer, default_logprob
+from doubles.sglang_double import CostModel, SGLangDouble, default_logprob
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory: pytest.TempPathFactory) -> ChatTokenizer:
-    return ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path_factory.mktemp("tok")))
 
 
 def react_model(tok: ChatTokenizer, long_tokens: int = 0):

@@ -23,14 +23,9 @@ from gymux.policies.sglang.client import SGLangPolicy
 from gymux.policies.tokens import ChatTokenizer
 
 from doubles import sglang_schema
-from doubles.sglang_double import CostModel, SGLangDouble, build_tiny_tokenizer
+from doubles.sglang_double import CostModel, SGLangDouble
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory: pytest.TempPathFactory) -> ChatTokenizer:
-    return ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path_factory.mktemp("tok")))
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from doubles.procs import clean_env
+from doubles.procs import clean_env, reaped, run_child
 
 
 def _gymux(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gymux", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=clean_env(),
-        timeout=300,
-        check=False,
-    )
+    return run_child([sys.executable, "-m", "gymux", *args], cwd=cwd, timeout=300)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +94,7 @@ def test_ctrl_c_during_a_sciworld_run_prints_no_tracebacks(tmp_path: Path) -> No
         env=clean_env(),
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
-    try:
+    with reaped(proc):
         # readiness: an episode has finished, so the simulator JVMs are mid-run
         polls = 0
         while not (events.exists() and "episode_finished" in events.read_text()):
@@ -113,10 +105,6 @@ def test_ctrl_c_during_a_sciworld_run_prints_no_tracebacks(tmp_path: Path) -> No
         # Ctrl-C in a terminal: SIGINT to the whole process group, the JVMs included
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "py4j" not in err, err[-3000:]
     lines = [line for line in err.splitlines() if line.strip()]

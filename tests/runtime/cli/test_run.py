@@ -29,6 +29,8 @@ from gymux.sinks import read_jsonl
 from gymux.stores import Store
 from gymux.trajectory import FinishReason, Trajectory
 
+from doubles.procs import reaped
+
 pytestmark = pytest.mark.usefixtures("fresh_structlog")
 
 MAZE_TEST = len(TEST_IDS)
@@ -60,17 +62,9 @@ def test_run_format_jsonl(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = cli(
         [
-            "run",
-            "--env",
-            "maze",
-            "--tasks",
-            "0-4",
-            "--format",
-            "jsonl",
-            "--out",
+            *("run", "--env", "maze", "--tasks", "0-4", "--format", "jsonl", "--out"),
             str(out),
-            "--progress",
-            "off",
+            *("--progress", "off"),
         ]
     )
     assert res.rc == 0, res.err
@@ -196,17 +190,9 @@ def test_run_max_turns_flag(inproc: Cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = inproc(
         [
-            "run",
-            "--env",
-            "maze",
-            "--policy",
-            "random",
-            "--max-turns",
-            "2",
-            "--out",
+            *("run", "--env", "maze", "--policy", "random", "--max-turns", "2", "--out"),
             str(out),
-            "--progress",
-            "off",
+            *("--progress", "off"),
         ]
     )
     assert res.rc == 0, res.err
@@ -388,21 +374,10 @@ def test_signal_stops_run_and_keeps_finished_episodes(
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "gymux",
-            "run",
-            "--env",
-            "wordle",
-            "--policy",
-            "oracle",
-            "--tasks",
-            "train",
-            "--concurrency",
-            "4",
-            "--out",
+            *("-m", "gymux", "run", "--env", "wordle", "--policy", "oracle"),
+            *("--tasks", "train", "--concurrency", "4", "--out"),
             str(out),
-            "--progress",
-            "off",
+            *("--progress", "off"),
         ],
         cwd=tmp_path,
         env=child_env(),
@@ -410,7 +385,7 @@ def test_signal_stops_run_and_keeps_finished_episodes(
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
+    with reaped(proc):
         # Ready once episodes reach the store: the child has imported, its signal handlers
         # are in place (they are set before the store opens) and the run is under way. The
         # deadline only stops a hung child; it is no speed assertion (a busy machine may
@@ -425,10 +400,6 @@ def test_signal_stops_run_and_keeps_finished_episodes(
         assert proc.poll() is None, "the run ended before the signal was sent"
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "interrupted" in stderr

@@ -24,6 +24,8 @@ from gymux.env_plugins.builtin.wordle.plugin import WORDLE_SPEC
 from gymux.stores import Store
 from gymux.trajectory import FinishReason, Trajectory
 
+from doubles.procs import reaped
+
 TRAIN = WORDLE_SPEC.splits["train"].count
 KILLS = 20
 
@@ -54,6 +56,28 @@ def finished_lines(events: Path) -> list[dict[str, object]]:
 
 def gymux_run(*args: str) -> list[str]:
     return [sys.executable, "-m", "gymux", "run", "--progress", "off", *args]
+
+
+def start_train_run(
+    concurrency: int, until_finished: int, env: dict[str, str], cwd: Path
+) -> tuple[subprocess.Popen[str], Path]:
+    """Start a wordle ``train`` run (out: ``cwd/out``, events: ``cwd/events.jsonl``) and
+    return it, still running, once ``until_finished`` episodes have finished."""
+    out, events = cwd / "out", cwd / "events.jsonl"
+    proc = subprocess.Popen(
+        gymux_run("--env", "wordle", "--tasks", "train", "--concurrency", str(concurrency),
+                  "--out", str(out), "--events", str(events)),
+        env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        while proc.poll() is None and len(finished_lines(events)) < until_finished:
+            time.sleep(0.01)
+        assert proc.poll() is None
+    except BaseException:
+        proc.kill()
+        proc.communicate(timeout=120)
+        raise
+    return proc, out
 
 
 def kill_after(cmd: list[str], events: Path, finished: int, env: dict[str, str], cwd: Path) -> int:
@@ -213,16 +237,8 @@ def test_disk_full_is_one_line_with_a_summary_and_no_torn_tail(
 def test_second_writer_on_a_locked_store_is_one_line(
     tmp_path: Path, child_env: Callable[..., dict[str, str]]
 ) -> None:
-    out, events = tmp_path / "out", tmp_path / "events.jsonl"
-    first = subprocess.Popen(
-        gymux_run("--env", "wordle", "--tasks", "train", "--concurrency", "2",
-                  "--out", str(out), "--events", str(events)),
-        env=child_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    first, out = start_train_run(2, 1, child_env(), tmp_path)
     try:
-        while first.poll() is None and not finished_lines(events):
-            time.sleep(0.01)
-        assert first.poll() is None
         second = subprocess.run(
             gymux_run("--env", "wordle", "--tasks", "0-3", "--out", str(out), "--append"),
             env=child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -310,21 +326,10 @@ def test_a_run_where_no_episode_finished_normally_exits_non_zero(
 def test_an_interrupted_run_leaves_cancelled_episodes_out_of_the_success_rate(
     tmp_path: Path, child_env: Callable[..., dict[str, str]]
 ) -> None:
-    out, events = tmp_path / "out", tmp_path / "events.jsonl"
-    proc = subprocess.Popen(
-        gymux_run("--env", "wordle", "--tasks", "train", "--concurrency", "64",
-                  "--out", str(out), "--events", str(events)),
-        env=child_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        while proc.poll() is None and len(finished_lines(events)) < 5:
-            time.sleep(0.01)
-        assert proc.poll() is None
+    proc, out = start_train_run(64, 5, child_env(), tmp_path)
+    with reaped(proc):
         proc.send_signal(signal.SIGINT)
         stdout, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     (row,) = json.loads((out / "summary.json").read_text())
     cancelled = row["finish_reasons"].get("cancelled", 0)
     assert cancelled > 0 and row["cancelled"] == cancelled

@@ -16,6 +16,7 @@ import pytest
 from gymux.cli.serve_policy import serve
 from gymux.policies.sglang import launch
 
+from doubles.procs import reaped
 from doubles.sglang_double import StandIn, free_port, wait_gone
 
 pytestmark = pytest.mark.anyio
@@ -66,17 +67,13 @@ def test_cli_serve_policy_stops_cleanly_on_signal(stand_in, child_env, sig):
          "--test-command", json.dumps(stand_in.command(port, delay=0.2))],
         cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    try:
+    with reaped(proc):
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert f"ready: http://127.0.0.1:{port}" in first
         leader, child = stand_in.pids()
         proc.send_signal(sig)
         rest, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert "stopped" in rest
     assert wait_gone([leader, child]) == []

@@ -95,11 +95,21 @@ def make_policy(
     raise UnknownPolicyError(f"unknown policy {name!r} (choose from: {', '.join(POLICY_NAMES)})")
 
 
-#: The options of each model policy that cap how many of a run's episodes it serves at once.
-FOLLOW_CONCURRENCY: dict[str, tuple[str, ...]] = {
-    "openai": ("max_concurrency",),
-    "sglang": ("max_requests_per_server", "connections_per_server"),
-    "vllm": ("max_requests_per_server", "connections_per_server"),
+#: Tokens in flight a server's budget allows per concurrent episode, when the budget follows
+#: the run's episode cap (a 2k-token prompt and a few turns' growth, with room to spare).
+TOKENS_PER_EPISODE = 8_192
+
+_SERVER_CAPS = {
+    "max_requests_per_server": 1,
+    "connections_per_server": 1,
+    "max_tokens_per_server": TOKENS_PER_EPISODE,
+}
+#: The options of each model policy that cap how many of a run's episodes it serves at once,
+#: with how much of each cap one concurrent episode needs.
+FOLLOW_CONCURRENCY: dict[str, dict[str, int]] = {
+    "openai": {"max_concurrency": 1},
+    "sglang": _SERVER_CAPS,
+    "vllm": _SERVER_CAPS,
 }
 _OPTIONS_TYPES: dict[str, type[msgspec.Struct]] = {
     "openai": OpenAIOptions,
@@ -110,7 +120,8 @@ _OPTIONS_TYPES: dict[str, type[msgspec.Struct]] = {
 
 def follow_concurrency(name: str, opts: dict[str, Any], concurrency: int | None) -> dict[str, Any]:
     """``opts`` where each cap of :data:`FOLLOW_CONCURRENCY` not set is
-    ``max(its default, concurrency)``; set ones are kept as they are."""
+    ``max(its default, concurrency x what one episode needs)``; set ones are kept as they
+    are, and so is 0 (no limit)."""
     if concurrency is None or name not in FOLLOW_CONCURRENCY:
         return opts
     options_type = _OPTIONS_TYPES[name]
@@ -121,10 +132,10 @@ def follow_concurrency(name: str, opts: dict[str, Any], concurrency: int | None)
             strict=True,
         )
     )
-    for key in FOLLOW_CONCURRENCY[name]:
+    for key, per_episode in FOLLOW_CONCURRENCY[name].items():
         default = defaults[key]
         if key not in opts and isinstance(default, int):
-            opts[key] = default if default == 0 else max(default, concurrency)
+            opts[key] = default if default == 0 else max(default, concurrency * per_episode)
     return opts
 
 

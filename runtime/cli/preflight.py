@@ -1,5 +1,5 @@
 """Checks before a run starts: every server a run needs (the model servers of ``--policy
-openai/sglang``, the AgentGym servers) answers, and what the model servers say about the
+openai/sglang/vllm``, the AgentGym servers) answers, and what the model servers say about the
 model they serve (the eval manifest pins it).
 
 A server that does not answer is one line naming its URL (:class:`ServerUnreachableError`,
@@ -61,7 +61,7 @@ def model_server_urls(policy: str, options: Mapping[str, Any]) -> list[str]:
     """The model servers ``policy`` with ``options`` would call."""
     if policy == "openai" and options.get("base_url"):
         return [str(options["base_url"])]
-    if policy == "sglang":
+    if policy in ("sglang", "vllm"):
         urls = options.get("urls") or []
         return [str(u) for u in ([urls] if isinstance(urls, str) else urls)]
     return []
@@ -85,12 +85,18 @@ def check_servers(
                 reported["model_path"] = entry["root"]
     elif policy == "sglang":
         for url in model_server_urls(policy, options):
-            answer = probe(url.rstrip("/") + "/get_model_info", "sglang server")
+            answer = probe(url.rstrip("/") + "/model_info", "sglang server")
             if isinstance(answer, dict):
                 for key in ("model_path", "weight_version"):
                     value = answer.get(key)
                     if isinstance(value, str | int) and key not in reported:
                         reported[key] = str(value)
+    elif policy == "vllm":
+        for url in model_server_urls(policy, options):
+            answer = probe(url.rstrip("/") + "/v1/models", "vllm server")
+            for entry in _list(answer, "data"):
+                if isinstance(entry, dict) and isinstance(entry.get("root"), str):
+                    reported.setdefault("model_path", entry["root"])
     return reported
 
 

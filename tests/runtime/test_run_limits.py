@@ -18,7 +18,7 @@ from gymux.env_plugins.registry import Registry
 from gymux.messages import PolicyResponse
 from gymux.metrics import ENV_INSTANCES, EPISODE_SLOTS, POLICY_REQUESTS
 from gymux.policies.base import SimplePolicy, react
-from gymux.policies.registry import follow_concurrency
+from gymux.policies.registry import TOKENS_PER_EPISODE, follow_concurrency
 from gymux.runtime import Runtime
 
 from doubles import envs as E
@@ -37,11 +37,19 @@ def test_follow_concurrency_raises_unset_caps_and_keeps_set_ones() -> None:
     assert follow_concurrency("sglang", {}, 2000) == {
         "max_requests_per_server": 2000,
         "connections_per_server": 2000,
+        "max_tokens_per_server": 2000 * TOKENS_PER_EPISODE,
     }
     assert follow_concurrency("vllm", {"connections_per_server": 0}, 2000) == {
         "max_requests_per_server": 2000,
         "connections_per_server": 0,  # 0: no limit, kept
+        "max_tokens_per_server": 2000 * TOKENS_PER_EPISODE,
     }
+    # The token budget never falls below its default (4M tokens) for a small run.
+    assert follow_concurrency("sglang", {}, 8)["max_tokens_per_server"] == 4_000_000
+    assert (
+        follow_concurrency("sglang", {"max_tokens_per_server": 10}, 2000)["max_tokens_per_server"]
+        == 10
+    )
     assert follow_concurrency("oracle", {}, 2000) == {}
     assert follow_concurrency("openai", {}, None) == {}
 

@@ -275,6 +275,26 @@ def test_a_model_server_that_is_down_is_one_line_before_anything_is_written(
     assert not out.exists()  # no empty store left behind
 
 
+@pytest.mark.parametrize("policy", ["sglang", "vllm"])
+def test_a_token_exact_server_that_is_down_is_one_line(
+    policy: str, run_gymux: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    from doubles.sglang_double import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(tmp_path / "tok")
+    out = tmp_path / "out"
+    res = run_gymux(
+        ["run", "--env", "maze", "--tasks", "0-1", "--policy", policy,
+         "--server", "http://127.0.0.1:9", "--tokenizer", str(tokenizer),
+         "--out", str(out), "--progress", "off"]
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gymux: error: cannot reach the {policy}")
+    assert "http://127.0.0.1:9" in lines[0]
+    assert not out.exists()
+
+
 def test_a_run_where_no_episode_finished_normally_exits_non_zero(
     run_gymux: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:

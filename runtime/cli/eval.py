@@ -74,6 +74,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     flags.check_policy_name(args.policy)
     options = flags.policy_options(args, args.policy, suite.sampling)
     out_dir = Path(args.out or f"runs/eval-{suite.name}-{args.policy}")
+    config = flags.follow_instance_caps(args, config, (env.id for env in suite.envs), registry)
     ev = EvalRun(
         suite,
         args.policy,

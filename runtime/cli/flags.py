@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
 from gymux.cli.common import UsageError, positive_float, positive_int
 from gymux.config import RuntimeConfig, checked
+from gymux.env_plugins.registry import Registry
 from gymux.errors import UnknownPolicyError
 from gymux.policies.registry import POLICY_NAMES
 
@@ -110,6 +111,28 @@ def runtime_config(args: argparse.Namespace, base: RuntimeConfig) -> RuntimeConf
         return base
     labels = {option: "--" + flag.replace("_", "-") for flag, option in _RUNTIME_FLAGS.items()}
     return checked(msgspec.structs.replace(base, **changes), labels=labels)
+
+
+def follow_instance_caps(
+    args: argparse.Namespace, config: RuntimeConfig, env_ids: Iterable[str], registry: Registry
+) -> RuntimeConfig:
+    """With ``--concurrency N`` given, each env's instance cap that ``env_instances`` does not
+    set becomes ``max(the plugin's cap, N)``: a plugin's default never caps a run below the
+    concurrency the user asked for. A plugin's cap bounds real resources (sciworld's JVMs,
+    babyai's worker processes): docs/plugins.md says what one instance costs."""
+    concurrency = getattr(args, "concurrency", None)
+    if concurrency is None:
+        return config
+    caps = dict(config.env_instances)
+    for env_id in dict.fromkeys(env_ids):
+        if env_id in caps or env_id not in registry.ids():
+            continue  # set explicitly, or a bridge registered later (its cap is the server's)
+        cap = registry.get(env_id).max_instances
+        if cap < concurrency:
+            caps[env_id] = concurrency
+    if caps == config.env_instances:
+        return config
+    return msgspec.structs.replace(config, env_instances=caps)
 
 
 def check_policy_name(name: str) -> None:

@@ -456,6 +456,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         from gymux.env_plugins.agentgym.client import register_bridges
 
         register_bridges(registry, workloads, args.agentgym_url, dialect=args.agentgym_dialect)
+    config = flags.follow_instance_caps(args, config, (w.env for w in workloads), registry)
     policies = _policies(args, registry, workloads, config.max_concurrent_episodes)
     out_text = args.out or (file_config.out if file_config else None)
     if out_text is None:

@@ -188,3 +188,48 @@ async def test_nothing_is_named_when_nothing_waited() -> None:
     summary = await _summary(RuntimeConfig(max_concurrent_episodes=50), 3)
     assert all(w.wait_s == 0 for w in summary.waits)
     assert summary.bound_by is None
+
+
+# -- env instance caps follow an explicit --concurrency ----------------------------------------
+
+
+def _probe_registry(max_instances: int) -> Registry:
+    registry = Registry(entry_points_group=None)
+    registry.register(E.plugin(E.AsyncProbe, max_instances=max_instances))
+    return registry
+
+
+def _instance_cap(out: Path) -> int:
+    (row,) = json.loads((out / "summary.json").read_text())
+    return int(row["waits"][ENV_INSTANCES]["cap"])
+
+
+def test_a_plugins_instance_cap_follows_an_explicit_concurrency(
+    tmp_path: Path, fresh_structlog: None
+) -> None:
+    args = ["run", "--env", "probe", "--tasks", "0", "--samples", "12", "--progress", "off"]
+    code = main(
+        [*args, "--concurrency", "8", "-o", str(tmp_path / "a")], registry=_probe_registry(2)
+    )
+    assert code == 0 and _instance_cap(tmp_path / "a") == 8  # raised to --concurrency
+    # Without --concurrency the plugin's own cap holds; a cap above it is never lowered.
+    code = main([*args, "-o", str(tmp_path / "b")], registry=_probe_registry(2))
+    assert code == 0 and _instance_cap(tmp_path / "b") == 2
+    code = main(
+        [*args, "--concurrency", "8", "-o", str(tmp_path / "c")], registry=_probe_registry(50)
+    )
+    assert code == 0 and _instance_cap(tmp_path / "c") == 50
+
+
+def test_an_explicit_env_instances_setting_wins(tmp_path: Path, fresh_structlog: None) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[runtime]\nenv_instances = { probe = 3 }\n[[workloads]]\nenv = "probe"\ntasks = [0]\n'
+        "samples = 6\n"
+    )
+    code = main(
+        ["run", "--config", str(config), "--concurrency", "8", "-o", str(tmp_path / "o"),
+         "--progress", "off"],
+        registry=_probe_registry(2),
+    )  # fmt: skip
+    assert code == 0 and _instance_cap(tmp_path / "o") == 3

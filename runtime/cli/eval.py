@@ -34,14 +34,14 @@ from gymux.log import configure_logging
 __all__ = ["add_parser", "run"]
 
 
+#: The one-line description of ``gymux eval`` and the examples its help shows.
+SUMMARY = "evaluate a policy over a suite (resumable)"
+EXAMPLES = ("gymux eval --suite smoke --policy oracle -o runs/eval",)
+
+
 def add_parser(sub: Any) -> None:
     """Register ``gymux eval`` on the top-level subparsers."""
-    p = add_command(
-        sub,
-        "eval",
-        "evaluate a policy over a suite (resumable)",
-        "gymux eval --suite smoke --policy oracle -o runs/eval",
-    )
+    p = add_command(sub, "eval", SUMMARY, *EXAMPLES)
     p.add_argument("--suite", required=True, help="smoke, agenteval-offline, or a TOML path")
     flags.add_policy_flag(p)
     p.add_argument("--out", "-o", help="output folder (default: runs/eval-<suite>-<policy>)")

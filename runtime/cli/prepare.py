@@ -12,14 +12,14 @@ from gymux.env_plugins.registry import Registry
 __all__ = ["add_parser", "run"]
 
 
+#: The one-line description of ``gymux prepare`` and the examples its help shows.
+SUMMARY = "generate or build what an env's tasks need before a run"
+EXAMPLES = ("gymux prepare textworld --tasks test",)
+
+
 def add_parser(sub: Any) -> None:
     """Register ``gymux prepare`` on the top-level subparsers."""
-    p = add_command(
-        sub,
-        "prepare",
-        "generate or build what an env's tasks need before a run",
-        "gymux prepare textworld --tasks test",
-    )
+    p = add_command(sub, "prepare", SUMMARY, *EXAMPLES)
     p.add_argument("env", help="environment id (see 'gymux envs')")
     p.add_argument("--tasks", default="test", help="split name, or ids like 0,1,2 or 0-9")
 

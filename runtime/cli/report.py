@@ -57,15 +57,17 @@ __all__ = [
 ]
 
 
+#: The one-line description of ``gymux report`` and the examples its help shows.
+SUMMARY = "regenerate an eval's reports, or compare several evals side by side"
+EXAMPLES = (
+    "gymux report runs/eval-smoke-oracle",
+    "gymux report runs/eval-a runs/eval-b -o runs/a-vs-b",
+)
+
+
 def add_parser(sub: Any) -> None:
     """Register ``gymux report`` on the top-level subparsers."""
-    p = add_command(
-        sub,
-        "report",
-        "regenerate an eval's reports, or compare several evals side by side",
-        "gymux report runs/eval-smoke-oracle",
-        "gymux report runs/eval-a runs/eval-b -o runs/a-vs-b",
-    )
+    p = add_command(sub, "report", SUMMARY, *EXAMPLES)
     p.add_argument("runs", nargs="+", metavar="RUN", help="eval output folders (gymux eval --out)")
     p.add_argument(
         "--out",

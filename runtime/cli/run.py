@@ -51,14 +51,14 @@ from gymux.trajectory import FinishReason, Trajectory
 __all__ = ["add_parser", "run"]
 
 
+#: The one-line description of ``gymux run`` and the examples its help shows.
+SUMMARY = "run a workload and write its trajectories"
+EXAMPLES = ("gymux run --env wordle --policy oracle --tasks test --samples 2 -o runs/w",)
+
+
 def add_parser(sub: Any) -> None:
     """Register ``gymux run`` on the top-level subparsers."""
-    p = add_command(
-        sub,
-        "run",
-        "run a workload and write its trajectories",
-        "gymux run --env wordle --policy oracle --tasks test --samples 2 -o runs/w",
-    )
+    p = add_command(sub, "run", SUMMARY, *EXAMPLES)
     p.add_argument("--env", help="environment id (see 'gymux envs')")
     p.add_argument(
         "--agentgym-url", help="with --env agentgym/<name>: the AgentGym server's base URL"

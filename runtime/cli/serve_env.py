@@ -22,14 +22,14 @@ from gymux.log import configure_logging
 __all__ = ["add_parser", "run"]
 
 
+#: The one-line description of ``gymux serve-env`` and the examples its help shows.
+SUMMARY = "serve an environment over AgentGym's HTTP protocol"
+EXAMPLES = ("gymux serve-env textcraft --port 36001",)
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve-env`` to the ``gymux`` subcommands (``sub``: argparse subparsers)."""
-    p = add_command(
-        sub,
-        "serve-env",
-        "serve an environment over AgentGym's HTTP protocol",
-        "gymux serve-env textcraft --port 36001",
-    )
+    p = add_command(sub, "serve-env", SUMMARY, *EXAMPLES)
     p.add_argument("name", help="environment id (see 'gymux envs')")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     p.add_argument("--port", type=int, default=36001, help="TCP port (0: any free port)")

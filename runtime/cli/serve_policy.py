@@ -43,14 +43,14 @@ from gymux.policies.sglang.launch import (
 __all__ = ["add_parser", "run", "serve"]
 
 
+#: The one-line description of ``gymux serve-policy`` and the examples its help shows.
+SUMMARY = "run an SGLang server for --policy sglang (needs sglang and a GPU)"
+EXAMPLES = ("gymux serve-policy --model /models/Qwen2.5-7B-Instruct --port 30000",)
+
+
 def add_parser(sub: Any) -> None:
     """Add ``serve-policy`` to the ``gymux`` subcommands (``sub``: argparse subparsers)."""
-    serve_ = add_command(
-        sub,
-        "serve-policy",
-        "run an SGLang server for --policy sglang (needs sglang and a GPU)",
-        "gymux serve-policy --model /models/Qwen2.5-7B-Instruct --port 30000",
-    )
+    serve_ = add_command(sub, "serve-policy", SUMMARY, *EXAMPLES)
     serve_.add_argument("--model", required=True, help="model path or id for sglang")
     serve_.add_argument("--host", default="127.0.0.1", help="address the server listens on")
     serve_.add_argument("--port", type=positive_int, default=30000, help="TCP port")

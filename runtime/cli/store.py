@@ -57,6 +57,14 @@ from gymux.trajectory import FinishReason
 __all__ = ["add_parser", "run"]
 
 
+#: The one-line description of ``gymux store`` and the examples its help shows.
+SUMMARY = "inspect, tail, verify, export or compact a store"
+EXAMPLES = (
+    "gymux store verify runs/demo",
+    "gymux store tail runs/demo -n 5",
+)
+
+
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -68,13 +76,7 @@ def _size(n: int) -> str:
 
 def add_parser(sub: Any) -> None:
     """Register ``gymux store`` and its subcommands on the top-level subparsers."""
-    store = add_command(
-        sub,
-        "store",
-        "inspect, tail, verify, export or compact a store",
-        "gymux store verify runs/demo",
-        "gymux store tail runs/demo -n 5",
-    )
+    store = add_command(sub, "store", SUMMARY, *EXAMPLES)
     store.set_defaults(store_parser=store)
     cmds = store.add_subparsers(dest="store_command", title="commands", metavar="COMMAND")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO, cast
+from typing import Any, Protocol, TextIO, cast
 
 import structlog
 
@@ -46,6 +46,20 @@ def configure_logging(level: str = "warning") -> None:
     )
 
 
+class _EpisodeIds(Protocol):
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def episode_id(self) -> str: ...
+    @property
+    def env_id(self) -> str: ...
+
+
+def _for_episode(log: Any, ids: _EpisodeIds) -> Any:
+    """``log`` bound to an episode's run, episode and env ids."""
+    return log.bind(run_id=ids.run_id, episode_id=ids.episode_id, env=ids.env_id)
+
+
 class LogSubscriber:
     """Logs runs and episodes (info), errors (warning) and turns (debug).
 
@@ -62,11 +76,8 @@ class LogSubscriber:
         level = self._level
         if isinstance(event, EpisodeError):
             if level <= logging.WARNING:
-                log.warning(
+                _for_episode(log, event).warning(
                     "episode error",
-                    run_id=event.run_id,
-                    episode_id=event.episode_id,
-                    env=event.env_id,
                     reason=event.reason.value,
                     error=event.message,
                     attempt=event.attempt,
@@ -78,22 +89,16 @@ class LogSubscriber:
         if isinstance(event, TurnFinished):
             if level > logging.DEBUG:
                 return
-            log.debug(
+            _for_episode(log, event).debug(
                 "turn finished",
-                run_id=event.run_id,
-                episode_id=event.episode_id,
-                env=event.env_id,
                 turn=event.turn.index,
                 action=event.turn.action,
                 reward=event.turn.reward,
             )
         elif isinstance(event, EpisodeFinished):
             t = event.trajectory
-            log.info(
+            _for_episode(log, t).info(
                 "episode finished",
-                run_id=t.run_id,
-                episode_id=t.episode_id,
-                env=t.env_id,
                 policy=t.policy,
                 task=t.task_id,
                 reason=t.finish_reason.value,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import anyio
 import msgspec
@@ -36,6 +36,7 @@ from gymux.scheduler import plan_jobs
 from gymux.trajectory import FinishReason, Trajectory
 
 __all__ = [
+    "EvalOptions",
     "EvalOutcome",
     "EvalPlan",
     "EvalRun",
@@ -254,6 +255,17 @@ def _write_manifest(out: Path, suite: Suite, policy: str, identity: Mapping[str,
     tmp.replace(path)
 
 
+class EvalOptions(TypedDict, total=False):
+    """The keyword options of :class:`EvalRun` and :func:`run_eval` (see EvalRun)."""
+
+    rerun_failures: bool
+    registry: Registry | None
+    config: RuntimeConfig | None
+    options: Mapping[str, Any] | None
+    keep_errors: bool
+    reported: Mapping[str, str] | None
+
+
 class EvalRun:
     """What is left of ``suite`` for ``policy`` in the folder ``out``, ready to run.
 
@@ -274,23 +286,13 @@ class EvalRun:
     """
 
     def __init__(
-        self,
-        suite: Suite,
-        policy: str,
-        out: str | Path,
-        *,
-        rerun_failures: bool = False,
-        registry: Registry | None = None,
-        config: RuntimeConfig | None = None,
-        options: Mapping[str, Any] | None = None,
-        keep_errors: bool = False,
-        reported: Mapping[str, str] | None = None,
+        self, suite: Suite, policy: str, out: str | Path, **opts: Unpack[EvalOptions]
     ) -> None:
         self.suite = suite
         self.policy = policy
         self.out = Path(out)
-        self.registry = registry or default_registry()
-        self.config = config or RuntimeConfig()
+        self.registry = opts.get("registry") or default_registry()
+        self.config = opts.get("config") or RuntimeConfig()
         register_suite_bridges(suite, self.registry)
         for env in suite.envs:  # unknown, not installed, no such split: fail before anything
             spec = self.registry.get_runnable(env.id).spec
@@ -300,17 +302,17 @@ class EvalRun:
                 raise SuiteError(
                     f"suite {suite.name!r}: env {env.id!r} has no split {split!r} (known: {known})"
                 )
-        self.options: dict[str, Any] = {**suite.sampling, **(options or {})}
+        self.options: dict[str, Any] = {**suite.sampling, **(opts.get("options") or {})}
         self.identity = policy_identity(
-            policy, self.options if policy in MODEL_POLICIES else {}, reported
+            policy, self.options if policy in MODEL_POLICIES else {}, opts.get("reported")
         )
         _check_manifest(self.out, suite, policy, self.identity)
         self.plan = plan_eval(
             suite,
             self.registry,
             read_store(self.out),
-            rerun_failures=rerun_failures,
-            keep_errors=keep_errors,
+            rerun_failures=opts.get("rerun_failures", False),
+            keep_errors=opts.get("keep_errors", False),
         )
         self._handles: list[RunHandle] = []
         # Built now, so bad options are one clean error before anything else happens.
@@ -390,11 +392,8 @@ def run_eval(
     policy: str,
     out: str | Path,
     *,
-    rerun_failures: bool = False,
-    registry: Registry | None = None,
-    config: RuntimeConfig | None = None,
-    options: Mapping[str, Any] | None = None,
     max_episodes: int | None = None,
+    **opts: Unpack[EvalOptions],
 ) -> EvalOutcome:
     """Run what is left of ``suite`` with ``policy`` into ``out`` and compute the metrics
     (an :class:`EvalRun`, run to the end).
@@ -404,15 +403,7 @@ def run_eval(
     for an interruption). Library code installs no signal handlers (``gymux eval``
     does, in :mod:`gymux.cli.eval`).
     """
-    ev = EvalRun(
-        suite,
-        policy,
-        out,
-        rerun_failures=rerun_failures,
-        registry=registry,
-        config=config,
-        options=options,
-    )
+    ev = EvalRun(suite, policy, out, **opts)
     if ev.pending and max_episodes != 0:
         anyio.run(ev.run, max_episodes)
     return ev.outcome()

@@ -129,7 +129,7 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     def __post_init__(self) -> None:
         if self.policy_options and self.policy not in MODEL_POLICIES:
-            raise ValueError(
+            raise ConfigError(
                 f"policy_options are for policy {' or '.join(map(repr, MODEL_POLICIES))}, "
                 f"not {self.policy!r}"
             )

@@ -30,7 +30,7 @@ import anyio.abc
 import msgspec
 import structlog
 
-from gymux.config import RuntimeConfig, Workload
+from gymux.config import ConfigError, RuntimeConfig, Workload
 from gymux.env_plugins.registry import Registry, default_registry
 from gymux.episode import EpisodeJob
 from gymux.events import EpisodeFinished, Event, EventBus, RunFinished, RunStarted
@@ -62,7 +62,7 @@ def default_sink(out: Path, out_format: str = "store", durability: str = "always
         from gymux.stores.sink import StoreSink
 
         return StoreSink(out / "store", durability=durability)
-    raise ValueError(f"out_format must be 'store' or 'jsonl', got {out_format!r}")
+    raise ConfigError(f"out_format must be 'store' or 'jsonl', got {out_format!r}")
 
 
 def new_run_id() -> str:

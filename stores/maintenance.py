@@ -5,9 +5,6 @@
 
 from __future__ import annotations
 
-# tests patch ``maintenance.os.replace`` to crash a compaction part way
-import os  # noqa: F401
-
 from gymux.stores.compaction import DEFAULT_TARGET_BYTES, CompactResult, DroppedRange, compact
 from gymux.stores.errors import DamagedStreamError
 from gymux.stores.info import CommitInfo, SegmentInfo, StoreInfo, StreamInfo, store_info

@@ -439,10 +439,10 @@ def crash_compaction(store: Path, crash_at: int, monkeypatch: pytest.MonkeyPatch
             raise OSError("simulated crash")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(maint.os, "replace", crashing_replace)
+    monkeypatch.setattr(os, "replace", crashing_replace)
     with pytest.raises(OSError, match="simulated crash"):
         compact(store, target_bytes=8 * 1024)
-    monkeypatch.setattr(maint.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
 
 
 @pytest.mark.parametrize("crash_at", [1, 2, 3, 4, 6])

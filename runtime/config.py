@@ -18,8 +18,8 @@ Example ``gymux.toml``::
     policy = "openai"
     policy_options = { base_url = "http://127.0.0.1:8000/v1", model = "qwen", max_tokens = 256 }
 
-``policy_options`` (only with ``policy = "openai"`` or ``"sglang"``) are the keyword
-options of :func:`gymux.policies.registry.make_policy`; the CLI's model flags
+``policy_options`` (only with a model policy: ``openai``, ``sglang``, ``vllm``, ``hf``) are
+the keyword options of :func:`gymux.policies.registry.make_policy`; the CLI's model flags
 (``--base-url``, ``--server``, ...) take precedence over them.
 
 Unknown keys and invalid values are errors that name the key. Every numeric option is
@@ -67,7 +67,13 @@ Samples = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Turns = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 TaskLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_EPISODES)]
 Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+GroupSize = Annotated[int, msgspec.Meta(ge=1, le=65_536)]
+Oversample = Annotated[int, msgspec.Meta(ge=0, le=65_536)]
+Staleness = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 
+
+#: One value of ``policy_options``: a scalar, a list of names, or a table of scalars.
+_OptionValue = str | int | float | bool | list[str] | dict[str, str | int | float | bool]
 
 #: Policies that take ``policy_options``.
 MODEL_POLICIES = ("openai", "sglang", "vllm", "hf")
@@ -123,11 +129,26 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     limit: TaskLimit | None = None
     seed: Seed = 0
     #: Options of a model policy (``openai``, ``sglang``, ``vllm``), given to ``make_policy``.
-    policy_options: dict[str, str | int | float | bool | list[str]] = msgspec.field(
-        default_factory=dict
-    )
+    #: A value may itself be a table of scalars (vLLM's ``extra_body``, for example).
+    policy_options: dict[str, _OptionValue] = msgspec.field(default_factory=dict)
+    #: RL groups (GRPO): each task's samples come in groups of ``group_size`` episodes,
+    #: and ``samples`` counts groups per task. A group reaches the sinks whole
+    #: (``Sink.write_group``) or not at all. ``None``: no groups.
+    group_size: GroupSize | None = None
+    #: Over-sampling: start ``group_size + oversample`` episodes per group, keep the first
+    #: ``group_size`` that finish, cancel the rest (their in-flight policy calls too).
+    oversample: Oversample = 0
+    #: Drop groups whose rewards are all equal (no learning signal for GRPO).
+    drop_zero_variance: bool = False
+    #: Staleness bound: an episode that finishes with a turn generated more than this many
+    #: weight updates ago (``Runtime.update_policy``) is not handed on. ``None``: no bound.
+    max_staleness: Staleness | None = None
+    #: What happens to a stale episode: ``discard`` it, or ``restart`` it from its reset.
+    stale: Literal["discard", "restart"] = "discard"
 
     def __post_init__(self) -> None:
+        if self.group_size is None and (self.oversample or self.drop_zero_variance):
+            raise ConfigError("oversample and drop_zero_variance need group_size")
         if self.policy_options and self.policy not in MODEL_POLICIES:
             raise ConfigError(
                 f"policy_options are for policy {' or '.join(map(repr, MODEL_POLICIES))}, "

@@ -43,7 +43,11 @@ from doubles.procs import clean_env
 from doubles.tiny_model import build_tiny_model
 from doubles.vllm_server import RecordingProxy, VLLMServer, require_vllm_venv
 
-MAX_MODEL_LEN = 1024
+MAX_MODEL_LEN = 4096
+
+# Generations that must still be running when a test interrupts them: EOS ignored and most of
+# the context to fill, so they last thousands of decode steps however fast the machine is.
+LONG_TURN_TOKENS = 3500
 
 # -- no server needed ------------------------------------------------------------------------
 
@@ -196,7 +200,9 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     venv = require_vllm_venv()
     root = tmp_path_factory.mktemp("vllm")
-    model = build_tiny_model(root / "tiny", python=str(venv / "bin" / "python"))
+    model = build_tiny_model(
+        root / "tiny", python=str(venv / "bin" / "python"), max_positions=MAX_MODEL_LEN
+    )
     server = VLLMServer(venv, model, root / "server.log", max_model_len=MAX_MODEL_LEN)
     server.start()
     sys.stderr.write(f"vLLM server ready in {server.start_s:.1f} s\n")
@@ -282,6 +288,38 @@ def _wait_for(  # type: ignore[no-untyped-def]
 MAZE_RUN = ["run", "--env", "maze", "--tasks", "0-15", "--concurrency", "16", "--progress", "off"]
 
 
+def _write_config(
+    path: Path,
+    url: str,
+    model: Path,
+    *,
+    tasks: int,
+    max_new_tokens: int,
+    max_turns: int = 15,
+    **options: object,
+) -> Path:
+    """A `gymux run --config` file: ``tasks`` maze tasks at once through ``--policy vllm``
+    with EOS ignored (``extra_body``), so every turn generates ``max_new_tokens`` tokens."""
+    fields = {
+        "urls": [url],
+        "tokenizer_path": str(model),
+        "max_new_tokens": max_new_tokens,
+        **options,
+    }
+    table = ", ".join(f"{key} = {json.dumps(value)}" for key, value in fields.items())
+    path.write_text(
+        "[runtime]\n"
+        f"max_concurrent_episodes = {tasks}\n\n"
+        "[[workloads]]\n"
+        'env = "maze"\n'
+        f"tasks = {json.dumps(list(range(tasks)))}\n"
+        'policy = "vllm"\n'
+        f"max_turns = {max_turns}\n"
+        f"policy_options = {{ {table}, extra_body = {{ ignore_eos = true }} }}\n"
+    )
+    return path
+
+
 def _run_interrupted(
     vllm: VLLMServer,
     served: Served,
@@ -290,25 +328,20 @@ def _run_interrupted(
     episodes: int,
     interrupt: Callable[[subprocess.Popen[str]], object],
 ) -> tuple[int, str]:
-    """`gymux run` of ``episodes`` maze episodes at once against ``vllm``; once they all
-    generate, ``interrupt(proc)``; the run's exit status and stderr."""
+    """`gymux run` of ``episodes`` maze episodes at once against ``vllm``, each turn a long
+    generation; once they all generate, ``interrupt(proc)``; the run's exit status and stderr."""
+    config = _write_config(
+        tmp_path / "run.toml",
+        vllm.url,
+        served.model,
+        tasks=episodes,
+        max_new_tokens=LONG_TURN_TOKENS,
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
-            *("-m", "gymux", "run", "--env", "maze", "--tasks"),
-            f"0-{episodes - 1}",
-            "--concurrency",
-            str(episodes),
-            "--policy",
-            "vllm",
-            "--server",
-            vllm.url,
-            *("--tokenizer", str(served.model)),
-            "--max-tokens",
-            "300",
-            "--out",
-            str(tmp_path / "o"),
-            *("--progress", "off"),
+            *("-m", "gymux", "run", "--config", str(config)),
+            *("--out", str(tmp_path / "o"), "--progress", "off"),
         ],
         cwd=tmp_path,
         env=clean_env(),
@@ -431,22 +464,25 @@ def test_context_limit(vllm: VLLMServer, served: Served, tmp_path: Path) -> None
     sending (the limit read from /v1/models), and mapped from vLLM's HTTP 400 when the
     policy believes in a larger context than the server's."""
     out = tmp_path / "out"
+    turn_tokens = 1000  # every turn (EOS ignored): the context fills within 4 turns
+    config = _write_config(
+        tmp_path / "run.toml",
+        vllm.url,
+        served.model,
+        tasks=4,
+        max_new_tokens=turn_tokens,
+        max_turns=50,
+        temperature=0.0,
+    )
     res = _run_gymux(
-        [
-            *("run", "--env", "maze", "--tasks", "0-3", "--concurrency", "4"),
-            *("--progress", "off", "--policy", "vllm", "--server"),
-            vllm.url,
-            *("--tokenizer", str(served.model)),
-            *("--max-tokens", "200", "--temperature", "0", "--max-turns", "50", "--out"),
-            str(out),
-        ],
+        ["run", "--config", str(config), "--progress", "off", "--out", str(out)],
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     trajs = read_store(out)
     assert [t.finish_reason for t in trajs] == [FinishReason.CONTEXT_LIMIT] * 4
     for t in trajs:
-        assert len(_unpack(t)[0]) + 200 > MAX_MODEL_LEN
+        assert len(_unpack(t)[0]) + turn_tokens > MAX_MODEL_LEN
 
     async def main() -> None:
         policy = VLLMPolicy(
@@ -468,7 +504,7 @@ def test_context_limit(vllm: VLLMServer, served: Served, tmp_path: Path) -> None
 @pytest.mark.timeout(1200)
 def test_cancelled_turns_are_aborted_by_the_server(vllm: VLLMServer, served: Served) -> None:
     """Cancelling episodes mid-generation closes their connections and vLLM aborts those
-    requests: they leave its running set without completing (800 tokens, EOS ignored), and
+    requests: they leave its running set without completing (3,500 tokens, EOS ignored), and
     the server stays healthy."""
     n = 4
 
@@ -476,7 +512,7 @@ def test_cancelled_turns_are_aborted_by_the_server(vllm: VLLMServer, served: Ser
         policy = VLLMPolicy(
             vllm.url,
             tokenizer=served.model,
-            max_new_tokens=800,
+            max_new_tokens=LONG_TURN_TOKENS,
             extra_body={"ignore_eos": True},
         )
         before = _completed(vllm.url)

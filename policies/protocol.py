@@ -8,7 +8,7 @@ the requests of all episodes waiting at the same moment and hands them over toge
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from gymux.errors import PolicyError
 from gymux.messages import Message, PolicyRequest, PolicyResponse
@@ -20,7 +20,15 @@ __all__ = [
     "PolicyError",
     "PolicyRequest",
     "PolicyResponse",
+    "UpdateMode",
+    "WeightLoader",
+    "WeightUpdatable",
 ]
+
+#: How a weight update treats generations in flight: ``abort`` them (the runtime redoes
+#: them under the new weights), ``wait`` for them, or let them ``continue`` (keep their
+#: prefix and finish under the new weights, where the policy or server supports it).
+UpdateMode = Literal["abort", "wait", "continue"]
 
 
 @runtime_checkable
@@ -60,3 +68,29 @@ class Policy(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None: ...
+
+
+@runtime_checkable
+class WeightUpdatable(Protocol):
+    """A policy that loads new weights itself (the in-process ``hf`` policy).
+
+    ``update_weights`` must not fail a generation in flight: it waits for a safe point
+    (e.g. the end of a decode step), loads ``source`` (a checkpoint folder, a state dict),
+    drops what the old weights computed (KV caches), and reports ``version`` as the
+    ``weight_version`` of every later answer.
+    """
+
+    async def update_weights(self, source: Any, *, version: str) -> None: ...
+
+
+@runtime_checkable
+class WeightLoader(Protocol):
+    """Loads new weights into the model servers behind a policy
+    (:mod:`gymux.policies.weights`: SGLang, vLLM). ``Runtime.update_policy`` calls
+    ``pause``, then ``load``, then ``resume`` (also when ``load`` failed)."""
+
+    async def pause(self, mode: UpdateMode) -> None: ...
+
+    async def load(self, source: str, *, version: str) -> None: ...
+
+    async def resume(self) -> None: ...

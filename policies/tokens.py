@@ -15,6 +15,13 @@ Training on trajectories needs exactly the tokens the model saw and produced. A
   output already ends with the closing's first token (it stopped on EOS), that token is not
   added again.
 
+Turn 0's text is tokenized piece by piece (:class:`PieceEncoder`): the text is cut right
+after each of the template's special tokens (``<|im_end|>``, ``<|im_start|>``...), where the
+tokenizer itself splits it, and each piece's ids are cached by the piece's exact text. The
+instruction, the same for every episode of an env, is tokenized once; a new episode only
+tokenizes its own observation. The ids are the same as tokenizing the whole text at once
+(the cut points are chosen and checked so that this holds; see :class:`PieceEncoder`).
+
 The whole history is never re-tokenized, so ``ids``, ``logprobs`` (0.0 on tokens the model
 did not generate) and ``loss_mask`` (1 exactly on generated tokens) line up with what the
 server received and returned. :meth:`TokenLedger.token_data` exports them as
@@ -34,10 +41,16 @@ The folder holds ``tokenizer.json``, ``tokenizer_config.json`` (``bos_token``/``
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from gymux.errors import PolicyError, PolicyOptionsError
 from gymux.messages import Message, PolicyRequest, PolicyResponse
@@ -46,6 +59,7 @@ from gymux.trajectory import TokenData, pack_float32, pack_int32, pack_uint8
 __all__ = [
     "ChatTokenizer",
     "EpisodeLedgers",
+    "PieceEncoder",
     "TokenLedger",
     "context_limit_response",
     "load_tokenizer",
@@ -53,6 +67,7 @@ __all__ = [
 ]
 
 _PROBE = "\x00GYMUX-PROBE\x00"
+_log = structlog.get_logger("gymux.policies.tokens")
 
 
 def _token_text(value: object) -> str | None:
@@ -112,6 +127,153 @@ def _find_chat_template(folder: Path, config: dict[str, Any]) -> str:
     return template
 
 
+class PieceEncoder:
+    """Tokenizes chat-template text piece by piece, caching each piece's ids by its text.
+
+    A ``tokenizers`` tokenizer first cuts its input at every added token (``<|im_end|>``...)
+    and then normalizes, pre-tokenizes and tokenizes each stretch between them on its own,
+    so the ids of a text are the ids of its pieces when it is cut right after such a token.
+    Only two things of a stretch depend on what precedes it: whether it starts the input
+    (a ``Metaspace`` pre-tokenizer with ``prepend_scheme="first"``) and whether the token
+    before it strips the whitespace that follows it. A piece that does not start the text
+    is therefore tokenized behind the very token that ends the piece before it, whose id
+    is then dropped: the piece sees the same context as in the whole text.
+
+    The cut tokens (``boundaries``) are the added tokens given (those of the chat template)
+    that the tokenizer matches the same way wherever they stand: not ``single_word``, not
+    ``normalized``, no ``lstrip``/``rstrip``, and no other added token contains them or
+    starts before them and ends inside them (a longer or earlier match would win there).
+    Each piece's ids are checked as they are made (the lead token's id first, the piece's
+    own cut token's id last); a piece that fails the check makes :meth:`encode` tokenize
+    the whole text at once, and the encoder stops cutting (a warning is logged once).
+
+    The cache keeps the ``capacity`` pieces used last: an env's instruction is one piece
+    (or a few), the same for every episode of that env, so it is tokenized once.
+    """
+
+    def __init__(
+        self, tokenizer: Any, special_texts: Sequence[str] = (), *, capacity: int = 4096
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.capacity = capacity
+        self.boundaries = _boundary_tokens(tokenizer, special_texts)
+        self._cut = (
+            re.compile("|".join(re.escape(t) for t in sorted(self.boundaries, key=len)[::-1]))
+            if self.boundaries
+            else None
+        )
+        self._cache: OrderedDict[tuple[str | None, str], tuple[int, ...]] = OrderedDict()
+        self._lock = threading.Lock()  # a tokenizer may be used from worker threads too
+        #: Pieces found in the cache, pieces tokenized, whole texts tokenized at once.
+        self.hits = 0
+        self.misses = 0
+        self.whole = 0
+
+    def _plain(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of ``text``, exactly ``tokenizer.encode(text, add_special_tokens=False)``."""
+        cut = self._cut
+        if cut is None:
+            self.whole += 1
+            return self._plain(text)
+        out: list[int] = []
+        lead: str | None = None
+        start = 0
+        for match in cut.finditer(text):
+            end = match.end()
+            token = match.group()
+            ids = self._piece(lead, text[start:end], token)
+            if ids is None:
+                return self._give_up(text)
+            out.extend(ids)
+            lead, start = token, end
+        if start < len(text):
+            ids = self._piece(lead, text[start:], None)
+            if ids is None:
+                return self._give_up(text)
+            out.extend(ids)
+        return out
+
+    def _piece(self, lead: str | None, piece: str, last: str | None) -> tuple[int, ...] | None:
+        key = (lead, piece)
+        cache = self._cache
+        with self._lock:
+            ids = cache.get(key)
+            if ids is not None:
+                cache.move_to_end(key)
+                self.hits += 1
+                return ids
+            self.misses += 1
+        if lead is None:
+            got = self._plain(piece)
+        else:
+            got = self._plain(lead + piece)
+            if not got or got[0] != self.boundaries[lead]:
+                return None
+            del got[0]
+        if last is not None and (not got or got[-1] != self.boundaries[last]):
+            return None
+        ids = tuple(got)
+        with self._lock:
+            cache[key] = ids
+            if len(cache) > self.capacity:
+                cache.popitem(last=False)
+        return ids
+
+    def _give_up(self, text: str) -> list[int]:
+        _log.warning(
+            "tokenizer_pieces_disabled",
+            reason="a piece's ids did not end at its cut token; tokenizing whole texts",
+            boundaries=sorted(self.boundaries),
+        )
+        self._cut = None
+        with self._lock:
+            self._cache.clear()
+        self.whole += 1
+        return self._plain(text)
+
+
+def _boundary_tokens(tokenizer: Any, special_texts: Sequence[str]) -> dict[str, int]:
+    """The added tokens among ``special_texts`` that text may be cut after (see
+    :class:`PieceEncoder`), with their ids; empty when the tokenizer does not say."""
+    if getattr(tokenizer, "encode_special_tokens", False):
+        return {}  # added special tokens are not split out: no safe cut
+    if getattr(tokenizer, "truncation", None) or getattr(tokenizer, "padding", None):
+        return {}  # each piece would be truncated or padded on its own
+    get = getattr(tokenizer, "get_added_tokens_decoder", None)
+    if get is None:
+        return {}
+    try:
+        added = {int(i): t for i, t in get().items()}
+    except Exception:  # an unusual tokenizer object: no cutting
+        return {}
+    contents = {str(getattr(t, "content", "")) for t in added.values()}
+    wanted = set(special_texts)
+    out: dict[str, int] = {}
+    for token_id, token in added.items():
+        text = str(getattr(token, "content", ""))
+        if not text or text not in wanted or tokenizer.token_to_id(text) != token_id:
+            continue
+        if any(getattr(token, flag, True) for flag in ("single_word", "normalized")) or any(
+            getattr(token, flag, True) for flag in ("lstrip", "rstrip")
+        ):
+            continue
+        if any(_overlaps(other, text) for other in contents if other and other != text):
+            continue
+        out[text] = token_id
+    return out
+
+
+def _overlaps(other: str, token: str) -> bool:
+    """Whether a match of ``other`` could swallow or cut into ``token``: it contains it, or
+    starts before it and ends inside it."""
+    if token in other:
+        return True
+    return any(token.startswith(other[i:]) for i in range(1, len(other)))
+
+
 class ChatTokenizer:
     """A ``tokenizers.Tokenizer`` plus its chat template.
 
@@ -153,6 +315,9 @@ class ChatTokenizer:
         self.eos_token = eos_token
         self.eos_id: int | None = tokenizer.token_to_id(eos_token) if eos_token else None
         self._closing_text, self._user_prefix, self._user_suffix = self._derive_turn_wrapper()
+        self._closing_ids = tuple(self.encode(self._closing_text)) if self._closing_text else ()
+        #: Tokenizes turn 0's prompts, piece by piece with a cache (:class:`PieceEncoder`).
+        self.pieces = PieceEncoder(tokenizer, self._template_specials())
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ChatTokenizer:
@@ -224,12 +389,33 @@ class ChatTokenizer:
             raise PolicyError("chat template: a later user turn does not follow the assistant's")
         return closing, between[len(closing) :], full[second + len(_PROBE) :]
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a rendered chat, as :meth:`encode` gives them, with the pieces it
+        shares with earlier prompts (an env's instruction) taken from a cache."""
+        return self.pieces.encode(text)
+
+    def _template_specials(self) -> list[str]:
+        """The added tokens the chat template writes (in a rendering of every role)."""
+        probe = [Message(role="user", content="hi"), Message(role="assistant", content="ok")]
+        texts = [self.render(probe, add_generation_prompt=True)]
+        # Templates may refuse a system message (raise_exception).
+        with contextlib.suppress(Exception):
+            system = [Message(role="system", content="s"), *probe]
+            texts.append(self.render(system, add_generation_prompt=True))
+        text = "".join(texts)
+        get = getattr(self.tokenizer, "get_added_tokens_decoder", None)
+        try:
+            added = [str(t.content) for t in get().values()] if get is not None else []
+        except Exception:  # an unusual tokenizer object: no added tokens known
+            added = []
+        return [t for t in added if t and t in text]
+
     def user_turn_suffix(self, content: str, *, after_generated: Sequence[int]) -> list[int]:
         """Ids to append after the model's output ``after_generated`` for a new user turn."""
-        closing = self.encode(self._closing_text) if self._closing_text else []
+        closing = self._closing_ids
         if closing and after_generated and after_generated[-1] == closing[0]:
             closing = closing[1:]  # the model already emitted it (stopped on EOS)
-        return closing + self.encode(self._user_prefix + content + self._user_suffix)
+        return [*closing, *self.encode(self._user_prefix + content + self._user_suffix)]
 
 
 def load_tokenizer(
@@ -280,7 +466,7 @@ class TokenLedger:
         """
         if not self.ids:
             text = self.tokenizer.render(messages, add_generation_prompt=True)
-            self._extend_prompt(self.tokenizer.encode(text))
+            self._extend_prompt(self.tokenizer.encode_prompt(text))
             self._consumed = len(messages)
             return list(self.ids)
         new = list(messages[self._consumed :])

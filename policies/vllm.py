@@ -363,9 +363,10 @@ class VLLMPolicy(BasePolicy):
         await server.budget.acquire(1, tokens)
         try:
             self.http_requests += 1
-            with anyio.fail_after(self.request_timeout_s):
-                async with transport.post(session, server.url, _PATH, body, label=_LABEL) as resp:
-                    raw = await resp.read()
+            # Bounded by the session's total timeout (request_timeout_s): aiohttp raises
+            # TimeoutError, with no cancel scope and timer of our own per request.
+            async with transport.post(session, server.url, _PATH, body, label=_LABEL) as resp:
+                raw = await resp.read()
         except (transport.Retryable, PolicyError):
             raise
         except TimeoutError:

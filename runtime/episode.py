@@ -3,6 +3,22 @@
 :func:`run_episode` never raises for anything that goes wrong inside an episode: every
 failure becomes the trajectory's ``finish_reason`` (and ``error``). Only cancellation
 propagates, after the trajectory has been recorded as ``cancelled``.
+
+Every policy call goes through the policy's :class:`PolicyGate`, which the runtime uses to
+update weights without stopping the world: it pauses dispatch, aborts (and resamples) or
+waits for the calls in flight, and stamps each turn with the weight version that made it.
+
+Time limits (policy call, env reset/step, the episode) are enforced by a :class:`Watchdog`
+shared by the scheduler's episodes, not by a timer per call: an episode stores the
+deadline of the call it is in and runs under one cancel scope, which the watchdog cancels
+once that deadline (or the episode's) has passed; the episode ends as ``timeout`` with the
+same message a per-call timer gave ("policy call exceeded 300.0s").
+
+Per-turn timings tile the episode's wall time: ``queue_s`` (waiting at a paused gate; the
+first turn's also holds the wait for an env instance and any failed attempt with its
+backoff), ``policy_s`` (policy calls, aborted ones included) and ``env_s`` (reset, parsing,
+step; the last turn's also holds returning the instance) add up to ``wall_s``, less a few
+microseconds of bookkeeping (and the turns of a failed attempt, which are not kept).
 """
 
 from __future__ import annotations
@@ -34,7 +50,7 @@ from gymux.policies.protocol import Policy
 from gymux.pool import EnvPool, Lease
 from gymux.trajectory import FinishReason, TokenData, Trajectory, Turn
 
-__all__ = ["EpisodeJob", "run_episode"]
+__all__ = ["EpisodeJob", "PolicyGate", "Watchdog", "run_episode"]
 
 _log = structlog.get_logger("gymux.episode")
 _T = TypeVar("_T")
@@ -51,6 +67,151 @@ class EpisodeJob(msgspec.Struct, frozen=True, kw_only=True):
     split: str
     sample: int
     max_turns: int
+    #: The RL group the episode belongs to (``Workload.group_size``), if any.
+    group_id: str | None = None
+
+
+class _Call:
+    """One policy call in flight: the version it started under, how to abort it."""
+
+    __slots__ = ("abort", "label", "scope", "step")
+
+    def __init__(self, step: int, label: str) -> None:
+        self.step = step
+        self.label = label
+        self.scope: anyio.CancelScope | None = None
+        self.abort: str | None = None
+
+
+class PolicyGate:
+    """Dispatch control of one policy: pause and resume new calls, abort or await the calls
+    in flight, and the weight version (``step``, ``label``) new calls run under.
+
+    The runtime keeps one per hosted policy (``Runtime.update_policy`` drives it); every
+    episode's policy calls pass through it. While the gate is open a call costs a set
+    insert and removal.
+    """
+
+    __slots__ = ("_drained", "_inflight", "_resumed", "base", "label", "lock", "step", "updates")
+
+    def __init__(self, step: int = 0, label: str | None = None) -> None:
+        #: The weight version new calls run under (an integer for staleness) and its label.
+        self.step = step
+        self.label = label if label is not None else str(step)
+        #: The step before any update (the step of turns in a trajectory whose
+        #: ``policy_step`` is ``None``: it finished before the first update).
+        self.base = step
+        #: Weight updates applied through this gate.
+        self.updates = 0
+        #: Held by one weight update at a time.
+        self.lock = anyio.Lock()
+        self._resumed: anyio.Event | None = None  # set (and dropped) on resume
+        self._inflight: set[_Call] = set()
+        self._drained: anyio.Event | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self._resumed is not None
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def pause(self) -> None:
+        """Hold new calls until :meth:`resume` (calls in flight go on)."""
+        if self._resumed is None:
+            self._resumed = anyio.Event()
+
+    def resume(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.set()
+
+    def abort_inflight(self, reason: str) -> int:
+        """Cancel every call in flight; their episodes redo the call once the gate opens
+        and record ``reason`` as the turn's ``abort``. Returns how many were cancelled."""
+        for call in self._inflight:
+            call.abort = reason
+            if call.scope is not None:
+                call.scope.cancel()
+        return len(self._inflight)
+
+    async def drained(self) -> None:
+        """Wait until no call is in flight."""
+        while self._inflight:
+            if self._drained is None:
+                self._drained = anyio.Event()
+            await self._drained.wait()
+
+    def set_version(self, step: int, label: str) -> None:
+        self.step = step
+        self.label = label
+        self.updates += 1
+
+    async def _opened(self) -> None:
+        while self._resumed is not None:
+            await self._resumed.wait()
+
+    def _enter(self) -> _Call:
+        call = _Call(self.step, self.label)
+        self._inflight.add(call)
+        return call
+
+    def _leave(self, call: _Call) -> None:
+        self._inflight.discard(call)
+        if not self._inflight and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.set()
+
+
+#: The longest a watchdog sleeps between two scans, whatever the timeouts.
+WATCHDOG_TICK_S = 0.25
+_NEVER = float("inf")
+
+
+class Watchdog:
+    """The time limits of many episodes, enforced by one task (:meth:`run`).
+
+    Instead of a timer per policy call and env step (``anyio.move_on_after``), an episode
+    stores the deadline of the call it is in (and what it is) and runs under one cancel
+    scope without a deadline; the watchdog scans the episodes it watches every tick
+    (``min(WATCHDOG_TICK_S, shortest timeout / 4)``, or sooner when a deadline is near)
+    and cancels the scope of any episode past its call's or its own deadline, which the
+    episode then ends as ``timeout``. A limit is thus enforced late by at most one tick.
+    """
+
+    __slots__ = ("_contexts", "tick_s")
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        limits = [config.policy_timeout_s, config.step_timeout_s]
+        if config.episode_timeout_s is not None:
+            limits.append(config.episode_timeout_s)
+        shortest = min(limits)
+        self.tick_s = max(0.001, min(WATCHDOG_TICK_S, shortest / 4))
+        self._contexts: set[_Context] = set()
+
+    @property
+    def watched(self) -> int:
+        return len(self._contexts)
+
+    async def run(self) -> None:
+        """Scan until cancelled (run it in the task group of the episodes it watches)."""
+        while True:
+            now = _clock()
+            wake = now + self.tick_s
+            for ctx in list(self._contexts):
+                deadline = ctx.deadline if ctx.deadline < ctx.ends else ctx.ends
+                if deadline <= now:
+                    ctx.expire(now)
+                elif deadline < wake:
+                    wake = deadline
+            await anyio.sleep(max(0.0, wake - _clock()))
+
+    def _add(self, ctx: _Context) -> None:
+        self._contexts.add(ctx)
+
+    def _discard(self, ctx: _Context) -> None:
+        self._contexts.discard(ctx)
 
 
 class _End(Exception):
@@ -68,7 +229,23 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Context:
-    __slots__ = ("bus", "config", "job", "plugin", "policy", "pool")
+    __slots__ = (
+        "bus",
+        "config",
+        "deadline",
+        "ends",
+        "expired",
+        "gate",
+        "job",
+        "limit_s",
+        "mark",
+        "oldest",
+        "plugin",
+        "policy",
+        "pool",
+        "scope",
+        "what",
+    )
 
     def __init__(
         self,
@@ -78,6 +255,7 @@ class _Context:
         policy: Policy,
         bus: EventBus,
         config: RuntimeConfig,
+        gate: PolicyGate,
     ) -> None:
         self.job = job
         self.plugin = plugin
@@ -85,6 +263,37 @@ class _Context:
         self.policy = policy
         self.bus = bus
         self.config = config
+        self.gate = gate
+        #: The oldest weight step among the current attempt's turns.
+        self.oldest: int | None = None
+        #: Where the episode's time was last attributed to a turn (queue, policy, env).
+        self.mark = _clock()
+        #: The watchdog's view: the episode's scope (no deadline of its own), the deadline
+        #: of the call in progress (``inf`` between calls), what that call is and its
+        #: limit, the episode's own deadline, and why the watchdog cancelled the scope.
+        self.scope: anyio.CancelScope | None = None
+        self.deadline = _NEVER
+        self.what = ""
+        self.limit_s = 0.0
+        self.ends = _NEVER
+        self.expired: str | None = None
+
+    def arm(self, what: str, limit_s: float) -> None:
+        """The next ``limit_s`` seconds are ``what``'s (a policy call, an env call)."""
+        self.what = what
+        self.limit_s = limit_s
+        self.deadline = _clock() + limit_s
+
+    def expire(self, now: float) -> None:
+        """Called by the watchdog: a deadline has passed; cancel the episode's scope."""
+        scope = self.scope
+        if scope is None or self.expired is not None:
+            return
+        if self.deadline <= now:
+            self.expired = f"{self.what} exceeded {self.limit_s}s"
+        else:
+            self.expired = f"episode exceeded {self.config.episode_timeout_s}s"
+        scope.cancel()
 
 
 async def run_episode(
@@ -96,14 +305,43 @@ async def run_episode(
     bus: EventBus,
     config: RuntimeConfig,
     record: Callable[[Trajectory], Awaitable[None]],
+    gate: PolicyGate | None = None,
+    watchdog: Watchdog | None = None,
 ) -> Trajectory:
     """Run one episode to its end, hand its trajectory to ``record`` and return it.
 
     On cancellation the trajectory is recorded as ``cancelled`` (shielded, bounded by
-    ``close_timeout_s``) before the cancellation propagates.
+    ``close_timeout_s``) before the cancellation propagates. ``gate``: the policy's
+    :class:`PolicyGate` (the runtime's; a private one when ``None``). ``watchdog``: the
+    :class:`Watchdog` that enforces the time limits, whose :meth:`Watchdog.run` the caller
+    runs (the scheduler's); when ``None`` the episode runs a private one.
     """
+    if watchdog is None:
+        ended: Trajectory | None = None
+        private = Watchdog(config)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(private.run)
+            try:
+                ended = await run_episode(
+                    job,
+                    plugin=plugin,
+                    pool=pool,
+                    policy=policy,
+                    bus=bus,
+                    config=config,
+                    record=record,
+                    gate=gate,
+                    watchdog=private,
+                )
+            finally:
+                tg.cancel_scope.cancel()
+        assert ended is not None  # only cancellation leaves without one, and it propagates
+        return ended
+    if gate is None:
+        step = getattr(policy, "step", None)
+        gate = PolicyGate(step if isinstance(step, int) else 0)
     policy = with_defaults(policy)  # a policy written without the optional members runs too
-    ctx = _Context(job, plugin, pool, policy, bus, config)
+    ctx = _Context(job, plugin, pool, policy, bus, config, gate)
     spec = plugin.spec
     traj = Trajectory(
         run_id=job.run_id,
@@ -117,25 +355,76 @@ async def run_episode(
         policy_version=policy.version,
         policy_step=policy.step,
         started_at=time.time(),
+        group_id=job.group_id,
     )
-    start = _clock()
+    start = ctx.mark = _clock()
+    if config.episode_timeout_s is not None:
+        ctx.ends = start + config.episode_timeout_s
     try:
-        with anyio.move_on_after(config.episode_timeout_s) as scope:
-            await _run_attempts(ctx, traj)
+        with anyio.CancelScope() as scope:
+            ctx.scope = scope
+            watchdog._add(ctx)
+            try:
+                await _run_attempts(ctx, traj)
+            finally:
+                watchdog._discard(ctx)
+                ctx.scope = None
         if scope.cancelled_caught:
-            _finish(traj, FinishReason.TIMEOUT, f"episode exceeded {config.episode_timeout_s}s")
+            message = ctx.expired or f"episode exceeded {config.episode_timeout_s}s"
+            _finish(traj, FinishReason.TIMEOUT, message)
+            if not message.startswith("episode "):  # a call's limit, as an _End would
+                _publish_error(ctx, traj, traj.attempts, will_retry=False)
     except anyio.get_cancelled_exc_class():
         _finish(traj, FinishReason.CANCELLED, "run cancelled")
         traj.wall_s = _clock() - start
         traj.tokens = _take_tokens(policy, job.episode_id)
+        _complete(ctx, traj)
         with anyio.CancelScope(shield=True), anyio.move_on_after(config.close_timeout_s):
             await record(traj)
         raise
     traj.wall_s = _clock() - start
     traj.success = traj.finish_reason is FinishReason.DONE and spec.success.is_success(traj.reward)
     traj.tokens = _take_tokens(policy, job.episode_id)
+    _complete(ctx, traj)
     await record(traj)
     return traj
+
+
+_TRUNCATED = (FinishReason.MAX_TURNS, FinishReason.CONTEXT_LIMIT, FinishReason.TIMEOUT)
+
+
+def _complete(ctx: _Context, traj: Trajectory) -> None:
+    """What is known only at the end: terminal/truncated, each turn's token span, the
+    weight-version offsets, and the oldest weight step (``policy_step``)."""
+    traj.terminal = traj.finish_reason is FinishReason.DONE
+    traj.truncated = traj.finish_reason in _TRUNCATED
+    if ctx.oldest is not None and (ctx.gate.updates or traj.policy_step is not None):
+        traj.policy_step = ctx.oldest
+    spans = _response_spans(traj.tokens.loss_mask) if traj.tokens is not None else []
+    if len(spans) != len(traj.turns):
+        spans = []  # the mask does not hold one run per turn: no spans rather than wrong ones
+    for i, turn in enumerate(traj.turns):
+        start = 0
+        if spans:
+            turn.span = spans[i]
+            start = spans[i][0]
+        if turn.weight_versions is not None:
+            turn.weight_versions = [(start + offset, v) for offset, v in turn.weight_versions]
+
+
+def _response_spans(mask: bytes) -> list[tuple[int, int]]:
+    """The ``[start, end)`` runs of 1s in a loss mask: one per model response."""
+    spans: list[tuple[int, int]] = []
+    n = len(mask)
+    i = mask.find(1)
+    while i != -1:
+        j = mask.find(0, i)
+        end = n if j == -1 else j
+        spans.append((i, end))
+        if j == -1:
+            break
+        i = mask.find(1, j)
+    return spans
 
 
 def _take_tokens(policy: Policy, episode_id: str) -> TokenData | None:
@@ -171,6 +460,7 @@ async def _run_attempts(ctx: _Context, traj: Trajectory) -> None:
         traj.turns = []
         traj.reward = 0.0
         traj.invalid_actions = 0
+        ctx.oldest = None
         ctx.bus.publish(
             EpisodeStarted(
                 run_id=ctx.job.run_id,
@@ -220,6 +510,9 @@ def _publish_error(ctx: _Context, traj: Trajectory, attempt: int, *, will_retry:
 
 async def _attempt(ctx: _Context, traj: Trajectory) -> FinishReason:
     config = ctx.config
+    # Time not yet attributed (before the first attempt's lease, or a failed attempt and
+    # its backoff) goes to the first turn's queue_s.
+    begun = ctx.mark
     try:
         lease_cm = ctx.pool.lease(create_timeout_s=config.step_timeout_s)
         lease = await lease_cm.__aenter__()
@@ -234,7 +527,7 @@ async def _attempt(ctx: _Context, traj: Trajectory) -> FinishReason:
     except Exception as exc:
         raise _End(FinishReason.ENV_ERROR, f"creating env failed: {_describe(exc)}") from None
     try:
-        return await _loop(ctx, traj, lease)
+        return await _loop(ctx, traj, lease, begun)
     except BaseException as exc:
         # Anything but a clean ending leaves the instance in an unknown state.
         if not isinstance(exc, _End) or exc.reason in (
@@ -245,9 +538,14 @@ async def _attempt(ctx: _Context, traj: Trajectory) -> FinishReason:
         raise
     finally:
         await lease_cm.__aexit__(None, None, None)
+        if traj.turns:  # returning the instance counts as the last turn's env time
+            now = _clock()
+            traj.turns[-1].env_s += now - ctx.mark
+            ctx.mark = now
 
 
 async def _bounded(
+    ctx: _Context,
     call: Callable[[], Awaitable[object]],
     expected: type[_T],
     *,
@@ -256,22 +554,22 @@ async def _bounded(
     failure: FinishReason,
     passthrough: tuple[type[BaseException], ...],
 ) -> _T:
-    """Await ``call()`` within ``timeout``; any failure becomes an :class:`_End`.
+    """Await ``call()`` within ``limit_s``; any failure becomes an :class:`_End`.
 
     Exceptions in ``passthrough`` (cancellation, transient env errors) propagate as they
     are; other exceptions and a result that is not ``expected`` end the episode with
-    ``failure``; running out of time ends it with ``timeout``.
+    ``failure``. Running out of time is the watchdog's: it cancels the episode's scope,
+    which ends the episode as ``timeout`` ("``what`` exceeded ``limit_s``s").
     """
-    result: object = None
-    with anyio.move_on_after(limit_s) as scope:
-        try:
-            result = await call()
-        except passthrough:
-            raise
-        except Exception as exc:
-            raise _End(failure, f"{what} failed: {_describe(exc)}") from None
-    if scope.cancelled_caught:
-        raise _End(FinishReason.TIMEOUT, f"{what} exceeded {limit_s}s")
+    ctx.arm(what, limit_s)
+    try:
+        result = await call()
+    except passthrough:
+        raise
+    except Exception as exc:
+        raise _End(failure, f"{what} failed: {_describe(exc)}") from None
+    finally:
+        ctx.deadline = _NEVER
     if not isinstance(result, expected):
         raise _End(
             failure,
@@ -285,6 +583,7 @@ async def _env_call(
 ) -> _T:
     """One env call under the step time limit; a transient failure or a cancel passes through."""
     return await _bounded(
+        ctx,
         call,
         kind,
         what=what,
@@ -294,27 +593,85 @@ async def _env_call(
     )
 
 
-async def _call_policy(ctx: _Context, request: PolicyRequest) -> PolicyResponse:
-    return await _bounded(
-        lambda: ctx.policy.act(request),
-        PolicyResponse,
-        what="policy call",
-        limit_s=ctx.config.policy_timeout_s,
-        failure=FinishReason.POLICY_ERROR,
-        passthrough=(anyio.get_cancelled_exc_class(),),
-    )
+async def _call_policy(
+    ctx: _Context, request: PolicyRequest, since: float
+) -> tuple[PolicyResponse, _Call, float, float, str | None]:
+    """One turn's policy call through the gate: ``(response, call, queue_s, policy_s,
+    abort)``. Waits while the gate is paused (``queue_s``, from ``since``); a call the gate
+    aborts is redone once it opens (its time counts as ``policy_s``; ``abort`` says why)."""
+    gate = ctx.gate
+    limit_s = ctx.config.policy_timeout_s
+    queue_s = policy_s = 0.0
+    abort: str | None = None
+    while True:
+        if gate._resumed is not None:
+            await gate._opened()
+        sent = _clock()
+        queue_s += sent - since
+        call = gate._enter()
+        result: object = None
+        # The watchdog enforces the limit (it cancels the episode's scope); this scope,
+        # without a deadline, is only for the gate to abort the call.
+        ctx.arm("policy call", limit_s)
+        try:
+            with anyio.CancelScope() as scope:
+                call.scope = scope
+                try:
+                    result = await ctx.policy.act(request)
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except Exception as exc:
+                    if call.abort is None:
+                        raise _End(
+                            FinishReason.POLICY_ERROR, f"policy call failed: {_describe(exc)}"
+                        ) from None
+        finally:
+            ctx.deadline = _NEVER
+            gate._leave(call)
+        since = _clock()
+        policy_s += since - sent
+        if call.abort is not None and (scope.cancelled_caught or result is None):
+            abort = call.abort
+            continue
+        if not isinstance(result, PolicyResponse):
+            raise _End(
+                FinishReason.POLICY_ERROR,
+                f"protocol violation: policy call returned {type(result).__name__}, "
+                "not PolicyResponse",
+            )
+        return result, call, queue_s, policy_s, abort
 
 
-async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
+def _versions(
+    call: _Call, gate: PolicyGate, response: PolicyResponse
+) -> list[tuple[int, str]] | None:
+    """A turn's weight versions by token offset (relative to its response) when it was
+    generated under more than one; ``None`` when under one."""
+    if response.weight_versions:
+        return list(response.weight_versions)
+    if gate.step == call.step:
+        return None
+    # The call spanned an update and the policy did not say where: the whole response is
+    # attributed to the version it started under (the older one, safe for staleness), and
+    # the new version is recorded as starting after it.
+    end = len(response.token_ids) if response.token_ids is not None else response.completion_tokens
+    return [(0, call.label), (end or 0, gate.label)]
+
+
+async def _loop(ctx: _Context, traj: Trajectory, lease: Lease, begun: float) -> FinishReason:
     job = ctx.job
     spec = ctx.plugin.spec
     parse = ctx.plugin.parse_action
     bus = ctx.bus
+    gate = ctx.gate
 
     t = _clock()
     task = Task(id=ctx.job.task_id, split=ctx.job.split)
     observation = await _env_call(ctx, lambda: lease.env.reset(task), Observation, "env reset")
-    reset_s = _clock() - t
+    mark = ctx.mark = _clock()
+    # The first turn carries the wait for an env instance (queue) and the reset (env).
+    lease_s = t - begun
+    reset_s = mark - t
     messages = traj.messages
     messages.append(Message(role="user", content=spec.instruction))
     messages.append(Message(role="assistant", content="OK"))
@@ -332,9 +689,10 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
             admissible_actions=admissible,
             sample=job.sample,
         )
-        t = _clock()
-        response = await _call_policy(ctx, request)
-        policy_s = _clock() - t
+        response, call, queue_s, policy_s, abort = await _call_policy(ctx, request, mark)
+        answered = _clock()
+        if ctx.oldest is None or call.step < ctx.oldest:
+            ctx.oldest = call.step
         if response.finish_reason == "context_limit":
             raise _End(FinishReason.CONTEXT_LIMIT, "prompt exceeds the model's context")
         messages.append(Message(role="assistant", content=response.text, loss=True))
@@ -345,10 +703,13 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
             action=None,
             policy_s=policy_s,
             env_s=reset_s if index == 0 else 0.0,
+            queue_s=queue_s + lease_s if index == 0 else queue_s,
             prompt_tokens=response.prompt_tokens,
             completion_tokens=response.completion_tokens,
             policy_finish=response.finish_reason,
-            weight_version=response.weight_version,
+            weight_version=response.weight_version or call.label,
+            abort=abort,
+            weight_versions=_versions(call, gate, response),
         )
         try:
             action = parse(response.text)
@@ -358,6 +719,8 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
             traj.turns.append(turn)
             obs_text = f"Invalid action: {exc}"
             messages.append(Message(role="user", content=obs_text))
+            mark = ctx.mark = _clock()
+            turn.env_s += mark - answered
             bus.publish(
                 TurnFinished(
                     run_id=job.run_id, episode_id=job.episode_id, env_id=job.env_id, turn=turn
@@ -368,13 +731,13 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease) -> FinishReason:
             traj.turns.append(turn)
             raise _End(FinishReason.ENV_ERROR, f"action parser crashed: {_describe(exc)}") from None
         turn.action = action
-        t = _clock()
         try:
             result = await _env_call(
                 ctx, functools.partial(lease.env.step, action), StepResult, "env step"
             )
         finally:
-            turn.env_s += _clock() - t
+            mark = ctx.mark = _clock()
+            turn.env_s += mark - answered
             traj.turns.append(turn)
         turn.reward = result.reward
         turn.done = result.done

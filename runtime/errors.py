@@ -19,18 +19,21 @@ The tree::
     ├── UnknownPolicyError (ValueError)   no policy of that name for that env
     ├── PolicyOptionsError (ValueError)   a policy's options are missing or invalid
     ├── SinkError                         a sink could not persist trajectories
+    ├── ScaleError                        Ray is missing, or the cluster cannot run the work
     └── StoreError                        the append-only store
         ├── StoreLockedError              another writer holds the lock
         ├── RecordTooLargeError (ValueError)
         ├── StoreClosedError              the writer is closed or failed
         ├── CorruptionError               damaged data followed by valid data
-        └── DamagedStreamError            sealed segments damaged, no salvage asked for
+        ├── DamagedStreamError            sealed segments damaged, no salvage asked for
+        └── AgentTrajError (ValueError)   an AgentTraj file to import is malformed
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ActionParseError",
+    "AgentTrajError",
     "ConfigError",
     "CorruptionError",
     "DamagedStreamError",
@@ -40,6 +43,7 @@ __all__ = [
     "PolicyError",
     "PolicyOptionsError",
     "RecordTooLargeError",
+    "ScaleError",
     "SinkError",
     "StoreClosedError",
     "StoreError",
@@ -151,3 +155,11 @@ class CorruptionError(StoreError):
 
 class DamagedStreamError(StoreError):
     """Sealed segments hold damaged ranges and salvage was not asked for (``compact``)."""
+
+
+class AgentTrajError(StoreError, ValueError):
+    """An AgentTraj input is malformed; the message names the file, record and field."""
+
+
+class ScaleError(GymuxError):
+    """Ray is missing, the cluster cannot host the workers, or every worker died."""

@@ -55,3 +55,8 @@ class PolicyResponse(msgspec.Struct, frozen=True, kw_only=True):
     #: The model weights' version that produced the answer, when the server reports one
     #: (SGLang's ``meta_info.weight_version``).
     weight_version: str | None = None
+    #: Only when one answer was generated across a weight update (the policy kept the
+    #: prefix and continued under the new weights): ``(offset into this answer's
+    #: ``token_ids`` where that version starts, version)``, ascending by offset. The runtime
+    #: moves the offsets into the episode's token record (``Turn.weight_versions``).
+    weight_versions: list[tuple[int, str]] | None = None

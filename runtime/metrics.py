@@ -77,6 +77,9 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     #: least :data:`BIND_SHARE` of their time; otherwise the episode cap binds when
     #: episodes queued for a slot.
     bound_by: str | None = None
+    #: Episode-seconds of the finished episodes spent waiting (``queue_s``), in policy
+    #: calls (``policy_s``) and in the env (``env_s``): the sums of their turns' timings.
+    time_s: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class Metrics:
@@ -96,6 +99,7 @@ class Metrics:
         self._waits: dict[str, float] = {}
         self._caps: dict[str, int] = {}
         self._running_s = 0.0
+        self._time_s: dict[str, float] = {"queue_s": 0.0, "policy_s": 0.0, "env_s": 0.0}
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, TurnFinished):
@@ -109,6 +113,10 @@ class Metrics:
             self.reward_sum += traj.reward
             self.turns_finished_episodes += len(traj.turns)
             self.finish_reasons[traj.finish_reason.value] += 1
+            for turn in traj.turns:
+                self._time_s["queue_s"] += turn.queue_s
+                self._time_s["policy_s"] += turn.policy_s
+                self._time_s["env_s"] += turn.env_s
         elif isinstance(event, EpisodeStarted):
             if event.attempt == 1:
                 self.episodes_started += 1
@@ -162,4 +170,5 @@ class Metrics:
             waits=waits,
             running_s=self._running_s,
             bound_by=self._bound_by(waits),
+            time_s=dict(self._time_s),
         )

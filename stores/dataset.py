@@ -55,6 +55,7 @@ from typing import Any
 from gymux.stores.codec import (
     MetaFilter,
     and_filters,
+    decode_group,
     decode_meta,
     decode_trajectory,
     make_filter,
@@ -103,7 +104,7 @@ class _Cursor:
     """The mutable state of one pass. Updated *before* each yield, so that between two
     ``next`` calls it describes exactly what has been consumed."""
 
-    __slots__ = ("buffer", "epoch", "exhausted", "position", "rng", "yielded")
+    __slots__ = ("buffer", "epoch", "exhausted", "groups", "partial", "position", "rng", "yielded")
 
     def __init__(self, epoch: int, rng: _Rng) -> None:
         self.epoch = epoch
@@ -114,6 +115,10 @@ class _Cursor:
         self.buffer: list[tuple[int, bytes | None]] = []
         self.exhausted = False
         self.yielded = 0
+        #: ``(seq, members yielded)`` of a ``GROUP`` record being yielded member by member.
+        self.partial: tuple[int, int] | None = None
+        #: The seqs of buffered ``GROUP`` records (rebuilt when the buffer is re-read).
+        self.groups: set[int] = set()
 
 
 def _check_int(name: str, value: object) -> int:
@@ -250,6 +255,10 @@ class TrajectoryDataset:
         if any(payload is None for _, payload in buffer):
             self._reread_buffer(reader, cur)
         num_shards, shard = self.num_shards, self.shard
+        if cur.partial is not None:
+            seq, done = cur.partial
+            cur.groups.add(seq)
+            yield from self._outputs(cur, seq, self._reread_one(reader, seq), keep, done)
         cur.exhausted = False
         for record in reader.records(
             cur.position,
@@ -260,22 +269,27 @@ class TrajectoryDataset:
         ):
             cur.position = record.next
             seq = record.seq
-            if seq % num_shards != shard or record.type != RecordType.TRAJECTORY:
+            if seq % num_shards != shard:
                 continue
             payload = record.payload
-            if keep is not None and not keep(decode_meta(payload)):
+            if record.type == RecordType.GROUP:
+                members = decode_group(payload)
+                if keep is not None and not any(keep(decode_meta(m)) for m in members):
+                    continue
+                cur.groups.add(seq)
+            elif record.type != RecordType.TRAJECTORY or (
+                keep is not None and not keep(decode_meta(payload))
+            ):
                 continue
             if not size:
-                cur.yielded += 1
-                yield self._output(seq, payload)
+                yield from self._outputs(cur, seq, payload, keep)
             elif len(buffer) < size:
                 buffer.append((seq, payload))
             else:
                 j = cur.rng.below(size)
                 out_seq, out_payload = buffer[j]
                 buffer[j] = (seq, payload)
-                cur.yielded += 1
-                yield self._output(out_seq, out_payload)
+                yield from self._outputs(cur, out_seq, out_payload, keep)
         cur.exhausted = True
         while buffer:
             j = cur.rng.below(len(buffer))
@@ -283,14 +297,42 @@ class TrajectoryDataset:
             last = buffer.pop()
             if j < len(buffer):
                 buffer[j] = last
-            cur.yielded += 1
-            yield self._output(out_seq, out_payload)
+            yield from self._outputs(cur, out_seq, out_payload, keep)
 
-    def _output(self, seq: int, payload: bytes | None) -> Any:
+    def _outputs(
+        self,
+        cur: _Cursor,
+        seq: int,
+        payload: bytes | None,
+        keep: MetaFilter | None,
+        skip: int = 0,
+    ) -> Iterator[Any]:
+        """Yield one record's items: the trajectory, or a group's kept members in order
+        (``cur.partial`` tracks how far, so a state saved between two resumes exactly)."""
         assert payload is not None
+        if seq not in cur.groups:
+            cur.yielded += 1
+            yield self._output(seq, payload)
+            return
+        members = [m for m in decode_group(payload) if keep is None or keep(decode_meta(m))]
+        for k in range(skip, len(members)):
+            cur.partial = (seq, k + 1) if k + 1 < len(members) else None
+            cur.yielded += 1
+            yield self._output(seq, members[k])
+        cur.partial = None
+        cur.groups.discard(seq)
+
+    def _output(self, seq: int, payload: bytes) -> Any:
         if self.decode:
             return decode_trajectory(payload)
         return seq, payload
+
+    def _reread_one(self, reader: StreamReader, seq: int) -> bytes:
+        for record in reader.records(reader.seek(seq)):
+            if record.seq == seq:
+                return record.payload
+            break
+        raise StoreError(f"cannot resume: group record {seq} is no longer in {self.stream_path}")
 
     def _reread_buffer(self, reader: StreamReader, cur: _Cursor) -> None:
         """Fetch the payloads of a resumed shuffle buffer: one pass from the oldest one."""
@@ -302,6 +344,8 @@ class TrajectoryDataset:
                 break
             if record.seq in want:
                 found[record.seq] = record.payload
+                if record.type == RecordType.GROUP:
+                    cur.groups.add(record.seq)
                 if len(found) == len(want):
                     break
         missing = sorted(want - found.keys())
@@ -344,6 +388,7 @@ class TrajectoryDataset:
             "rng_draws": cur.rng.draws,
             "exhausted": cur.exhausted,
             "yielded": cur.yielded,
+            "partial": None if cur.partial is None else list(cur.partial),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -408,4 +453,12 @@ class TrajectoryDataset:
             raise ValueError(f"state_dict: bad exhausted flag {exhausted!r}")
         cur.exhausted = exhausted
         cur.yielded = _check_int("yielded", state.get("yielded"))
+        partial = state.get("partial")
+        if partial is not None:
+            if not isinstance(partial, list | tuple) or len(partial) != 2:
+                raise ValueError(f"state_dict: bad partial group {partial!r}")
+            cur.partial = (
+                _check_int("partial seq", partial[0]),
+                _check_int("partial members", partial[1]),
+            )
         return cur

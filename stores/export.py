@@ -37,6 +37,10 @@ strictly alternate; joined ``gpt`` turns keep ``loss: true`` only if all parts h
 little-endian bytes with ``numpy.frombuffer`` (no per-token Python work): ``token_ids``
 ``list<int32>``, ``logprobs`` ``list<float32>``, ``loss_mask`` ``list<uint8>``; null
 where the trajectory has no token data (``logprobs`` also where the policy gave none).
+RL columns (schema 4): ``group_id``, ``group_size``, ``terminal``, ``truncated``,
+``turn_rewards``, ``turn_credit`` (:func:`gymux.stores.credit.turn_credit`, summing to
+``reward``), ``return_to_go`` (discounted by ``gamma``, default 1) and ``turn_spans``
+(``[start, end)`` token offsets, null for a turn without one).
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ from typing import IO, Any
 
 import msgspec
 
+from gymux.stores.agenttraj import agenttraj_line, is_imported
 from gymux.stores.codec import decode_trajectory, make_filter
+from gymux.stores.credit import returns_to_go, turn_credit
 from gymux.stores.errors import StoreError
 from gymux.stores.reader import StreamReader
 from gymux.stores.store import DEFAULT_STREAM, StorePath, as_store, trajectory_records
@@ -134,8 +140,17 @@ def iter_trajectories(
 # -- record layouts ---------------------------------------------------------------------
 
 
-def agenttraj_record(trajectory: Trajectory, *, null_human_loss: bool = False) -> dict[str, Any]:
-    """One trajectory in AgentGym's AgentTraj layout (see the module docstring)."""
+def agenttraj_record(
+    trajectory: Trajectory, *, null_human_loss: bool = False
+) -> dict[str, Any] | msgspec.Raw:
+    """One trajectory in AgentGym's AgentTraj layout (see the module docstring).
+
+    A trajectory imported from an AgentTraj file (:mod:`gymux.stores.agenttraj`) gives its
+    source record back exactly, as ``msgspec.Raw`` JSON (``null_human_loss`` does not
+    apply: the source's own ``loss`` values are kept); ``msgspec.json.decode`` reads it.
+    """
+    if is_imported(trajectory):
+        return msgspec.Raw(agenttraj_line(trajectory))
     conversations: list[dict[str, Any]] = []
     for message in trajectory.messages:
         side = "gpt" if message.role == "assistant" else "human"
@@ -340,6 +355,14 @@ def arrow_schema() -> Any:
             ("started_at", pa.float64()),
             ("wall_s", pa.float64()),
             ("messages", pa.list_(message)),
+            ("group_id", pa.string()),
+            ("group_size", pa.int32()),
+            ("terminal", pa.bool_()),
+            ("truncated", pa.bool_()),
+            ("turn_rewards", pa.list_(pa.float64())),
+            ("turn_credit", pa.list_(pa.float64())),
+            ("return_to_go", pa.list_(pa.float64())),
+            ("turn_spans", pa.list_(pa.list_(pa.int64(), 2))),
             ("num_tokens", pa.int64()),
             ("tokenizer", pa.string()),
             ("token_ids", pa.list_(pa.int32())),
@@ -371,7 +394,9 @@ def _list_column(pa: Any, parts: list[bytes | None], dtype: str, arrow_type: Any
     )
 
 
-def _record_batch(pa: Any, schema: Any, rows: list[tuple[int, Trajectory]]) -> Any:
+def _record_batch(
+    pa: Any, schema: Any, rows: list[tuple[int, Trajectory]], gamma: float = 1.0
+) -> Any:
     def col(fn: Any) -> list[Any]:
         return [fn(t) for _, t in rows]
 
@@ -401,6 +426,16 @@ def _record_batch(pa: Any, schema: Any, rows: list[tuple[int, Trajectory]]) -> A
         "messages": col(
             lambda t: [{"role": m.role, "content": m.content, "loss": m.loss} for m in t.messages]
         ),
+        "group_id": col(lambda t: t.group_id),
+        "group_size": col(lambda t: t.group_size),
+        "terminal": col(lambda t: t.terminal),
+        "truncated": col(lambda t: t.truncated),
+        "turn_rewards": col(lambda t: [float(turn.reward) for turn in t.turns]),
+        "turn_credit": col(turn_credit),
+        "return_to_go": col(lambda t: returns_to_go(t, gamma)),
+        "turn_spans": col(
+            lambda t: [list(turn.span) if turn.span is not None else None for turn in t.turns]
+        ),
         "num_tokens": [tk.length if tk is not None else 0 for tk in tokens],
         "tokenizer": [tk.tokenizer if tk is not None else None for tk in tokens],
     }
@@ -425,15 +460,16 @@ def iter_arrow_batches(
     committed_only: bool = False,
     salvage: bool = False,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    gamma: float = 1.0,
     **filters: Any,
 ) -> Iterator[Any]:
     """``pyarrow.RecordBatch`` es of at most ``batch_rows`` trajectories (see
-    :func:`arrow_schema`)."""
+    :func:`arrow_schema`); ``gamma`` discounts the ``return_to_go`` column."""
     source = _Source(store, stream, committed_only=committed_only, salvage=salvage, filters=filters)
-    yield from _batches(source, batch_rows)
+    yield from _batches(source, batch_rows, gamma)
 
 
-def _batches(source: _Source, batch_rows: int) -> Iterator[Any]:
+def _batches(source: _Source, batch_rows: int, gamma: float = 1.0) -> Iterator[Any]:
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     pa = _import_pyarrow()
@@ -444,10 +480,10 @@ def _batches(source: _Source, batch_rows: int) -> Iterator[Any]:
         rows.append((seq, trajectory))
         tokens += trajectory.tokens.length if trajectory.tokens is not None else 0
         if len(rows) >= batch_rows or tokens >= _MAX_BATCH_TOKENS:
-            yield _record_batch(pa, schema, rows)
+            yield _record_batch(pa, schema, rows, gamma)
             rows, tokens = [], 0
     if rows:
-        yield _record_batch(pa, schema, rows)
+        yield _record_batch(pa, schema, rows, gamma)
 
 
 def to_arrow_table(
@@ -457,6 +493,7 @@ def to_arrow_table(
     committed_only: bool = False,
     salvage: bool = False,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    gamma: float = 1.0,
     **filters: Any,
 ) -> Any:
     """The stream's (filtered) trajectories as one in-memory ``pyarrow.Table``."""
@@ -468,6 +505,7 @@ def to_arrow_table(
             committed_only=committed_only,
             salvage=salvage,
             batch_rows=batch_rows,
+            gamma=gamma,
             **filters,
         )
     )
@@ -483,9 +521,11 @@ def export_parquet(
     salvage: bool = False,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     compression: str = "zstd",
+    gamma: float = 1.0,
     **filters: Any,
 ) -> ExportResult:
-    """Write a Parquet file, one row group per ``batch_rows`` trajectories."""
+    """Write a Parquet file, one row group per ``batch_rows`` trajectories (``gamma``
+    discounts the ``return_to_go`` column)."""
     _import_pyarrow()
     import pyarrow.parquet as pq
 
@@ -494,7 +534,7 @@ def export_parquet(
     path = Path(out)
     tmp = path.with_name(path.name + ".tmp")
     count = 0
-    batches = _batches(source, batch_rows)
+    batches = _batches(source, batch_rows, gamma)
     try:
         with pq.ParquetWriter(tmp, schema, compression=compression) as writer:
             for batch in batches:

@@ -80,6 +80,9 @@ class RecordType(enum.IntEnum):
     DATA = 1
     #: A trajectory (see :mod:`gymux.stores.codec`).
     TRAJECTORY = 2
+    #: An RL group: several trajectories in one record, so all or none are visible
+    #: (see :func:`gymux.stores.codec.encode_group`).
+    GROUP = 3
 
 
 def crc32c(data: bytes, crc: int = 0) -> int:
@@ -278,7 +281,9 @@ def write_file_durable(path: Path, data: bytes, fsync: Callable[[int], None] = o
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # a write may be short
+            view = view[os.write(fd, view) :]
         fsync(fd)
     finally:
         os.close(fd)

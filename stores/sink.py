@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -12,7 +13,7 @@ import structlog
 from gymux._lifecycle import AsyncResource
 from gymux.errors import SinkError
 from gymux.stores.async_writer import AsyncStreamWriter
-from gymux.stores.codec import encode_trajectory
+from gymux.stores.codec import encode_group, encode_trajectory
 from gymux.stores.errors import StoreError
 from gymux.stores.format import RecordType
 from gymux.stores.store import DEFAULT_STREAM, Store
@@ -77,6 +78,23 @@ class StoreSink(AsyncResource):
             self.failed = SinkError(f"writing to store {self.path} failed: {exc}")
             raise self.failed from exc
         self.written += 1
+
+    async def write_group(self, trajectories: Sequence[Trajectory]) -> None:
+        """Write an RL group as one ``GROUP`` record: readers see all of it or none of it,
+        also after a crash mid-write (recovery drops the torn record). Durability as for
+        :meth:`write`."""
+        if self._writer is None:
+            raise SinkError(f"store sink {self.path} is not open")
+        if self.failed is not None:
+            raise self.failed
+        if not trajectories:
+            return
+        try:
+            await self._writer.append(encode_group(trajectories), RecordType.GROUP)
+        except StoreError as exc:
+            self.failed = SinkError(f"writing to store {self.path} failed: {exc}")
+            raise self.failed from exc
+        self.written += len(trajectories)
 
     async def flush(self) -> None:
         if self._writer is not None:

@@ -22,6 +22,7 @@ from gymux.stores.async_writer import AsyncStreamWriter
 from gymux.stores.codec import (
     MetaFilter,
     and_filters,
+    decode_group,
     decode_meta,
     decode_trajectory,
     make_filter,
@@ -41,8 +42,17 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 def trajectory_records(records: Iterable[Record], keep: MetaFilter | None) -> Iterator[Record]:
     """The ``TRAJECTORY`` records of ``records`` whose metadata ``keep`` keeps (all if
-    ``None``); the body is never decoded here."""
+    ``None``); the body is never decoded here.
+
+    A ``GROUP`` record is expanded into one ``TRAJECTORY`` record per member, in order;
+    they share the group record's ``seq`` and position. ``keep`` is asked about each member.
+    """
     for record in records:
+        if record.type == RecordType.GROUP:
+            for member in decode_group(record.payload):
+                if keep is None or keep(decode_meta(member)):
+                    yield record._replace(type=RecordType.TRAJECTORY, payload=member)
+            continue
         if record.type != RecordType.TRAJECTORY:
             continue
         if keep is not None and not keep(decode_meta(record.payload)):

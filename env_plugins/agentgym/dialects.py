@@ -22,24 +22,42 @@ Where each fact comes from (paths in WooooDyy/AgentGym; the client files are
 * ``sciworld`` -- ``agentenv-sciworld/agentenv_sciworld/server.py``, ``envs/sciworld.py``:
   ``{"id"}``; ``/reset`` takes ``data_idx`` and answers ``{observation, task_description,
   ...}`` (the client shows ``task_description + "\\n" + observation``); ``/step`` answers
-  ``{observation, reward, score, done}`` and the client takes ``score`` as the reward; no
-  ``/close``. The client sends the text after ``Action:``.
-* ``babyai`` -- ``agentenv-babyai/agentenv_babyai/server.py``, ``envs/babyai.py``: ``{"id"}``;
-  ``data_idx``; reset and step answer ``{observation, reward, score, done}``, ``score`` is the
-  reward; the server has neither ``/observation`` nor ``/close``. Text after ``Action:``.
-* ``textcraft`` -- ``agentenv-textcraft/agentenv_textcraft/server.py``, ``envs/textcraft.py``:
-  ``/create`` takes ``{commands, goal}`` (both may be null) and answers ``{id, observation}``;
-  ``data_idx``; ``/step`` answers ``{observation, reward, done}``; no ``/close`` in the
-  server. The client takes the line after ``Action:``.
-* ``maze`` and ``wordle`` -- ``agentenv-lmrlgym/agentenv_lmrlgym/server.py``,
-  ``maze/environment.py``, ``envs/lmrlgym.py``: one server, the routes under ``/maze/`` and
-  ``/wordle/``; ``{"id"}``; maze resets with ``game``, wordle with ``seed``; ``/step`` answers
-  ``{observation, reward, done}``; no ``/close``; failures (unknown id, stepping a finished
-  episode, a bad game index) arrive as **HTTP 200** with ``{"error": "..."}``. Text after
+  ``{observation, reward, score, done}`` and the client takes ``score`` as the reward;
+  ``POST /close {"id"}`` exists (``environment.py`` ``close()``: marks the instance deleted
+  and closes its JVM). AgentGym's success is ``score == 100`` (``controller/utils.py``:
+  ``rewards == 1 or rewards == 100``). The client sends the text after ``Action:``.
+* ``babyai`` -- ``agentenv-babyai/agentenv_babyai/server.py``, ``environment.py``,
+  ``envs/babyai.py``: ``{"id"}``; ``data_idx``; reset and step answer ``{observation,
+  reward, score, done}``, ``score`` is the reward; every observation ends with
+  ``\\nAvailable actions: ["turn left", ...]`` (``BabyAIEnv.step``/``reset``), the admissible
+  actions; ``GET /observation?id=`` and ``POST /close {"id"}`` exist. The minigrid reward of
+  a solved level is ``1 - 0.9 * steps / max_steps``: below 1, so AgentGym's trainers'
+  ``reward == 1`` success rule (``trainer/agentevol_trainer.py``) almost never counts it;
+  gymux's rule is ``reward > 0`` (threshold 0.05, as gymux's own babyai). Text after
   ``Action:``.
-* ``sqlgym`` -- ``agentenv-sqlgym/agentenv_sqlgym/server.py``, ``envs/sqlgym.py``: bare
-  integer from ``/create``; ``env_idx``; ``/reset`` takes ``item_id`` and answers
-  ``[observation, null]``; ``/step`` answers ``{state, reward, done, info}``; no ``/close``. The
+* ``textcraft`` -- ``agentenv-textcraft/agentenv_textcraft/server.py``, ``env_wrapper.py``,
+  ``environment.py``, ``envs/textcraft.py``: ``/create`` takes ``{commands, goal}`` (both may
+  be null) and answers ``{id, observation}``; ``data_idx``; ``/reset`` answers ``{id,
+  observation, done, reward}``; ``/step`` answers ``{observation, reward, done}``;
+  ``POST /close {"id"}`` exists. The reset observation lists ``Crafting commands:`` (``craft
+  <n> <item> using <n> <item>, ...``); the actions are those commands, ``get <n> <item>``
+  and ``inventory`` (``TextCraftEnv.action_regexes``). The client takes the line after
+  ``Action:`` and keeps only ``[A-Za-z0-9, ]`` (``re.sub(r"[^A-Za-z0-9, ]+", "", action)``).
+* ``maze`` and ``wordle`` -- ``agentenv-lmrlgym/agentenv_lmrlgym/server.py``,
+  ``maze/environment.py``, ``wordle/environment.py``, ``envs/lmrlgym.py``: one server, the
+  routes under ``/maze/`` and ``/wordle/``; ``{"id"}``; maze resets with ``game``, wordle
+  with ``seed``; ``/step`` answers ``{observation, reward, done}``; **no** ``/close`` (an
+  LMRL-Gym instance lives as long as the server); failures (unknown id, stepping a finished
+  episode, a bad game index) arrive as **HTTP 200** with ``{"error": "..."}``. Wordle's
+  guesses are the words of ``GET /wordle/filtered_vocab?id=`` (AgentGym's client puts them
+  in its first observation), spelled with spaces (``s h i r e``). Text after ``Action:``.
+* ``sqlgym`` -- ``agentenv-sqlgym/agentenv_sqlgym/server.py``, ``environment.py``,
+  ``envs/sqlgym.py``: bare integer from ``/create``; ``env_idx``; ``/reset`` takes
+  ``item_id`` and answers ``[observation, null]``; ``/step`` answers ``{state, reward, done,
+  info}``; ``GET /observation?env_idx=`` answers the current item's question; no
+  ``/close``. ``SqlGymEnvServer`` holds at most ``sz = 8`` instances: the ninth ``/create``
+  and every later one answer an id **already handed out** (round robin over the eight), so
+  more than 8 clients at once share instances and overwrite each other's episodes. The
   client sends the SQL inside the ```` ```sql ```` fence.
 * ``tool`` (weather, movie, academia, todo, sheet) -- ``agentenv-tool/agentenv_weather/
   weather_server.py``, ``envs/weather.py`` (the other four are built the same way):
@@ -60,6 +78,12 @@ Where each fact comes from (paths in WooooDyy/AgentGym; the client files are
   AgentGym family. ``{"id"}``, ``data_idx``, ``/step`` answers ``{observation, reward, done,
   info, available_actions}``, ``/close`` and ``/health`` exist, errors use real status codes.
 
+Capacity: ``capacity`` is the most instances a family's server holds apart (sqlgym 8); the
+bridge caps its instances per server at it and never runs two of its episodes on one server
+instance (see :mod:`.client`). Success: ``agentgym_success`` is the reward(s) AgentGym's
+trainers and ``controller/utils.py`` count as a success (``reward == 1``, sciworld's score
+``100``); ``success_threshold`` is gymux's rule (``reward >= threshold``).
+
 Turn budgets (``max_turns``) are AgentGym's where gymux records them (maze 15, wordle 8,
 textcraft 20, babyai 20, sciworld 30, sqlgym 1); the others are gymux defaults meant to be
 overridden per suite.
@@ -79,8 +103,10 @@ __all__ = [
     "AGENTGYM_ENVS",
     "DIALECTS",
     "Dialect",
+    "actions_in",
     "dialect_for",
     "extract_action",
+    "spaced_word",
 ]
 
 #: How the reply to ``/create`` carries the new instance id.
@@ -90,6 +116,9 @@ ResetReply = Literal["object", "pair", "text"]
 #: What the client sends as the action: the ReAct action, the SQL in a ```sql fence, or
 #: the model's whole output (the server parses it).
 ActionMode = Literal["react", "sql", "raw"]
+#: Where a family's admissible actions are when it has no list key: babyai's
+#: ``Available actions: [...]`` line, textcraft's crafting commands, wordle's vocabulary.
+ActionsFrom = Literal["babyai", "textcraft", "wordle"]
 
 
 class Dialect(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +162,19 @@ class Dialect(msgspec.Struct, frozen=True, kw_only=True):
     reward_range: tuple[float, float] = (0.0, 1.0)
     #: A few valid actions (the random policy's fallback when the server lists none).
     example_actions: tuple[str, ...] = ()
+    #: Admissible actions parsed from the observations (families with no list key).
+    actions_from: ActionsFrom | None = None
+    #: What the client keeps of an action: a regex of characters dropped (textcraft).
+    action_drop: str = ""
+    #: The most instances the server holds apart (``None``: no limit known).
+    capacity: int | None = None
+    #: After each step, ``GET /observation`` must still show the episode's own task: a
+    #: server that can hand one instance to two clients (sqlgym) is caught sharing it.
+    verify_observation: bool = False
+    #: Rewards AgentGym counts as a success (``reward == 1``; sciworld's score 100).
+    agentgym_success: tuple[float, ...] = (1.0,)
+    #: gymux's success rule: ``reward >= success_threshold``.
+    success_threshold: float = 1.0
     #: One-line action format shown in the plugin's instruction.
     action_format: str = "Thought:\n<reasoning>\n\nAction:\n<action>"
 
@@ -169,18 +211,27 @@ DIALECTS: dict[str, Dialect] = {
             name="sciworld",
             reset_obs_keys=("task_description", "observation"),
             reward_key="score",
+            has_close=True,
+            example_actions=("look around", "inventory"),
             max_turns=30,
             reward_range=(-100.0, 100.0),
+            agentgym_success=(100.0,),
+            success_threshold=100.0,
         ),
         Dialect(
             name="babyai",
             reward_key="score",
-            has_observation=False,
+            has_close=True,
+            actions_from="babyai",
             max_turns=20,
+            success_threshold=0.05,
         ),
         Dialect(
             name="textcraft",
             create_body={"commands": None, "goal": None},
+            has_close=True,
+            actions_from="textcraft",
+            action_drop=r"[^A-Za-z0-9, ]+",
             max_turns=20,
         ),
         Dialect(
@@ -195,6 +246,7 @@ DIALECTS: dict[str, Dialect] = {
             name="wordle",
             prefix="/wordle",
             reset_field="seed",
+            actions_from="wordle",
             max_turns=8,
             reward_range=(-100.0, 1.0),
         ),
@@ -206,6 +258,12 @@ DIALECTS: dict[str, Dialect] = {
             reset_reply="pair",
             step_obs_key="state",
             action_mode="sql",
+            capacity=8,
+            verify_observation=True,
+            example_actions=(
+                "SELECT name FROM sqlite_master WHERE type = 'table'",
+                "SELECT count(*) FROM sqlite_master",
+            ),
             max_turns=1,
             action_format="Thought: <reasoning>\n\nAction: ```sql\n<one SQL statement>\n```",
         ),
@@ -311,4 +369,48 @@ def extract_action(dialect: Dialect, text: str) -> str:
         if "\x00" in text or not re.search(dialect.raw_marker, text):
             raise ActionParseError(f"no action found. Answer as: {dialect.action_format}")
         return text
-    return parse_react_action(text)
+    action = parse_react_action(text)
+    if dialect.action_drop:
+        # As AgentGym's client does (textcraft): drop the characters it drops, squeeze spaces.
+        action = " ".join(re.sub(dialect.action_drop, "", action).split())
+        if not action:
+            raise ActionParseError(f"no action found. Answer as: {dialect.action_format}")
+    return action
+
+
+#: babyai's observations end with ``\nAvailable actions: ["turn left", "turn right", ...]``.
+_BABYAI_ACTIONS = re.compile(r"Available actions: \[([^\]\n]*)\]\s*$")
+_QUOTED = re.compile(r'"([^"]*)"')
+#: A textcraft crafting command: ``craft 4 oak planks using 1 oak log``.
+_CRAFT = re.compile(r"^craft (\d+ [a-z0-9 ]+?) using (\d+ [a-z0-9 ]+(?:, \d+ [a-z0-9 ]+)*)$")
+
+
+def actions_in(dialect: Dialect, text: str) -> list[str] | None:
+    """The admissible actions an observation of ``dialect``'s family lists, or ``None``.
+
+    babyai: the ``Available actions: [...]`` line (``BabyAIEnv.step``); textcraft: the
+    reset observation's crafting commands, ``get <n> <ingredient>`` for each ingredient they
+    use and ``inventory`` (``TextCraftEnv.action_regexes``). Other families: ``None``.
+    """
+    if dialect.actions_from == "babyai":
+        found = _BABYAI_ACTIONS.search(text)
+        return _QUOTED.findall(found.group(1)) if found else None
+    if dialect.actions_from == "textcraft":
+        crafts: list[str] = []
+        gets: dict[str, None] = {}
+        for line in text.splitlines():
+            match = _CRAFT.match(line.strip())
+            if match is None:
+                continue
+            crafts.append(match.group(0))
+            for part in match.group(2).split(", "):
+                gets[f"get {part}"] = None
+        if not crafts:
+            return None
+        return [*crafts, *gets, "inventory"]
+    return None
+
+
+def spaced_word(word: str) -> str:
+    """A wordle guess as AgentGym spells it: ``"shire"`` -> ``"s h i r e"``."""
+    return " ".join(word.strip())

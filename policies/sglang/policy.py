@@ -14,10 +14,16 @@ Dispatch strategies (``strategy=``):
   returns as soon as *its* generation finishes.
 * ``"batch"``: the :class:`BatchingPolicy` dispatcher coalesces concurrent turns (window
   ``window_s``, at most ``max_batch``) into one ``/generate`` with a list of ``input_ids``
-  per server. The HTTP answer comes when the batch's *longest* generation finishes, so short
-  turns wait for long ones.
-* ``"batch_stream"``: as ``"batch"``, but streamed (SSE); each item's answer is handed to
-  its episode as soon as its final chunk arrives.
+  per server. It asks for a stream with ``sampling_params.stream_interval`` set to
+  ``max_new_tokens``, so SGLang sends each item's first token and then only its final
+  chunk: about what a non-streamed batch costs, but with each item's own outcome (a
+  non-streamed batch has none: SGLang 0.5.23 answers it with one HTTP 503 when one item
+  is retracted and aborts the others, so all of them would be generated again). The
+  answers are handed out together when the batch's *longest* generation finishes, so
+  short turns wait for long ones.
+* ``"batch_stream"``: as ``"batch"``, but streamed at the server's own ``stream_interval``
+  (cumulative chunks every few tokens), and each item's answer is handed to its episode as
+  soon as its final chunk arrives.
 
 Why ``"single"`` is the default (measured, ``bench/policy.py``: 2,000 concurrent episodes
 against the SGLang test double in a subprocess, B=256, 10 ms/token, 1 ms/request frontend,
@@ -29,6 +35,11 @@ short turns return before long ones (short/long mean turn latency 4.5/7.0 s; ``"
 time with ``"single"`` (1.1% ``"batch"``, 39% ``"batch_stream"``, whose cumulative SSE
 chunks cost both processes CPU). ``"batch"`` costs the client less CPU per turn (335 vs
 816 us), so it is the one to try if the client, not the server, becomes the bottleneck.
+Asking for the sparse stream left ``"batch"``'s figures where they were (the same bench,
+15 s windows, one busy machine, non-streamed then sparse stream: 353 vs 383 turns/s,
+99.6% vs 100.7% util, 201 vs 202 us client CPU per turn, 5.5 vs 5.2 s turn latency);
+its ``client%`` now also counts a turn's wait for the batch's longest item, since each
+item's server latency ends with its own final chunk.
 
 Flow control per server: at most ``max_requests_per_server`` sequences and
 ``max_tokens_per_server`` tokens (prompt + ``max_new_tokens``) in flight.
@@ -80,9 +91,10 @@ answer) fails only the affected requests with :class:`PolicyError` (the runtime 
 item whose final chunk is an abort with ``status_code`` 503 (SGLang retracted it under
 memory pressure, or its queue was full) is resent alone with a fresh rid (the same
 bounded retries), while the rest of its batch is answered as it finishes; an in-stream
-``{"error": {...}}`` chunk fails the unfinished items with the server's message. (A
-*non-streamed* batch gets no such per-item outcome: SGLang answers the whole HTTP batch
-with 503 and discards the other items, so the ``batch`` strategy resends the batch.)
+``{"error": {...}}`` chunk fails the unfinished items with the server's message. Both batch
+strategies stream for this reason: SGLang answers a *non-streamed* batch with one HTTP 503
+when one item is retracted and aborts the others (its tokenizer manager's
+``_collect_batch_responses``), so only a stream lets the other items' answers through.
 Each answer's ``meta_info.weight_version`` is returned as
 :attr:`PolicyResponse.weight_version` and recorded on the trajectory's turn.
 
@@ -224,6 +236,9 @@ class SGLangPolicy(BatchingPolicy):
         self.strategy: Strategy = opts.strategy
         self.max_new_tokens = opts.max_new_tokens
         self.sampling: dict[str, Any] = opts.sampling("max_new_tokens")
+        #: ``batch``: one chunk per item besides its first token (SGLang sends the first
+        #: token at once, then every ``stream_interval`` tokens, then the final chunk).
+        self._batch_sampling = {**self.sampling, "stream_interval": self.max_new_tokens}
         self.context_length = opts.context_length
         self.request_timeout_s = opts.request_timeout_s
         self.connect_timeout_s = opts.connect_timeout_s
@@ -410,9 +425,12 @@ class SGLangPolicy(BatchingPolicy):
     async def _answer_batch(
         self, requests: Sequence[PolicyRequest], on_result: OnResult
     ) -> Sequence[_Result]:
-        # Each request is answered as soon as it is done (batch_stream hands out items as
-        # their final chunk arrives).
-        return await self.act_batch(requests, on_result)
+        # batch_stream hands out each item as its final chunk arrives; batch answers its
+        # batch together (as a non-streamed batch would), its stream only telling each
+        # item's outcome.
+        return await self.act_batch(
+            requests, on_result if self.strategy == "batch_stream" else None
+        )
 
     # -- per-request state ----------------------------------------------------------------
 
@@ -530,12 +548,13 @@ class SGLangPolicy(BatchingPolicy):
         assert self._session is not None
         rids = [self._rid(request.episode_id) for request, _ in items]
         tokens = sum(len(ids) + self.max_new_tokens for _, ids in items)
-        stream = self.strategy == "batch_stream"
-        batched = self.strategy != "single"
+        # Both batch strategies stream: only a stream tells each item's outcome (a
+        # non-streamed batch is answered 503 as a whole when one item is retracted).
+        batched = stream = self.strategy != "single"
         body = generate_body(
             [ids for _, ids in items] if batched else items[0][1],
             rids if batched else rids[0],
-            self.sampling,
+            self._batch_sampling if self.strategy == "batch" else self.sampling,
             stream=stream,
         )
         await server.budget.acquire(len(items), tokens)

@@ -41,31 +41,48 @@ _WAIT_LOG_EVERY_S = 10.0
 
 
 class Budget:
-    """Counts sequences and tokens in flight on one server; a lone oversize item may pass."""
+    """Counts sequences and tokens in flight on one server; a lone oversize item may pass.
+
+    Taking and giving back room does not touch the event loop while nobody waits for room
+    (the common case); only a turn that has to wait uses the condition.
+    """
 
     def __init__(self, max_requests: int, max_tokens: int) -> None:
         self.max_requests = max_requests
         self.max_tokens = max_tokens
         self.requests = 0
         self.tokens = 0
+        self._waiting = 0
         self._cond = anyio.Condition()
 
+    def _fits(self, requests: int, tokens: int) -> bool:
+        return not self.requests or (
+            self.requests + requests <= self.max_requests
+            and self.tokens + tokens <= self.max_tokens
+        )
+
     async def acquire(self, requests: int, tokens: int) -> None:
-        async with self._cond:
-            while self.requests and (
-                self.requests + requests > self.max_requests
-                or self.tokens + tokens > self.max_tokens
-            ):
-                await self._cond.wait()
+        if not self._waiting and self._fits(requests, tokens):
             self.requests += requests
             self.tokens += tokens
+            return
+        self._waiting += 1
+        try:
+            async with self._cond:
+                while not self._fits(requests, tokens):
+                    await self._cond.wait()
+                self.requests += requests
+                self.tokens += tokens
+        finally:
+            self._waiting -= 1
 
     async def release(self, requests: int, tokens: int) -> None:
-        with anyio.CancelScope(shield=True):
-            async with self._cond:
-                self.requests -= requests
-                self.tokens -= tokens
-                self._cond.notify_all()
+        self.requests -= requests
+        self.tokens -= tokens
+        if self._waiting:
+            with anyio.CancelScope(shield=True):
+                async with self._cond:
+                    self._cond.notify_all()
 
 
 class Server:

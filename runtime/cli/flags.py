@@ -125,8 +125,8 @@ def follow_instance_caps(
         return config
     caps = dict(config.env_instances)
     for env_id in dict.fromkeys(env_ids):
-        if env_id in caps or env_id not in registry.ids():
-            continue  # set explicitly, or a bridge registered later (its cap is the server's)
+        if env_id in caps or env_id not in registry.ids() or env_id.startswith("agentgym/"):
+            continue  # set explicitly, or a bridge (its cap is what its server holds)
         cap = registry.get(env_id).max_instances
         if cap < concurrency:
             caps[env_id] = concurrency

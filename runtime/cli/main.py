@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, NoReturn
 
 from gymux import __version__
-from gymux.cli import envs, prepare, report, run, serve_env, serve_policy, store
+from gymux.cli import envs, evolve, prepare, report, run, serve_env, serve_policy, store
 from gymux.cli import eval as eval_
 from gymux.cli.common import (
     EXIT_FAILED,
@@ -63,6 +63,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "envs": Subcommand(envs.add_parser, envs.run),
     "prepare": Subcommand(prepare.add_parser, prepare.run),
     "eval": Subcommand(eval_.add_parser, eval_.run),
+    "evolve": Subcommand(evolve.add_parser, evolve.run),
     "store": Subcommand(store.add_parser, store.run),
     "report": Subcommand(report.add_parser, report.run),
     "serve-env": Subcommand(serve_env.add_parser, serve_env.run),

@@ -34,6 +34,7 @@ from gymux.eval.metrics import (
     compute_metrics,
     latest_per_triple,
     score_ranges_for,
+    success_rules_for,
 )
 from gymux.eval.report import (
     RunData,
@@ -68,7 +69,13 @@ EXAMPLES = (
 def add_parser(sub: Any) -> None:
     """Register ``gymux report`` on the top-level subparsers."""
     p = add_command(sub, "report", SUMMARY, *EXAMPLES)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="eval output folders (gymux eval --out)")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="eval output folders (gymux eval --out); a gymux evolve folder stands for its "
+        "evaluated models, in stage order",
+    )
     p.add_argument(
         "--out",
         "-o",
@@ -106,9 +113,16 @@ def _run_data(
     registry: Registry | None = None,
 ) -> RunData:
     envs = [e.id for e in suite.envs]
-    ranges = score_ranges_for(envs, registry or default_registry())
+    registry = registry or default_registry()
+    ranges = score_ranges_for(envs, registry)
     if metrics is None:
-        metrics = compute_metrics(trajectories, envs=envs, seed=suite.seed, score_ranges=ranges)
+        metrics = compute_metrics(
+            trajectories,
+            envs=envs,
+            seed=suite.seed,
+            score_ranges=ranges,
+            success_rules=success_rules_for(envs, registry),
+        )
     return RunData(
         info=info,
         seed=suite.seed,
@@ -192,11 +206,31 @@ def _compare(paths: list[Path], out_text: str | None, registry: Registry) -> int
     return EXIT_OK
 
 
+def _expand_evolve(path: Path) -> list[Path]:
+    """A ``gymux evolve`` folder stands for its evaluated models, in stage order (base, BC,
+    then each iteration); any other folder for itself."""
+    journal = path / "evolve.json"
+    if not journal.is_file():
+        return [path]
+    try:
+        stages = msgspec.json.decode(journal.read_bytes()).get("stages", [])
+    except (msgspec.DecodeError, AttributeError):
+        raise UsageError(f"{journal}: not an evolve journal") from None
+    evals = [
+        path / "eval" / s["name"].split("-", 1)[1]
+        for s in stages
+        if isinstance(s, dict) and str(s.get("name", "")).startswith("eval-")
+    ]
+    if not evals:
+        raise UsageError(f"{path}: the evolve run has evaluated no model yet")
+    return evals
+
+
 def run(args: argparse.Namespace, registry: Registry) -> int:
     """Run a parsed ``gymux report ...``; returns the exit code. A folder that is not a run
     raises :class:`UsageError` (exit 2), a damaged store :class:`StoreError` (exit 1); a
     failed read or write of a file is exit 1 too."""
-    paths = [Path(p) for p in args.runs]
+    paths = [stage for p in args.runs for stage in _expand_evolve(Path(p))]
     try:
         if len(paths) > 1:
             return _compare(paths, args.out, registry)

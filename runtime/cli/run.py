@@ -53,7 +53,10 @@ __all__ = ["add_parser", "run"]
 
 #: The one-line description of ``gymux run`` and the examples its help shows.
 SUMMARY = "run a workload and write its trajectories"
-EXAMPLES = ("gymux run --env wordle --policy oracle --tasks test --samples 2 -o runs/w",)
+EXAMPLES = (
+    "gymux run --env wordle --policy oracle --tasks test --samples 2 -o runs/w",
+    "gymux run --ray 127.0.0.1:6379 --env textcraft --policy oracle -o runs/tc",
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -64,6 +67,12 @@ def add_parser(sub: Any) -> None:
         "--agentgym-url", help="with --env agentgym/<name>: the AgentGym server's base URL"
     )
     p.add_argument("--agentgym-dialect", help="AgentGym dialect (default: from the name)")
+    p.add_argument(
+        "--agentgym-max-instances",
+        type=positive_int,
+        help="with --agentgym-url: instances the AgentGym server holds at once (default: the "
+        "family's, e.g. 8 for sqlgym, else 16); episodes beyond it wait for a free one",
+    )
     flags.add_policy_flag(p)
     p.add_argument("--tasks", default="test", help="split name, or ids like 0,1,2 or 0-9")
     p.add_argument("--samples", type=positive_int, default=1, help="episodes per task")
@@ -100,6 +109,15 @@ def add_parser(sub: Any) -> None:
         metavar="FILE",
         help="write one JSON line per run_started, episode_finished and run_finished event "
         "to FILE ('-': stdout), each as it happens",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the episodes on a Ray cluster (extra 'ray'): ADDRESS of its head, e.g. "
+        "127.0.0.1:6379 or auto; without ADDRESS, Ray's default (RAY_ADDRESS, a cluster "
+        "started on this machine, else a local one on every core); see docs/scale-out.md",
     )
     flags.add_model_flags(p)
 
@@ -157,6 +175,10 @@ def _summary_table(rows: list[dict[str, Any]]) -> list[str]:
         if s["cancelled"]:
             lines.append(f"  {s['cancelled']} cancelled episode(s) are not in the success rate")
         lines.append(_limits_line(s))
+        times = s.get("time_s") or {}
+        if any(times.values()):
+            spent = ", ".join(f"{k.removesuffix('_s')} {v:.3g}" for k, v in times.items())
+            lines.append(f"  time (episode-s): {spent}")
     return lines
 
 
@@ -318,6 +340,28 @@ class _EventLog:
             os.close(self._fd)
 
 
+def _runtime(
+    args: argparse.Namespace, config: RuntimeConfig, registry: Registry, out_dir: Path
+) -> Any:
+    """The embedded runtime, or with ``--ray`` the Ray driver (same embedding API)."""
+    if args.ray is None:
+        return Runtime(config, registry=registry, out=out_dir, out_format=args.format)
+    from gymux.scale import RayExecutor, RayRuntime
+
+    executor = RayExecutor(address=args.ray or None)
+    return RayRuntime(
+        config, executor=executor, registry=registry, out=out_dir, out_format=args.format
+    )
+
+
+def _for_ray(args: argparse.Namespace, workload: Workload) -> Workload:
+    """Ray workers build their policies from the workload: carry the model flags in it."""
+    if workload.policy not in MODEL_POLICIES:
+        return workload
+    options = flags.policy_options(args, workload.policy, workload.policy_options)
+    return msgspec.structs.replace(workload, policy_options=options)
+
+
 async def _run_async(
     args: argparse.Namespace,
     config: RuntimeConfig,
@@ -337,16 +381,15 @@ async def _run_async(
     try:
         async with cancel_on_signals() as interrupt:
             try:
-                async with Runtime(
-                    config, registry=registry, out=out_dir, out_format=args.format
-                ) as rt:
+                async with _runtime(args, config, registry, out_dir) as rt:
                     if progress is not None:
                         rt.subscribe(progress)
                     if events is not None:
                         rt.subscribe(events)
                     for workload, policy in zip(workloads, policies, strict=True):
                         only = _not_done(done, policy.name) if done else None
-                        handles.append(await rt.submit(workload, policy=policy, only=only))
+                        work = _for_ray(args, workload) if args.ray is not None else workload
+                        handles.append(await rt.submit(work, policy=policy, only=only))
                     for handle in handles:
                         await handle.wait()
             finally:
@@ -420,6 +463,11 @@ def _summary_rows(
                     w.limit: {"cap": w.cap, "wait_s": round(w.wait_s, 3)}
                     for w in (summary.waits if summary is not None else [])
                 },
+                # Episode-seconds waiting, in policy calls and in the env (turn timings).
+                "time_s": {
+                    key: round(sum(t.timings[key] for t in trajs), 6)
+                    for key in ("queue_s", "policy_s", "env_s")
+                },
             }
         )
     return rows
@@ -452,10 +500,19 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     bridged = [w.env for w in workloads if w.env.startswith("agentgym/")]
     if bridged and not args.agentgym_url:
         raise UsageError(f"--env {bridged[0]} needs --agentgym-url URL (the AgentGym server)")
+    if bridged and args.ray is not None:
+        # Ray workers find envs through the installed entry points, not this registry.
+        raise UsageError(f"--ray cannot run --env {bridged[0]}: AgentGym bridges run embedded")
     if args.agentgym_url:
         from gymux.env_plugins.agentgym.client import register_bridges
 
-        register_bridges(registry, workloads, args.agentgym_url, dialect=args.agentgym_dialect)
+        register_bridges(
+            registry,
+            workloads,
+            args.agentgym_url,
+            dialect=args.agentgym_dialect,
+            max_instances=args.agentgym_max_instances,
+        )
     config = flags.follow_instance_caps(args, config, (w.env for w in workloads), registry)
     policies = _policies(args, registry, workloads, config.max_concurrent_episodes)
     out_text = args.out or (file_config.out if file_config else None)

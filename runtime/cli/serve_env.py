@@ -34,10 +34,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     p.add_argument("--port", type=int, default=36001, help="TCP port (0: any free port)")
     p.add_argument(
-        "--max-instances", type=int, help="live instances at most (default: the plugin's)"
+        "--max-instances",
+        type=int,
+        help=(
+            "live instances at most; at the cap the least recently used idle one is closed "
+            "to make room (default: the plugin's cap, at least 20, the instances AgentGym's "
+            "default evaluator holds)"
+        ),
     )
     p.add_argument(
         "--idle-timeout", type=float, default=600.0, help="close instances idle this many seconds"
+    )
+    p.add_argument(
+        "--create-wait",
+        type=float,
+        default=30.0,
+        help="seconds a /create at the cap waits for an instance to finish its call (then 503)",
     )
     p.add_argument("--call-timeout", type=float, default=300.0, help="seconds an env call may take")
     p.add_argument(
@@ -67,6 +79,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         ("--idle-timeout", args.idle_timeout),
         ("--call-timeout", args.call_timeout),
         ("--read-timeout", args.read_timeout),
+        ("--create-wait", args.create_wait),
     ):
         if not 0 < value < float("inf"):
             raise UsageError(f"{flag} must be positive, got {value}")
@@ -79,6 +92,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         idle_timeout_s=args.idle_timeout,
         call_timeout_s=args.call_timeout,
         read_timeout_s=args.read_timeout,
+        create_wait_s=args.create_wait,
     )
 
     async def main() -> None:

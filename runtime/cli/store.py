@@ -8,8 +8,13 @@
     gymux store export PATH --format agenttraj|chat|parquet -o FILE
                       [--env E]... [--success | --failed] [--min-policy-step N] ...
     gymux store compact PATH [--stream S] [--target-mb MB] [--salvage] [--json]
+    gymux store import FILE --out STORE [--format agenttraj] [--stream S] [--json]
+    gymux store reverify PATH [--env E]... [--limit N] [--json]  # exit 0 agree, 1 differ
 
 PATH is the store folder (``runs/x/store``) or the run folder holding it (``runs/x``).
+``import`` writes a new store at STORE from an AgentGym AgentTraj file (a JSON array or
+JSON Lines; see :mod:`gymux.stores.agenttraj`): all or nothing, and a malformed record is
+bad input (exit 2) whose line names the record and the field.
 Bare ``gymux store`` prints this command list. Bad input (no store at PATH, an unknown
 stream, a bad option) prints one line
 ``gymux: error: ...`` on stderr and exits 2; an operation that fails on a good input (a
@@ -20,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 
 from gymux.cli.common import (
@@ -33,14 +41,21 @@ from gymux.cli.common import (
     add_command,
     non_negative_int,
     positive_float_of,
+    positive_int,
 )
 from gymux.cli.common import err as _err
 from gymux.cli.common import out as _out
 from gymux.env_plugins.registry import Registry
+from gymux.stores.agenttraj import (
+    AgentTrajError,
+    AgentTrajImport,
+    export_agenttraj_source,
+    import_agenttraj,
+)
 from gymux.stores.codec import TrajectoryMeta, decode_meta
 from gymux.stores.errors import StoreError
 from gymux.stores.export import FORMATS, export
-from gymux.stores.format import SEGMENT_HEADER, RecordType, segment_name
+from gymux.stores.format import SEGMENT_HEADER, segment_name
 from gymux.stores.maintenance import (
     DEFAULT_TARGET_BYTES,
     CompactResult,
@@ -51,17 +66,21 @@ from gymux.stores.maintenance import (
     verify,
 )
 from gymux.stores.reader import Position, StreamReader
-from gymux.stores.store import DEFAULT_STREAM, Store
+from gymux.stores.store import DEFAULT_STREAM, Store, trajectory_records
 from gymux.trajectory import FinishReason
 
 __all__ = ["add_parser", "run"]
 
+#: Formats ``gymux store import --format`` reads.
+IMPORT_FORMATS = ("agenttraj",)
+
 
 #: The one-line description of ``gymux store`` and the examples its help shows.
-SUMMARY = "inspect, tail, verify, export or compact a store"
+SUMMARY = "inspect, tail, verify, export, compact or import a store"
 EXAMPLES = (
     "gymux store verify runs/demo",
     "gymux store tail runs/demo -n 5",
+    "gymux store import AgentTraj-L.json --out runs/agenttraj/store",
 )
 
 
@@ -131,7 +150,13 @@ def add_parser(sub: Any) -> None:
         "write trajectories as AgentTraj/chat JSONL or Parquet",
         "gymux store export runs/demo --format chat --success -o demo-chat.jsonl",
     )
-    exp.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    exp.add_argument(
+        "--format",
+        required=True,
+        choices=[*FORMATS, SOURCE_FORMAT],
+        help=f"output format ({SOURCE_FORMAT}: imported AgentTraj records in the layout of "
+        "the file they came from, e.g. a JSON array)",
+    )
     exp.add_argument("--out", "-o", required=True, help="output file ('-': stdout, JSONL only)")
     exp.add_argument("--env", action="append", help="only this env (repeatable)")
     outcome = exp.add_mutually_exclusive_group()
@@ -162,6 +187,32 @@ def add_parser(sub: Any) -> None:
     )
     com.add_argument("--salvage", action="store_true", help="drop damaged ranges (reported)")
     com.add_argument("--json", action="store_true", help="print JSON")
+
+    rev = command(
+        "reverify",
+        "replay the stored actions in fresh envs and compare the rewards (no model)",
+        "gymux store reverify runs/demo --env maze",
+    )
+    rev.add_argument("--env", action="append", help="only this env (repeatable)")
+    rev.add_argument("--limit", type=non_negative_int, help="at most N trajectories")
+    rev.add_argument(
+        "--concurrency", type=positive_int, default=8, help="episodes replayed at once"
+    )
+    rev.add_argument("--json", action="store_true", help="print JSON")
+
+    imp = add_command(
+        cmds,
+        "import",
+        "write an AgentGym AgentTraj file (JSON array or JSON Lines) into a new store",
+        "gymux store import inference.jsonl --out runs/agenttraj/store",
+    )
+    imp.add_argument("file", metavar="FILE", help="the AgentTraj file (.json or .jsonl)")
+    imp.add_argument(
+        "--out", "-o", required=True, help="the new store's folder (must not exist, or be empty)"
+    )
+    imp.add_argument("--format", choices=IMPORT_FORMATS, default="agenttraj", help="input format")
+    imp.add_argument("--stream", default=DEFAULT_STREAM, help=f"stream (default: {DEFAULT_STREAM})")
+    imp.add_argument("--json", action="store_true", help="print JSON")
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -284,8 +335,9 @@ def _last(reader: StreamReader, n: int) -> tuple[list[tuple[int, TrajectoryMeta]
         last: collections.deque[tuple[int, TrajectoryMeta]] = collections.deque(maxlen=n)
         for record in reader.records(pos):
             pos = record.next
-            if record.type == RecordType.TRAJECTORY and n:
-                last.append((record.seq, decode_meta(record.payload)))
+            for member in trajectory_records([record], None):  # a group: each member
+                if n:
+                    last.append((member.seq, decode_meta(member.payload)))
         if len(last) >= n or start == 0:
             return list(last), pos
         start = 0  # other record types in between: read it all
@@ -305,8 +357,8 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         if not args.follow:
             return EXIT_OK
         for record in reader.records(pos, follow=True, poll_s=0.05):
-            if record.type == RecordType.TRAJECTORY:
-                _out(_tail_line(record.seq, decode_meta(record.payload), args.json))
+            for member in trajectory_records([record], None):  # a group: each member
+                _out(_tail_line(member.seq, decode_meta(member.payload), args.json))
                 sys.stdout.flush()
     except KeyboardInterrupt:  # Ctrl-C is how --follow ends
         sys.stdout.flush()
@@ -340,6 +392,29 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+#: ``gymux store export --format agenttraj-source``: see :func:`export_agenttraj_source`.
+SOURCE_FORMAT = "agenttraj-source"
+
+
+def _export_source(
+    store: Store, stream: str, args: argparse.Namespace, filters: dict[str, Any]
+) -> int:
+    for flag, given in (
+        ("--out -", args.out == "-"),
+        ("--committed-only", args.committed_only),
+        ("--salvage", args.salvage),
+    ):
+        if given:
+            raise UsageError(f"{flag} does not apply to --format {SOURCE_FORMAT}")
+    result = export_agenttraj_source(store, args.out, stream=stream, **filters)
+    exact = ", byte-identical to its source" if result.exact else ""
+    _out(
+        f"exported {result.trajectories} trajectories ({SOURCE_FORMAT}: {result.layout}{exact}) "
+        f"to {result.path} ({_size(result.bytes)})"
+    )
+    return EXIT_OK
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     store = _store(args)
     stream = _stream(store, args.stream)
@@ -356,6 +431,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "split": args.split,
         "finish_reasons": args.finish_reason,
     }
+    if args.format == SOURCE_FORMAT:
+        return _export_source(store, stream, args, filters)
     result = export(
         store,
         sys.stdout.buffer if to_stdout else args.out,
@@ -407,12 +484,94 @@ def _cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _import_lines(r: AgentTrajImport) -> list[str]:
+    lines = [
+        f"imported {r.trajectories} trajectories (agenttraj, {r.layout}) from {r.source} "
+        f"into {r.store} (stream {r.stream})",
+        "  envs: " + ", ".join(f"{env} {n}" for env, n in r.envs.items()),
+    ]
+    if r.renamed:
+        mapped = ", ".join(f"{prefix} -> {env}" for prefix, env in r.renamed.items())
+        lines.append(f"  AgentGym names mapped to gymux envs: {mapped}")
+    if r.unknown:
+        kept = ", ".join(f"{prefix} ({n})" for prefix, n in r.unknown.items())
+        lines.append(f"  not gymux envs, kept as env ids: {kept}")
+    same = "same keys, order and values"
+    rest = f"; the rest: {same}, compact JSON" if r.exact < r.trajectories else ""
+    lines.append(
+        f"  export --format agenttraj: {r.exact} of {r.trajectories} record(s) come back "
+        f"byte-identical{rest}"
+    )
+    if r.layout != "jsonl":
+        how = "byte-identical" if r.file_exact else f"with the {same}"
+        lines.append(
+            f"  the {r.layout} file itself: {how}, through export --format {SOURCE_FORMAT}"
+        )
+    return lines
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    source, out = Path(args.file), Path(args.out)
+    if not source.is_file():
+        raise UsageError(f"no such file: {source}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out: {out} already exists (import writes a new store)")
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"--out: folder {out.parent} does not exist")
+    try:
+        result = import_agenttraj(source, out, stream=args.stream)
+    except AgentTrajError as exc:
+        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # Store.stream_path: not a stream name
+        raise UsageError(f"--stream: {exc}") from None
+    if args.json:
+        _out(msgspec.json.encode(result).decode())
+    else:
+        for line in _import_lines(result):
+            _out(line)
+    return EXIT_OK
+
+
+def _cmd_reverify(args: argparse.Namespace, registry: Registry) -> int:
+    """Exit 0 when every replayed episode agrees, 1 when any disagrees."""
+    from gymux.reverify import reverify
+
+    store = _store(args)
+    stream = _stream(store, args.stream)
+    trajectories = store.trajectories(stream, env=args.env)
+    if args.limit is not None:
+        trajectories = itertools.islice(trajectories, args.limit)
+    report = anyio.run(
+        functools.partial(reverify, trajectories, registry, concurrency=args.concurrency)
+    )
+    if args.json:
+        _out(msgspec.json.encode(report).decode())
+    else:
+        _out(
+            f"replayed {report.checked} episode(s): {report.agreed} agree, "
+            f"{len(report.disagreements)} disagree"
+            + (
+                f" ({report.version_changed} under another env version)"
+                if report.version_changed
+                else ""
+            )
+        )
+        for reason, count in sorted(report.skipped.items()):
+            _out(f"  not replayed: {count} ({reason})")
+        for d in report.disagreements[:50]:
+            _out(f"  {d.episode_id}: {d.note}")
+        if len(report.disagreements) > 50:
+            _out(f"  ... and {len(report.disagreements) - 50} more (--json lists them all)")
+    return EXIT_FAILED if report.disagreements else EXIT_OK
+
+
 _COMMANDS = {
     "info": _cmd_info,
     "tail": _cmd_tail,
     "verify": _cmd_verify,
     "export": _cmd_export,
     "compact": _cmd_compact,
+    "import": _cmd_import,
 }
 
 
@@ -424,6 +583,8 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         _out(args.store_parser.format_help().rstrip())
         return EXIT_OK
     try:
+        if args.store_command == "reverify":
+            return _cmd_reverify(args, registry)
         return _COMMANDS[args.store_command](args)
     except BrokenPipeError:  # the reader of stdout went away (gymux store tail | head)
         return EXIT_OK

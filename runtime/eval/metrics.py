@@ -1,5 +1,12 @@
 """Metrics of an evaluation: success rate, score, Avg@n / Pass@n, with 95% intervals.
 
+Success is each env's own rule (its plugin's ``SuccessRule``: ``reward >= threshold``,
+recorded in every trajectory); :func:`success_rules_for` names it per env so the reports
+say which rule they used. Beside it, AgentGym's rule: a final reward of exactly 1 (or 100,
+SciWorld's score), as AgentGym's ``controller/utils.py`` and its trainers count success
+(``rewards == 1 or rewards == 100``) -- under it a solved BabyAI level (reward
+``1 - 0.9 * steps / max_steps``) is not a success.
+
 Formulas are in docs/evaluation.md. Everything here is deterministic: the bootstrap uses a
 seeded generator, so the same trajectories always give the same numbers.
 """
@@ -17,11 +24,15 @@ from gymux.env_plugins.registry import PluginError, Registry
 from gymux.trajectory import FinishReason, Trajectory
 
 __all__ = [
+    "AGENTGYM_SUCCESS_REWARDS",
     "EnvMetrics",
     "EvalMetrics",
+    "agentgym_success",
     "bootstrap_ci",
     "compute_metrics",
     "latest_per_triple",
+    "success_rule_text",
+    "success_rules_for",
     "summarize",
     "wilson_interval",
 ]
@@ -31,6 +42,10 @@ Z95 = 1.959963984540054
 BOOTSTRAP_RESAMPLES = 2000
 
 Triple = tuple[str, int, int]
+#: Final rewards AgentGym counts as a success (``controller/utils.py``).
+AGENTGYM_SUCCESS_REWARDS = (1.0, 100.0)
+#: AgentGym's rule, as the reports write it.
+AGENTGYM_RULE = "reward == 1 (sciworld: 100)"
 
 
 class EnvMetrics(msgspec.Struct, kw_only=True):
@@ -56,6 +71,12 @@ class EnvMetrics(msgspec.Struct, kw_only=True):
     completion_tokens: int
     #: Sum of the episodes' wall times (seconds).
     wall_s: float
+    #: The rule ``successes`` counts by (``reward >= 0.05``); ``""``: not known here (each
+    #: env's own rule), ``"per env"`` for an overall row of envs with different rules.
+    success_rule: str = ""
+    #: Episodes that succeed under AgentGym's rule (:data:`AGENTGYM_SUCCESS_REWARDS`).
+    agentgym_successes: int = 0
+    agentgym_success_rate: float = 0.0
 
 
 class EvalMetrics(msgspec.Struct, kw_only=True):
@@ -96,6 +117,27 @@ def bootstrap_ci(
     return (lo, hi)
 
 
+def agentgym_success(reward: float) -> bool:
+    """AgentGym's success: a final reward of exactly 1 (or 100, SciWorld's score)."""
+    return any(math.isclose(reward, r, abs_tol=1e-9) for r in AGENTGYM_SUCCESS_REWARDS)
+
+
+def success_rule_text(threshold: float) -> str:
+    """``reward >= 0.05``: an env's :class:`~gymux.env_plugins.protocol.SuccessRule`."""
+    return f"reward >= {threshold:g}"
+
+
+def success_rules_for(envs: Iterable[str], registry: Registry) -> dict[str, str]:
+    """The success rule of each env the registry knows (others are left out)."""
+    rules: dict[str, str] = {}
+    for env in envs:
+        try:
+            rules[env] = success_rule_text(registry.get(env).spec.success.threshold)
+        except (PluginError, KeyError):
+            continue
+    return rules
+
+
 def latest_per_triple(trajectories: Iterable[Trajectory]) -> dict[Triple, Trajectory]:
     """The last trajectory (in the order given, i.e. store order) of each
     ``(env, task, sample)``, ignoring cancelled episodes (they did not finish)."""
@@ -124,13 +166,16 @@ def summarize(
     *,
     seed: int = 0,
     score_ranges: Mapping[str, ScoreRange] | None = None,
+    success_rule: str = "",
 ) -> EnvMetrics:
-    """Metrics of ``trajectories`` (one per ``(env, task, sample)``).
+    """Metrics of ``trajectories`` (one per ``(env, task, sample)``); ``success_rule`` names
+    the rule their ``success`` was judged by.
 
     With ``score_ranges`` each reward is first mapped to 0..1 by its env's range (the
     ``overall`` row, where sciworld's 0-100 meets everyone else's 0-1)."""
     n = len(trajectories)
     successes = sum(1 for t in trajectories if t.success)
+    agentgym = sum(1 for t in trajectories if agentgym_success(float(t.reward)))
     if score_ranges is None:
         scores = [float(t.reward) for t in trajectories]
     else:
@@ -159,6 +204,9 @@ def summarize(
         prompt_tokens=prompt,
         completion_tokens=completion,
         wall_s=sum(t.wall_s for t in trajectories),
+        success_rule=success_rule,
+        agentgym_successes=agentgym,
+        agentgym_success_rate=agentgym / n if n else 0.0,
     )
 
 
@@ -168,8 +216,11 @@ def compute_metrics(
     envs: Sequence[str] | None = None,
     seed: int = 0,
     score_ranges: Mapping[str, ScoreRange] | None = None,
+    success_rules: Mapping[str, str] | None = None,
 ) -> EvalMetrics:
     """Per-env and overall metrics over the latest trajectory of each triple.
+
+    ``success_rules`` (:func:`success_rules_for`) names each env's success rule in its row.
 
     ``envs`` fixes the order (and includes envs without episodes); default: sorted ids.
     Trajectories are sorted by ``(env, task, sample)`` first, so the result does not depend
@@ -180,8 +231,18 @@ def compute_metrics(
     latest = latest_per_triple(trajectories)
     rows = [latest[key] for key in sorted(latest)]
     names = list(envs) if envs is not None else sorted({t.env_id for t in rows})
-    per_env = [summarize(name, [t for t in rows if t.env_id == name], seed=seed) for name in names]
-    overall = summarize("overall", rows, seed=seed, score_ranges=score_ranges or {})
+    rules = success_rules or {}
+    per_env = [
+        summarize(
+            name, [t for t in rows if t.env_id == name], seed=seed, success_rule=rules.get(name, "")
+        )
+        for name in names
+    ]
+    distinct = {rules.get(name, "") for name in names}
+    overall_rule = distinct.pop() if len(distinct) == 1 else "per env"
+    overall = summarize(
+        "overall", rows, seed=seed, score_ranges=score_ranges or {}, success_rule=overall_rule
+    )
     return EvalMetrics(envs=per_env, overall=overall)
 
 

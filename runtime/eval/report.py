@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from gymux.eval.metrics import (
+    AGENTGYM_RULE,
     BOOTSTRAP_RESAMPLES,
     Z95,
     EnvMetrics,
@@ -48,6 +49,7 @@ __all__ = [
     "run_letter",
     "score_ranges_of",
     "score_series",
+    "success_note",
     "write_comparison_reports",
     "write_reports",
 ]
@@ -261,6 +263,7 @@ METRIC_COLUMNS = (
     "env",
     "episodes",
     "success [95% CI]",
+    "AgentGym success",
     "mean score [95% CI]",
     "Avg@n / Pass@n",
     "mean turns",
@@ -272,14 +275,16 @@ def metric_cells(m: EnvMetrics) -> list[str]:
     """The cells of one row of a metrics table (:data:`METRIC_COLUMNS`), as plain text. An
     env without episodes (an interrupted eval that never reached it) is "not run", not 0%."""
     if m.episodes == 0:
-        return [m.env, "0", "not run", "not run", "not run", "-", "-"]
+        return [m.env, "0", "not run", "not run", "not run", "not run", "-", "-"]
     lo, hi = m.success_ci
     slo, shi = m.score_ci
     reasons = ", ".join(f"{k}={v}" for k, v in m.finish_reasons.items()) or "-"
     return [
         m.env,
         str(m.episodes),
-        f"{_pct(m.success_rate)}% [{_pct(lo)}, {_pct(hi)}]",
+        f"{_pct(m.success_rate)}% [{_pct(lo)}, {_pct(hi)}]"
+        + (f" ({m.success_rule})" if m.success_rule and m.success_rule != "per env" else ""),
+        f"{_pct(m.agentgym_success_rate)}%",
         f"{m.mean_score:.3f} [{slo:.3f}, {shi:.3f}]",
         f"{_pct(m.avg_at_n)}% / {_pct(m.pass_at_n)}% (n={m.samples})",
         f"{m.mean_turns:.2f}",
@@ -293,7 +298,7 @@ def _row(m: EnvMetrics) -> str:
 
 def markdown_table(metrics: EvalMetrics) -> list[str]:
     """One row per env and an ``overall`` row (95% intervals in brackets)."""
-    lines = ["| " + " | ".join(METRIC_COLUMNS) + " |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| " + " | ".join(METRIC_COLUMNS) + " |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     lines.extend(_row(m) for m in metrics.envs)
     lines.append(_row(metrics.overall))
     return lines
@@ -323,9 +328,23 @@ def identity_text(identity: Mapping[str, Any]) -> str:
 _RERUN_NOTE_REASONS = ("env_error", "policy_error")
 
 
+def success_note(metrics: EvalMetrics) -> str:
+    """Which success rule the table used, and AgentGym's beside it."""
+    rules = {m.env: m.success_rule for m in metrics.envs if m.episodes}
+    if rules and all(rules.values()):
+        used = "; ".join(f"{env}: {rule}" for env, rule in rules.items())
+    else:
+        used = "each env's own rule (its plugin's SuccessRule: reward >= threshold)"
+    return (
+        f"Success is gymux's rule, per env ({used}). AgentGym success is AgentGym's rule, "
+        f"{AGENTGYM_RULE}, as its evaluator counts it."
+    )
+
+
 def report_notes(metrics: EvalMetrics) -> list[str]:
-    """What a reader of the metrics must know: envs not run, episodes that are errors."""
-    notes = []
+    """What a reader of the metrics must know: the success rules, envs not run, episodes
+    that are errors."""
+    notes = [success_note(metrics)]
     not_run = [m.env for m in metrics.envs if m.episodes == 0]
     if not_run:
         notes.append(f"Not run (no finished episode yet): {', '.join(not_run)}.")

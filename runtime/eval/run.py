@@ -27,6 +27,7 @@ from gymux.eval.metrics import (
     compute_metrics,
     latest_per_triple,
     score_ranges_for,
+    success_rules_for,
 )
 from gymux.eval.suite import Suite
 from gymux.policies.protocol import Policy
@@ -435,4 +436,7 @@ def metrics_for(suite: Suite, registry: Registry, trajectories: list[Trajectory]
     mine = [t for t in trajectories if (t.env_id, t.task_id, t.sample) in covered]
     envs = [env.id for env in suite.envs]
     ranges = score_ranges_for(envs, registry)
-    return compute_metrics(mine, envs=envs, seed=suite.seed, score_ranges=ranges)
+    rules = success_rules_for(envs, registry)
+    return compute_metrics(
+        mine, envs=envs, seed=suite.seed, score_ranges=ranges, success_rules=rules
+    )

@@ -50,9 +50,13 @@ slots; extra sequences queue. Failures are injected with :meth:`SGLangDouble.fai
 (``stale_keepalive``: close the connection the request arrived on before reading it, as a
 server does when it times out an idle keep-alive connection just as the client reuses it;
 ``retract``: the request's first item is aborted with status 503 as SGLang's scheduler does
-under memory pressure -- a non-streamed request then answers HTTP 503 as a whole, a stream
-ends that item with an abort chunk carrying ``status_code: 503``; ``stream_error``: a stream
-ends with an error chunk).
+under memory pressure -- a non-streamed request then answers HTTP 503 as a whole at once and
+its other items are aborted and lost (SGLang's tokenizer manager does so), a stream ends
+that item with an abort chunk carrying ``status_code: 503`` and the other items go on;
+``stream_error``: a stream ends with an error chunk).
+A stream sends an item's first token at once, then a chunk whenever ``stream_interval``
+tokens are unsent (the request's ``sampling_params.stream_interval``, else the server's),
+and its final chunk, as SGLang's scheduler does.
 ``keepalive_timeout`` closes idle keep-alive connections after that many seconds.
 Run standalone (the benchmark does) with ``python tests/doubles/sglang_double.py --help``.
 """
@@ -159,6 +163,7 @@ class Stats:
     rids: list[str] = field(default_factory=list)  # in arrival order
     request_items: list[int] = field(default_factory=list)  # items per accepted request
     stale_closed: int = 0  # connections closed by the stale_keepalive failure
+    discarded_items: int = 0  # items of a non-streamed batch lost to another item's 503
     last_sampling_params: dict[str, Any] = field(default_factory=dict)
     last_error: str = ""  # the message of the last 400 answer
 
@@ -556,18 +561,29 @@ class SGLangDouble:
             seqs.append(seq)
         if failure == "retract":
             seqs[0].retract = True
-        tasks = [asyncio.ensure_future(self._decode(seq, max_new, stream, stops)) for seq in seqs]
+        # SGLang's per-request ``stream_interval`` (sampling params), else the server's.
+        interval = max(1, int(params.get("stream_interval") or self.stream_interval))
+        tasks = [
+            asyncio.ensure_future(self._decode(seq, max_new, stream, stops, interval))
+            for seq in seqs
+        ]
         try:
             if stream:
                 return await self._respond_stream(
-                    request, seqs, batched, want_logprob, failure, started
+                    request, seqs, batched, want_logprob, failure, started, interval
                 )
-            await asyncio.gather(*tasks)
-            retracted = [s for s in seqs if s.finish and s.finish.get("status_code") == 503]
-            if retracted:
+            if failure == "retract":
+                retracted = await self._wait_non_streamed(tasks, seqs)
+            else:
+                await asyncio.gather(*tasks)
+                retracted = None
+            if retracted is not None:
                 # A non-streamed request's 503 abort is an HTTPException for the whole
-                # HTTP request (a batch loses its other items).
-                message = retracted[0].finish["message"]  # type: ignore[index]
+                # HTTP request: SGLang answers at once and aborts the batch's other items
+                # (tokenizer manager ``_collect_batch_responses`` and
+                # ``_release_req_states_on_failure``), whose outputs are lost.
+                self.stats.discarded_items += len(seqs) - 1
+                message = retracted.finish["message"]  # type: ignore[index]
                 return web.json_response(_http_exception(message, 503), status=503)
             items = [self._item(seq, want_logprob, started) for seq in seqs]
             for item in items:
@@ -589,6 +605,22 @@ class SGLangDouble:
                 task.cancel()
             for seq in seqs:
                 self._live.pop(seq.rid, None)
+
+    @staticmethod
+    async def _wait_non_streamed(
+        tasks: list[asyncio.Future[None]], seqs: list[_Seq]
+    ) -> _Seq | None:
+        """Wait for every item; the first one aborted with status 503 ends the wait at once
+        (the others are aborted)."""
+        pending = set(tasks)
+        while pending:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for seq in seqs:
+                if seq.finish is not None and seq.finish.get("status_code") == 503:
+                    for other in seqs:
+                        other.aborted = True
+                    return seq
+        return None
 
     async def _stream_refusal(self, request: web.Request, exc: _Refused) -> web.StreamResponse:
         self.stats.rejected += 1
@@ -627,6 +659,7 @@ class SGLangDouble:
         want_logprob: bool,
         failure: str | None,
         started: float,
+        interval: int,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -642,15 +675,17 @@ class SGLangDouble:
             waiters = [asyncio.ensure_future(seqs[i].done.wait()) for i in pending]
             await asyncio.wait(
                 waiters,
-                timeout=self.cost.per_token_s * self.stream_interval or 0.005,
+                timeout=self.cost.per_token_s * interval or 0.005,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             for w in waiters:
                 w.cancel()
             for i in sorted(pending):
                 seq = seqs[i]
-                if len(seq.out) == sent[i] and seq.finish is None:
-                    continue
+                if seq.finish is None and (
+                    len(seq.out) == sent[i] or (sent[i] and len(seq.out) - sent[i] < interval)
+                ):
+                    continue  # SGLang: the first token at once, then every `interval`
                 item = self._item(seq, want_logprob, started)
                 if self.incremental:
                     item = self._delta(item, sent[i], sent_text[i])
@@ -724,7 +759,12 @@ class SGLangDouble:
         return None
 
     async def _decode(
-        self, seq: _Seq, max_new: int, stream: bool, stops: list[str] | None = None
+        self,
+        seq: _Seq,
+        max_new: int,
+        stream: bool,
+        stops: list[str] | None = None,
+        interval: int | None = None,
     ) -> None:
         full = list(self.model(seq.input_ids))
         cut = self._cut_at_stop(full[:max_new], stops or [])
@@ -742,7 +782,10 @@ class SGLangDouble:
         self.stats.max_concurrent = max(self.stats.max_concurrent, self.stats.concurrent)
         t0 = time.perf_counter()
         try:
-            step = self.stream_interval if stream else max(16, self.stream_interval)
+            # Tokens are made in steps (the cost model's granularity): a stream's interval
+            # (at most 16), or 16 at a time when nobody watches them come.
+            interval = interval or self.stream_interval
+            step = min(interval, 16) if stream else max(16, self.stream_interval)
             i = 0
             while i < len(out):
                 if seq.aborted:

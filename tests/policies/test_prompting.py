@@ -322,6 +322,8 @@ def best_move(request: PolicyRequest) -> str:
     row, col = map(int, _POSITION.findall(request.messages[-1].content)[-1])
     distance = layout.distances[(row, col)]
     for name, (dr, dc) in _STEPS.items():
+        if distance == 0 and (row + dr, col + dc) not in layout.distances:
+            return name  # started on the goal (AgentGym's game 25): bump a wall to stay on it
         if layout.distances.get((row + dr, col + dc)) == distance - 1:
             return name
     raise AssertionError("no move gets closer")
@@ -368,7 +370,8 @@ def test_function_call_answers_solve_every_test_maze():
     for traj in trajectories:
         assert traj.finish_reason is FinishReason.DONE
         assert traj.invalid_actions == 0
-        assert len(traj.turns) == maze.maze_task(traj.task_id).shortest_path
+        # A game that starts on the goal (AgentGym's 25) still takes one move to win.
+        assert len(traj.turns) == max(1, maze.maze_task(traj.task_id).shortest_path)
         assert all(t.action in maze.ACTIONS and t.parse_error is None for t in traj.turns)
         assert traj.turns[0].raw_output.startswith('{"name": "move"')
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,3 +93,225 @@ def test_missing_template(tmp_path: Path) -> None:
         ChatTokenizer.from_dir(folder)
     with pytest.raises(PolicyError, match="cannot load"):
         ChatTokenizer.from_dir(tmp_path / "nope")
+
+
+# -- turn 0 tokenized piece by piece (PieceEncoder): the same ids as the whole text ------------
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+#: Texts that stress the cut points: spaces and newlines around them, special-token text
+#: inside the content, partial special tokens, non-ASCII, empty content.
+AWKWARD = [
+    "",
+    " ",
+    "\n",
+    "  leading and trailing  ",
+    "\n\nblank lines\n\n",
+    "<|im_end|> inside content",
+    "half a token: <|im_",
+    "end_header_id|> and <|eot",
+    "ünïcödé ✓ 迷宫 🙂",
+    "Thought: I should move up.\nAction: move up",
+    "tabs\tand\r\nCRLF",
+]
+
+
+def _episode_messages(rng: Any, instruction: str) -> list[Message]:
+    words = ["move", "up", "down", "wall", "goal", "(3, 4)", "\n", " ", "<|im_end|>", "ü", ""]
+    obs = "".join(rng.choice(words) for _ in range(rng.randrange(0, 30)))
+    if rng.random() < 0.3:
+        obs = rng.choice(AWKWARD) + obs
+    return [
+        Message(role="user", content=instruction),
+        Message(role="assistant", content=rng.choice(["OK", "OK.", " OK\n"])),
+        Message(role="user", content=obs),
+    ]
+
+
+def _assert_pieces_exact(tok: ChatTokenizer, episodes: int = 300, envs: int = 6) -> None:
+    """Many episodes of several envs (an instruction each): the turn-0 ids from the piece
+    cache equal the whole text's ids, every time."""
+    import random
+
+    rng = random.Random(1234)
+    instructions = [
+        f"Env {e}: solve the maze. " * rng.randrange(1, 40) + rng.choice(AWKWARD)
+        for e in range(envs)
+    ]
+    for i in range(episodes):
+        messages = _episode_messages(rng, instructions[i % envs])
+        if rng.random() < 0.2:
+            messages.insert(0, Message(role="system", content=rng.choice(AWKWARD)))
+        text = tok.render(messages, add_generation_prompt=True)
+        assert tok.encode_prompt(text) == tok.encode(text), (i, text)
+    for text in AWKWARD:
+        assert tok.encode_prompt(text) == tok.encode(text)
+
+
+def test_pieces_equal_whole_text_chatml(tok: ChatTokenizer) -> None:
+    assert set(tok.pieces.boundaries) == {"<|im_start|>", "<|im_end|>"}
+    _assert_pieces_exact(tok)
+    assert tok.pieces.hits > tok.pieces.misses  # the instructions came from the cache
+    assert tok.pieces.whole == 0
+
+
+def test_an_env_instruction_is_tokenized_once(tmp_path: Path) -> None:
+    tok = ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path / "tok"))
+    instruction = "Solve the maze. Answer with Thought and Action. " * 50
+    ledger = TokenLedger(tok)
+    ledger.prompt_for(_episode_messages(__import__("random").Random(0), instruction))
+    misses = tok.pieces.misses
+    for n in range(20):  # new episodes: only their own observation is new text
+        messages = [
+            Message(role="user", content=instruction),
+            Message(role="assistant", content="OK"),
+            Message(role="user", content=f"You are at ({n}, 7)."),
+        ]
+        ids = TokenLedger(tok).prompt_for(messages)
+        assert ids == tok.encode(tok.render(messages, add_generation_prompt=True))
+    assert tok.pieces.misses - misses == 20
+
+
+def _trained_tokenizer(
+    folder: Path,
+    *,
+    specials: list[str],
+    template: str,
+    eos: str,
+    bos: str | None = None,
+    metaspace: bool = False,
+    added: list[Any] | None = None,
+) -> ChatTokenizer:
+    """A small BPE tokenizer trained here (byte-level, or Metaspace with
+    ``prepend_scheme="first"`` as sentencepiece-style tokenizers have), written as a folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    corpus = [f"Env {e}: solve the maze. The goal is at ({e}, {e + 1}). move up" for e in range(50)]
+    corpus += AWKWARD
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>" if metaspace else None))
+    if metaspace:
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+        tokenizer.decoder = decoders.Metaspace(prepend_scheme="first")
+        alphabet: list[str] = []
+        specials = ["<unk>", *specials]
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    if added:
+        tokenizer.add_tokens(added)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"chat_template": template, "eos_token": eos, "bos_token": bos}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return ChatTokenizer.from_dir(folder)
+
+
+def test_pieces_equal_whole_text_llama3_with_bos(tmp_path: Path) -> None:
+    tok = _trained_tokenizer(
+        tmp_path,
+        specials=LLAMA3_SPECIALS,
+        template=LLAMA3_TEMPLATE,
+        eos="<|eot_id|>",
+        bos="<|begin_of_text|>",
+    )
+    assert set(tok.pieces.boundaries) == set(LLAMA3_SPECIALS)
+    _assert_pieces_exact(tok)
+
+
+def test_pieces_equal_whole_text_metaspace_first(tmp_path: Path) -> None:
+    """Sentencepiece-style: only the text's first stretch gets the '▁' prefix; a piece that
+    does not start the text must not get it either."""
+    from doubles.sglang_double import CHATML_TEMPLATE, SPECIALS
+
+    tok = _trained_tokenizer(
+        tmp_path, specials=SPECIALS, template=CHATML_TEMPLATE, eos="<|im_end|>", metaspace=True
+    )
+    assert tok.pieces.boundaries
+    text = tok.render(first_messages(), add_generation_prompt=True)
+    whole = tok.encode(text)
+    assert tok.encode("<|im_end|>user") != tok.encode("<|im_end|>") + tok.encode("user")
+    assert tok.encode_prompt(text) == whole
+    _assert_pieces_exact(tok)
+
+
+def test_unsafe_cut_tokens_are_not_used(tmp_path: Path) -> None:
+    """An added token that contains a template token (or one that strips whitespace) would
+    match differently in the whole text: such tokens are never cut after, and the ids
+    still equal the whole text's."""
+    from tokenizers import AddedToken
+
+    from doubles.sglang_double import CHATML_TEMPLATE, SPECIALS
+
+    tok = _trained_tokenizer(
+        tmp_path,
+        specials=SPECIALS,
+        template=CHATML_TEMPLATE,
+        eos="<|im_end|>",
+        added=[AddedToken("<|im_end|>\n<|im", normalized=False)],
+    )
+    assert "<|im_end|>" not in tok.pieces.boundaries
+    _assert_pieces_exact(tok, episodes=100)
+    strip = _trained_tokenizer(
+        tmp_path / "strip",
+        specials=[],
+        template=CHATML_TEMPLATE,
+        eos="<|im_end|>",
+        added=[
+            AddedToken("<|im_start|>", rstrip=True, normalized=False, special=True),
+            AddedToken("<|im_end|>", lstrip=True, normalized=False, special=True),
+        ],
+    )
+    assert strip.pieces.boundaries == {}
+    _assert_pieces_exact(strip, episodes=50)
+    assert strip.pieces.whole > 0
+
+
+def test_pieces_fall_back_to_the_whole_text(tok: ChatTokenizer, tmp_path: Path) -> None:
+    """When a piece's ids do not end at its cut token (here: the tokenizer stops splitting
+    out special tokens), the encoder tokenizes the whole text and stops cutting."""
+    fresh = ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path / "tok"))
+    text = fresh.render(first_messages(), add_generation_prompt=True)
+    fresh.tokenizer.encode_special_tokens = True
+    assert fresh.encode_prompt(text) == fresh.encode(text)
+    assert fresh.pieces.whole == 1
+    assert fresh.encode_prompt(text) == fresh.encode(text)
+    assert fresh.pieces.whole == 2
+
+
+def test_pieces_equal_whole_text_smollm2() -> None:
+    """The real SmolLM2 tokenizer and template (when its folder is in the cache)."""
+    folder = Path.home() / ".cache" / "gymux" / "models" / "smollm2-135m-instruct"
+    if not (folder / "tokenizer.json").is_file():
+        pytest.skip(f"no SmolLM2 folder at {folder}")
+    tok = ChatTokenizer.from_dir(folder)
+    assert tok.pieces.boundaries
+    _assert_pieces_exact(tok, episodes=200)
+
+
+def test_no_cutting_when_the_tokenizer_truncates_or_pads(tmp_path: Path) -> None:
+    folder = build_tiny_tokenizer(tmp_path / "tok")
+    from tokenizers import Tokenizer
+
+    for setting in ("truncation", "padding"):
+        raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        if setting == "truncation":
+            raw.enable_truncation(max_length=8)
+        else:
+            raw.enable_padding(length=4096)
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        tok = ChatTokenizer(raw, config["chat_template"], eos_token="<|im_end|>")
+        assert tok.pieces.boundaries == {}
+        text = tok.render(first_messages(), add_generation_prompt=True)
+        assert tok.encode_prompt(text) == tok.encode(text)

@@ -43,11 +43,12 @@ from doubles.procs import clean_env
 from doubles.tiny_model import build_tiny_model
 from doubles.vllm_server import RecordingProxy, VLLMServer, require_vllm_venv
 
-MAX_MODEL_LEN = 4096
+MAX_MODEL_LEN = 16384
 
 # Generations that must still be running when a test interrupts them: EOS ignored and most of
-# the context to fill, so they last thousands of decode steps however fast the machine is.
-LONG_TURN_TOKENS = 3500
+# the context to fill, so they last 15,000 decode steps (tens of seconds) however fast the
+# machine is, and however slowly a loaded server answers the metrics polls that watch them.
+LONG_TURN_TOKENS = 15000
 
 # -- no server needed ------------------------------------------------------------------------
 
@@ -464,7 +465,7 @@ def test_context_limit(vllm: VLLMServer, served: Served, tmp_path: Path) -> None
     sending (the limit read from /v1/models), and mapped from vLLM's HTTP 400 when the
     policy believes in a larger context than the server's."""
     out = tmp_path / "out"
-    turn_tokens = 1000  # every turn (EOS ignored): the context fills within 4 turns
+    turn_tokens = 4000  # every turn (EOS ignored): the context fills within 4 turns
     config = _write_config(
         tmp_path / "run.toml",
         vllm.url,
@@ -480,7 +481,8 @@ def test_context_limit(vllm: VLLMServer, served: Served, tmp_path: Path) -> None
     )
     assert res.returncode == 0, res.stderr[-3000:]
     trajs = read_store(out)
-    assert [t.finish_reason for t in trajs] == [FinishReason.CONTEXT_LIMIT] * 4
+    reasons = [t.finish_reason for t in trajs]
+    assert reasons == [FinishReason.CONTEXT_LIMIT] * 4, [t.error for t in trajs]
     for t in trajs:
         assert len(_unpack(t)[0]) + turn_tokens > MAX_MODEL_LEN
 
@@ -504,7 +506,7 @@ def test_context_limit(vllm: VLLMServer, served: Served, tmp_path: Path) -> None
 @pytest.mark.timeout(1200)
 def test_cancelled_turns_are_aborted_by_the_server(vllm: VLLMServer, served: Served) -> None:
     """Cancelling episodes mid-generation closes their connections and vLLM aborts those
-    requests: they leave its running set without completing (3,500 tokens, EOS ignored), and
+    requests: they leave its running set without completing (15,000 tokens, EOS ignored), and
     the server stays healthy."""
     n = 4
 

@@ -22,14 +22,19 @@ __all__ = [
 ]
 
 #: AgentGym's 40 BabyAI levels, in AgentGym's order (its level numbers 1..40 are the
-#: positions here plus one). AgentGym names ``BabyAI-GoToObjS6-v0``; minigrid 3.2.0
-#: registers that level only as ``BabyAI-GoToObjS6-v1`` (same level, re-versioned), so
-#: the v1 id stands in for it.
+#: positions here plus one), as minigrid 3.2.0 ids. AgentGym names ``BabyAI-GoToObjS6-v0``
+#: under its pin ``minigrid<2.5.0``, where that id is ``GoToObj(room_size=4)`` (a known
+#: minigrid bug); minigrid 3.x fixed it as ``BabyAI-GoToObjS6-v1`` (room size 6, a
+#: different level) and registers the room-size-4 level as ``BabyAI-GoToObjS4-v0``, which
+#: therefore stands in for AgentGym's level 4. Checked against AgentGym's list under
+#: minigrid 2.3.1: every test id (0..89) gets the same mission, agent pose and grid
+#: (``tests/env_plugins/builtin/test_agentgym_ids.py``); of all ids 0..3999 only train ids
+#: 155, 156 and 2994 differ (same grid, another mission: minigrid 3 samples it otherwise).
 AGENTGYM_LEVELS: tuple[str, ...] = (
     "BabyAI-GoToRedBallGrey-v0",
     "BabyAI-GoToRedBall-v0",
     "BabyAI-GoToRedBallNoDists-v0",
-    "BabyAI-GoToObjS6-v1",
+    "BabyAI-GoToObjS4-v0",
     "BabyAI-GoToLocalS8N7-v0",
     "BabyAI-GoToObjMazeS7-v0",
     "BabyAI-GoToImpUnlock-v0",

@@ -7,21 +7,25 @@ walk to the goal with ``move up`` / ``move down`` / ``move left`` / ``move right
 observation states the goal's position, the agent's position and the walls next to the
 agent, in AgentGym's wording::
 
-    The goal is at position (7, 5). Your current position is at position (1, 1).
-    There are walls above you and to your left.
+    The goal is at position (8, 6). Your current position is at position (1, 1).
+    There are walls above you, to your left and below you.
 
 Coordinates are ``(row, col)``, 0-indexed from the top-left corner: ``move down`` adds 1 to
 the row, ``move right`` adds 1 to the column. Walking into a wall is not fatal: the agent
 stays put, is told so, and the episode goes on. Reaching the goal gives reward ``1.0`` and
-ends the episode; every other step gives ``0.0``.
+ends the episode; every other step gives ``0.0``. As in AgentGym (LMRL-Gym's maze), a move
+that leaves the agent on the goal wins, which matters for the one task that starts there.
 
 Tasks and splits
 ----------------
-A task is a (layout, start cell) pair. The tasks are every open non-goal cell of every
-layout in :data:`LAYOUTS`, enumerated in layout order and then row-major; the task id is the
-index in that list (:data:`TASKS`). The ``test`` split is every start cell of the first
-layout, the "double-T" maze: ids ``0 .. 25`` (26 tasks). The ``train`` split is every other
-id (``26 .. 89``: the ``rooms``, ``snake``, ``field`` and ``hook`` layouts, 64 tasks). Nothing
+A task is a (layout, start cell) pair. The tasks are the start cells of every layout in
+:data:`LAYOUTS`, enumerated in layout order; the task id is the index in that list
+(:data:`TASKS`). The first layout is AgentGym's maze (LMRL-Gym's ``double_t_maze``, goal at
+(8, 6)) and its 26 start cells are AgentGym's list in AgentGym's order, so task id ``i`` in
+``0 .. 25`` is AgentGym's maze game ``i`` (its ``reset`` body ``{"game": i}``, AgentEval's
+``maze_i``). The ``test`` split is those 26 ids. The ``train`` split is every other id
+(``26 .. 89``: the ``rooms``, ``snake``, ``field`` and ``hook`` layouts, row-major open
+non-goal cells, 64 tasks; AgentGym has no maze games past 25). Nothing
 here is random, so ids are stable across runs and machines; changing a layout or the layout
 order changes the ids and must bump :data:`MAZE_SPEC`'s version.
 
@@ -180,21 +184,26 @@ class MazeEnv:
         dr, dc = DELTAS[direction]
         target = (self._position[0] + dr, self._position[1] + dc)
         hit_wall = not layout.is_open(target)
-        if hit_wall:
+        if not hit_wall:
+            self._position = target
+        # As upstream (LMRL-Gym's MazeEnv), the episode is won when a move leaves the agent
+        # on the goal; that includes bumping a wall while standing on it (AgentGym's game 25
+        # starts there).
+        self._done = self._position == layout.goal
+        if self._done:
+            what = (
+                f"tried to move {direction} but there is a wall there; you stayed on the goal"
+                if hit_wall
+                else f"moved {direction} and reached the goal"
+            )
+            text = f"You {what} at position {format_position(layout.goal)}. You solved the maze!"
+        elif hit_wall:
             text = (
                 f"You tried to move {direction} but there is a wall there; "
                 f"your position is unchanged. {observation_text(layout, self._position)}"
             )
         else:
-            self._position = target
-            if target == layout.goal:
-                self._done = True
-                text = (
-                    f"You moved {direction} and reached the goal at position "
-                    f"{format_position(layout.goal)}. You solved the maze!"
-                )
-            else:
-                text = f"You moved {direction}. {observation_text(layout, target)}"
+            text = f"You moved {direction}. {observation_text(layout, target)}"
         return StepResult(
             observation=Observation(text=text, admissible_actions=list(ACTIONS)),
             reward=1.0 if self._done else 0.0,

@@ -51,7 +51,14 @@ class MazeOracle:
                 f"of layout {layout.name!r}"
             )
         if distance == 0:
-            raise PolicyError(f"maze oracle: already at the goal {_fmt(layout.goal)}")
+            # Standing on the goal (a task may start there): a move that keeps the agent on
+            # it wins, as in AgentGym; with no wall to bump, step off and come back.
+            walls = layout.walls_around(position)
+            direction = walls[0] if walls else _ORACLE_ORDER[0]
+            thought = f"I am on the goal at {_fmt(position)}. Moving {direction} " + (
+                "into the wall keeps me on it." if walls else "and back ends the game."
+            )
+            return format_react(thought, f"move {direction}")
         for direction in _ORACLE_ORDER:
             dr, dc = DELTAS[direction]
             nxt = (position[0] + dr, position[1] + dc)

@@ -36,7 +36,7 @@ strictly."""
 
 MAZE_SPEC = EnvSpec(
     id="maze",
-    version="1",
+    version="2",
     instruction=_INSTRUCTION,
     action_format="Thought:\n<reasoning>\n\nAction:\nmove <up|down|left|right>",
     splits=splits_from({"test": list(TEST_IDS), "train": list(TRAIN_IDS)}),
@@ -44,6 +44,8 @@ MAZE_SPEC = EnvSpec(
     reward_range=(0.0, 1.0),
     success=SuccessRule(threshold=1.0),
     example_actions=list(ACTIONS),
+    # ids 0..25 are AgentGym's maze games 0..25; 26.. are gymux's own (AgentGym has none).
+    agentgym_ids="same",
     description="Walk through a small text grid maze to the goal cell.",
 )
 

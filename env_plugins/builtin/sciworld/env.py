@@ -13,18 +13,21 @@ Tasks and ids
 -------------
 ScienceWorld has 30 task types, each with a fixed number of *variations* (objects,
 substances, rooms) split by upstream into contiguous train / dev / test ranges
-(:data:`TASK_TYPES` pins the counts of 1.2.3). Task ids enumerate every (task type,
-variation) pair: task types sorted by name, then variations in order::
-
-    id = sum(n_variations of the task types sorting before `name`) + variation
-
-so ids ``0 .. 7206`` cover all 7207 pairs (:func:`task_of` / :func:`task_id_of` map both
-ways). The ids depend only on scienceworld 1.2.3's task list and variation counts.
-
-Like AgentGym, the splits leave out the seven long-horizon task types AgentGym excludes
+(:data:`TASK_TYPES` pins the counts of 1.2.3). Task ids are AgentGym's: its sciworld server
+enumerates ``ScienceWorldEnv.tasks`` in ScienceWorld's order (task ids ``1-1`` boil, ``1-2``
+melt, ... ``8-2``), skips the seven long-horizon types it excludes
 (:data:`AGENTGYM_EXCLUDED`: ``grow-plant``, ``grow-fruit``, the three ``inclined-plane-*``
-and the two ``mendelian-genetics-*`` types); their ids stay valid for explicit use. Over the
-other 23 task types:
+and the two ``mendelian-genetics-*`` types) and lists every variation of each type::
+
+    id = sum(n_variations of the types before `name` in that order) + variation
+
+so task id ``n`` in ``0 .. 4638`` is AgentGym's ``data_idx`` ``n`` (AgentEval's
+``sciworld_n``). The excluded types follow, in the same order, as ids ``4639 .. 7206``
+(gymux's own; :data:`ID_ORDER`, :func:`task_of` / :func:`task_id_of` map both ways). The
+ids depend only on ScienceWorld's task list and variation counts, which are the same in
+scienceworld 1.1.3 and 1.2.3.
+
+The splits leave out the excluded types, like AgentGym; over the other 23 task types:
 
 * ``test`` -- the first :data:`TEST_VARIATIONS_PER_TYPE` (10) upstream *test* variations of
   each type (fewer where a type has fewer): 201 tasks, close to AgentGym's ~200-item test set.
@@ -119,7 +122,9 @@ from gymux.env_plugins.builtin.sciworld.oracle import (
 from gymux.env_plugins.builtin.sciworld.simulator import Simulator, scienceworld_module
 from gymux.env_plugins.builtin.sciworld.tasks import (
     AGENTGYM_EXCLUDED,
+    AGENTGYM_ITEMS,
     GOLD_FILE,
+    ID_ORDER,
     MAX_ACTION_CHARS,
     SCIENCEWORLD_VERSION,
     SIMPLIFICATIONS,
@@ -139,7 +144,9 @@ from gymux.errors import ActionParseError, EnvError, TransientEnvError
 
 __all__ = [
     "AGENTGYM_EXCLUDED",
+    "AGENTGYM_ITEMS",
     "GOLD_FILE",
+    "ID_ORDER",
     "MAX_ACTION_CHARS",
     "SCIENCEWORLD_VERSION",
     "SIMPLIFICATIONS",

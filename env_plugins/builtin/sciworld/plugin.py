@@ -32,7 +32,7 @@ _INSTRUCTION = (
 
 SCIWORLD_SPEC = EnvSpec(
     id="sciworld",
-    version="1",
+    version="2",
     instruction=_INSTRUCTION,
     action_format="Action: <one ScienceWorld action, e.g. open door to kitchen>",
     splits=splits_from({"test": split_ids("test"), "train": split_ids("train")}),
@@ -40,6 +40,8 @@ SCIWORLD_SPEC = EnvSpec(
     reward_range=(0.0, 100.0),
     success=SuccessRule(threshold=100.0),
     example_actions=["look around", "inventory", "task", "wait1"],
+    # ids 0..4638 are AgentGym's data_idx 0..4638; 4639.. (the excluded types) are gymux's.
+    agentgym_ids="same",
     description=(
         "ScienceWorld (scienceworld 1.2.3): elementary science experiments in a text "
         "simulator; reward = task score 0..100, success = 100."

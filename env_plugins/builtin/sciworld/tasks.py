@@ -14,9 +14,12 @@ from gymux.env_plugins.protocol import EnvError
 
 __all__ = [
     "AGENTGYM_EXCLUDED",
+    "AGENTGYM_ITEMS",
     "GOLD_FILE",
+    "ID_ORDER",
     "INSTALL_HINT",
     "MAX_ACTION_CHARS",
+    "SCIENCEWORLD_ORDER",
     "SCIENCEWORLD_VERSION",
     "SIMPLIFICATIONS",
     "TASK_TYPES",
@@ -110,22 +113,69 @@ AGENTGYM_EXCLUDED = frozenset(
     }
 )
 
+#: The 30 task types in ScienceWorld's own order: its task ids ``1-1`` .. ``10-2``, the order
+#: of ``ScienceWorldEnv.tasks`` (``tasks.json``; the same in scienceworld 1.1.3 and 1.2.3).
+SCIENCEWORLD_ORDER: tuple[str, ...] = (
+    "boil",  # 1-1
+    "melt",
+    "freeze",
+    "change-the-state-of-matter-of",
+    "use-thermometer",  # 2-1
+    "measure-melting-point-known-substance",
+    "measure-melting-point-unknown-substance",
+    "power-component",  # 3-1
+    "power-component-renewable-vs-nonrenewable-energy",
+    "test-conductivity",
+    "test-conductivity-of-unknown-substances",
+    "find-living-thing",  # 4-1
+    "find-non-living-thing",
+    "find-plant",
+    "find-animal",
+    "grow-plant",  # 5-1
+    "grow-fruit",
+    "chemistry-mix",  # 6-1
+    "chemistry-mix-paint-secondary-color",
+    "chemistry-mix-paint-tertiary-color",
+    "lifespan-longest-lived",  # 7-1
+    "lifespan-shortest-lived",
+    "lifespan-longest-lived-then-shortest-lived",
+    "identify-life-stages-1",  # 8-1
+    "identify-life-stages-2",
+    "inclined-plane-determine-angle",  # 9-1
+    "inclined-plane-friction-named-surfaces",
+    "inclined-plane-friction-unnamed-surfaces",
+    "mendelian-genetics-known-plant",  # 10-1
+    "mendelian-genetics-unknown-plant",
+)
+
+#: Task types in task-id order: AgentGym's enumeration first (ScienceWorld's order without
+#: the excluded types: ``agentenv_sciworld/environment.py`` builds its ``games`` list from
+#: ``ScienceWorldEnv.tasks`` that way, every variation of each), then the excluded types in
+#: the same order, whose ids AgentGym does not have.
+ID_ORDER: tuple[str, ...] = tuple(
+    n for n in SCIENCEWORLD_ORDER if n not in AGENTGYM_EXCLUDED
+) + tuple(n for n in SCIENCEWORLD_ORDER if n in AGENTGYM_EXCLUDED)
+
 
 # --------------------------------------------------------------------------- task ids
+
+
+_TYPES_BY_NAME = {t.name: t for t in TASK_TYPES}
+_TYPES_IN_ID_ORDER = tuple(_TYPES_BY_NAME[name] for name in ID_ORDER)
+_TASK_COUNT = sum(t.variations for t in TASK_TYPES)
+#: How many ids AgentGym's sciworld server has (``data_idx`` 0 .. AGENTGYM_ITEMS - 1):
+#: gymux task id ``n`` below this is AgentGym's item ``n``.
+AGENTGYM_ITEMS = sum(t.variations for t in TASK_TYPES if t.name not in AGENTGYM_EXCLUDED)
 
 
 @functools.cache
 def _offsets() -> dict[str, int]:
     offsets: dict[str, int] = {}
     total = 0
-    for task_type in TASK_TYPES:
+    for task_type in _TYPES_IN_ID_ORDER:
         offsets[task_type.name] = total
         total += task_type.variations
     return offsets
-
-
-_TYPES_BY_NAME = {t.name: t for t in TASK_TYPES}
-_TASK_COUNT = sum(t.variations for t in TASK_TYPES)
 
 
 def task_id_of(name: str, variation: int) -> int:
@@ -142,7 +192,7 @@ def task_of(task_id: int) -> tuple[str, int]:
     """``(task type name, variation)`` of a task id; :class:`EnvError` if out of range."""
     if not 0 <= task_id < _TASK_COUNT:
         raise EnvError(f"unknown sciworld task id {task_id}: valid ids are 0..{_TASK_COUNT - 1}")
-    for task_type in TASK_TYPES:
+    for task_type in _TYPES_IN_ID_ORDER:
         offset = _offsets()[task_type.name]
         if task_id < offset + task_type.variations:
             return task_type.name, task_id - offset
@@ -152,7 +202,7 @@ def task_of(task_id: int) -> tuple[str, int]:
 def split_ids(which: str) -> list[int]:
     """The ids of split ``which`` (``"test"`` or ``"train"``), in id order."""
     ids: list[int] = []
-    for task_type in TASK_TYPES:
+    for task_type in _TYPES_IN_ID_ORDER:
         if task_type.name in AGENTGYM_EXCLUDED:
             continue
         if which == "test":

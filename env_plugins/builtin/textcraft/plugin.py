@@ -51,6 +51,12 @@ TEXTCRAFT_SPEC = EnvSpec(
     reward_range=(0.0, 1.0),
     success=SuccessRule(threshold=1.0),
     example_actions=["inventory", "get 1 oak logs", "craft 4 oak planks using 1 oak logs"],
+    agentgym_ids=(
+        "no: AgentGym's goal for an id follows the os.listdir order of its recipe files, "
+        "which differs between filesystems (all of ids 0-99 change between name order and "
+        "ext4 hash order), and its recipe lists follow Python set order (PYTHONHASHSEED); "
+        "gymux orders the same 544 goals by depth and sha256"
+    ),
     description=(
         f"TextCraft (ADaPT/AgentGym): craft one of {len(goal_order())} Minecraft items "
         "(crafting-tree depth 1-4) from the given recipes; reward 1.0 for crafting it."

@@ -55,6 +55,8 @@ pytestmark = pytest.mark.anyio
 STEP_CAP = {"sciworld": 3, "textworld": 4, "babyai": 12}
 #: Envs whose oracle is slow to start: a few example actions instead.
 NO_ORACLE = {"sciworld"}
+#: Envs whose AgentGym family serves upstream's game rather than the env's own.
+UPSTREAM_GAME = {"wordle"}
 
 
 @asynccontextmanager
@@ -100,7 +102,10 @@ async def test_builtin_env_through_the_bridge(env_id: str) -> None:
         )
     except EnvError as exc:
         pytest.skip(f"{env_id} cannot start here: {exc}")
-    server = EnvServer(plugin, max_instances=4, call_timeout_s=60)
+    # gymux's wordle family plays AgentGym's game (a secret per seed, issue 12 item 3), not
+    # the direct env's: wordle is compared in the gymux dialect.
+    dialect = DIALECTS["gymux"] if env_id in UPSTREAM_GAME else None
+    server = EnvServer(plugin, max_instances=4, call_timeout_s=60, dialect=dialect)
     d = server.dialect
     try:
         async with serving(server.app()) as url:
@@ -123,16 +128,22 @@ async def _compare_episode(
     with anyio.fail_after(90):
         got = await env.reset(task)
         want = await direct.reset(task)
-        assert got.text == want.text
+        # In an AgentGym family gymux's server speaks upstream's text (wordle's "b y g g b",
+        # babyai's action line: issue 12 item 3), so only the gymux dialect is compared
+        # word for word; every family is compared on rewards and ends.
+        same_text = env.dialect.name == "gymux"
+        if same_text:
+            assert got.text == want.text
         if env.dialect.actions_key:
-            assert got.admissible_actions == want.admissible_actions
+            assert (got.admissible_actions or None) == (want.admissible_actions or None)
         use_oracle = plugin.oracle is not None and spec.id not in NO_ORACLE
         actions = [*(want.admissible_actions or []), *spec.example_actions] or ["look"]
         texts = [f"Thought:\nTry.\n\nAction:\n{a}" for a in actions[:2]]
         messages = [
             Message(role="user", content=spec.instruction),
             Message(role="assistant", content="OK"),
-            Message(role="user", content=got.text),
+            # The oracle reads gymux's own text (the direct env's): upstream's may differ.
+            Message(role="user", content=want.text),
         ]
         cap = min(STEP_CAP.get(spec.id, spec.max_turns), spec.max_turns)
         reward, done = 0.0, False
@@ -147,7 +158,7 @@ async def _compare_episode(
                         task_id=task.id,
                         turn=turn,
                         messages=list(messages),
-                        admissible_actions=got.admissible_actions,
+                        admissible_actions=want.admissible_actions,
                     )
                     text = (await oracle.act(request)).text
                 elif turn < len(texts):
@@ -158,14 +169,15 @@ async def _compare_episode(
                 # The client extracts what AgentGym's client for the family would send.
                 result = await env.step(bridged.parse_action(text))
                 expected = await direct.step(plugin.parse_action(text))
-                assert result.observation.text == expected.observation.text, f"turn {turn}"
+                if same_text:
+                    assert result.observation.text == expected.observation.text, f"turn {turn}"
                 assert result.reward == pytest.approx(expected.reward)
                 assert result.done == expected.done
                 reward, done = result.reward, result.done
                 if done:
                     break
-                got = result.observation
-                messages.append(Message(role="user", content=got.text))
+                want = expected.observation
+                messages.append(Message(role="user", content=want.text))
         finally:
             if oracle_cm is not None:
                 await oracle_cm.__aexit__(None, None, None)
@@ -411,6 +423,8 @@ async def test_env_idx_bare_ids_and_pair_replies(fake: tuple[Fake, str]) -> None
     srv, url = fake
     srv.routes[("POST", "/create")] = lambda b: 3
     srv.routes[("POST", "/reset")] = lambda b: [f"question {b['item_id']}", None]
+    # SqlGymEnv.observation: the question; the client checks it after each step.
+    srv.routes[("GET", "/observation")] = lambda q: "question 5"
     srv.routes[("POST", "/step")] = lambda b: {
         "state": f"ran {b['action']}",
         "reward": 1,
@@ -427,6 +441,7 @@ async def test_env_idx_bare_ids_and_pair_replies(fake: tuple[Fake, str]) -> None
     assert result.info == {"x": 1}
     bodies = [b for _, p, b in srv.calls if p in ("/reset", "/step")]
     assert bodies == [{"env_idx": 3, "item_id": 5}, {"env_idx": 3, "action": "SELECT 1;"}]
+    assert [b for _, p, b in srv.calls if p == "/observation"] == [{"env_idx": "3"}] * 2
     await env.close()
     assert srv.paths()[-1] == "/close"  # tried; SQLGym's server has none (404 tolerated)
 

@@ -133,7 +133,10 @@ async def test_status_codes_and_error_bodies() -> None:
         assert status == 200
         assert body["observation"] == "task 2" and body["available_actions"] == ["wait", "win"]
         assert (await call(s, url, "/step", {"id": 0}))[0] == 400
-        assert (await call(s, url, "/step", {"id": 0, "action": "  "}))[0] == 422
+        # An empty action is a step like any other (AgentGym's clients send "" when the
+        # output has no Action:): the env judges it. A non-string is a bad value.
+        status, body = await call(s, url, "/step", {"id": 0, "action": "  "})
+        assert (status, body["observation"], body["done"]) == (200, "did ", False)
         assert (await call(s, url, "/step", {"id": 0, "action": 5}))[0] == 422
 
         # An unparseable action with an Action: marker is a corrective observation.
@@ -166,15 +169,66 @@ async def test_status_codes_and_error_bodies() -> None:
     assert stats.closed == 1
 
 
-async def test_capacity_gives_503_until_an_instance_closes() -> None:
+async def test_at_capacity_the_least_recently_used_idle_instance_makes_room() -> None:
     stats = Stats()
     async with served(EnvServer(probe_plugin(stats), max_instances=2)) as (s, url):
-        assert (await call(s, url, "/create"))[0] == 200
-        assert (await call(s, url, "/create"))[0] == 200
-        status, body = await call(s, url, "/create")
-        assert status == 503 and "capacity" in body["error"]
-        await call(s, url, "/close", {"id": 0})
-        assert await call(s, url, "/create") == (200, {"id": 2})
+        assert await call(s, url, "/create") == (200, {"id": 0})
+        assert await call(s, url, "/create") == (200, {"id": 1})
+        await call(s, url, "/reset", {"id": 0, "data_idx": 0})  # 0 is now the more recent
+        assert await call(s, url, "/create") == (200, {"id": 2})  # 1 (least recent) goes
+        assert stats.closed == 1
+        status, body = await call(s, url, "/reset", {"id": 1, "data_idx": 0})
+        assert status == 404 and "to make room" in body["error"]
+        assert (await call(s, url, "/step", {"id": 0, "action": "wait"}))[0] == 200
+        assert (await call(s, url, "GET /health"))[1]["instances"] == 2
+
+
+async def test_at_capacity_with_every_instance_busy_create_waits_then_503() -> None:
+    stats = Stats()
+    server = EnvServer(probe_plugin(stats), max_instances=1, create_wait_s=60)
+    async with served(server) as (s, url):
+        await call(s, url, "/create")
+        await call(s, url, "/reset", {"id": 0, "data_idx": 0})
+        got: dict[str, Any] = {}
+
+        async def slow_step() -> None:
+            got["step"] = await call(s, url, "/step", {"id": 0, "action": "sleep 0.5"})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow_step)
+            with anyio.fail_after(10):
+                while stats.active == 0:  # the step is running: the only slot is busy
+                    await anyio.sleep(0.01)
+            got["create"] = await call(s, url, "/create")  # waits for the step, then evicts
+        assert got["step"][0] == 200  # the running call was not cut short
+        assert got["create"] == (200, {"id": 1}) and stats.closed == 1
+
+    server = EnvServer(probe_plugin(stats), max_instances=1, create_wait_s=0.2)
+    async with served(server) as (s, url):
+        await call(s, url, "/create")
+        await call(s, url, "/reset", {"id": 0, "data_idx": 0})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow_step_of, s, url, 2.0, got)
+            with anyio.fail_after(10):
+                while stats.active == 0:
+                    await anyio.sleep(0.01)
+            status, body = await call(s, url, "/create")  # the step outlasts the wait
+            assert status == 503 and "all in a call" in body["error"]
+        assert got["slow"][0] == 200 and server.instances == 1
+
+
+async def slow_step_of(
+    s: aiohttp.ClientSession, url: str, seconds: float, got: dict[str, Any]
+) -> None:
+    got["slow"] = await call(s, url, "/step", {"id": 0, "action": f"sleep {seconds}"})
+
+
+def test_default_cap_holds_agentgym_default_evaluator() -> None:
+    """``openai_eval_multiprocessing.py`` runs 20 processes with one never-closed client
+    each: every built-in env's default cap holds them."""
+    registry = default_registry()
+    for env_id in ("maze", "wordle", "textcraft", "babyai", "sciworld", "sqlgym"):
+        assert EnvServer(registry.get(env_id)).max_instances >= 20, env_id
 
 
 async def test_one_call_at_a_time_per_instance() -> None:

@@ -57,7 +57,8 @@ def test_registered_levels_are_pinned() -> None:
     # AgentGym's 40 levels, all registered, no repeats.
     assert len(AGENTGYM_LEVELS) == 40 == len(set(AGENTGYM_LEVELS))
     assert set(AGENTGYM_LEVELS) <= set(ids)
-    assert "BabyAI-GoToObjS6-v0" not in ids and "BabyAI-GoToObjS6-v1" in AGENTGYM_LEVELS
+    # AgentGym's GoToObjS6-v0 (room size 4 under its minigrid<2.5) is 3.2.0's GoToObjS4-v0.
+    assert "BabyAI-GoToObjS6-v0" not in ids and "BabyAI-GoToObjS4-v0" in AGENTGYM_LEVELS
 
 
 def test_task_formula_and_splits() -> None:
@@ -96,7 +97,7 @@ def test_missions_are_pinned(task_id: int, mission: str) -> None:
 
 def test_spec_and_plugin() -> None:
     spec = BABYAI_SPEC
-    assert (spec.id, spec.version, spec.max_turns) == ("babyai", "1", MAX_TURNS)
+    assert (spec.id, spec.version, spec.max_turns) == ("babyai", "2", MAX_TURNS)
     assert MAX_TURNS == 40 and AGENTGYM_TURNS == 20
     from gymux.eval.suite import load_suite
 

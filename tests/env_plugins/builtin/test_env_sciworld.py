@@ -72,11 +72,15 @@ def env() -> Iterator[SciWorldEnv]:
 def test_task_id_enumeration() -> None:
     names = [t.name for t in TASK_TYPES]
     assert names == sorted(names) and len(names) == 30
+    # AgentGym's order (ScienceWorld's task ids 1-1 .. 8-2, all variations), then the
+    # seven types AgentGym excludes (test_agentgym_ids.py checks every AgentGym item)
     assert task_of(0) == ("boil", 0)
     assert task_of(29) == ("boil", 29)
-    assert task_of(30) == ("change-the-state-of-matter-of", 0)
-    assert task_of(7206) == ("use-thermometer", 539)
-    assert task_of(7207 - 540) == ("use-thermometer", 0)
+    assert task_of(30) == ("melt", 0)
+    assert task_of(120) == ("use-thermometer", 0)
+    assert task_of(4638) == ("identify-life-stages-2", 9)
+    assert task_of(4639) == ("grow-plant", 0)
+    assert task_of(7206) == ("mendelian-genetics-unknown-plant", 479)
     for task_id in range(0, 7207, 7):
         assert task_id_of(*task_of(task_id)) == task_id
     for bad in (-1, 7207):

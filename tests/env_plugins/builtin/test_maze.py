@@ -25,6 +25,7 @@ from gymux.env_plugins.builtin.maze.env import (
     observation_text,
     parse_maze_action,
 )
+from gymux.env_plugins.builtin.maze.layouts import AGENTGYM_STARTS
 from gymux.env_plugins.builtin.maze.plugin import MAZE_SPEC, plugin
 from gymux.policies import Message, PolicyError, PolicyRequest
 from gymux.policies.oracle import OraclePolicy
@@ -67,9 +68,10 @@ def test_layouts_and_task_enumeration() -> None:
     assert len(LAYOUTS) >= 4
     assert LAYOUTS[0].name == "double_t"
     assert len(LAYOUTS[0].starts) == 26
-    expected = [
+    # AgentGym's maze comes first, with AgentGym's start list; the others start row-major.
+    expected = [("double_t", start) for start in AGENTGYM_STARTS] + [
         (layout.name, (r, c))
-        for layout in LAYOUTS
+        for layout in LAYOUTS[1:]
         for r, row in enumerate(layout.rows)
         for c, ch in enumerate(row)
         if ch == "."
@@ -78,10 +80,11 @@ def test_layouts_and_task_enumeration() -> None:
     assert [t.id for t in TASKS] == list(range(len(TASKS)))
     # pinned anchors: changing these changes published task ids
     assert (TASKS[0].layout.name, TASKS[0].start) == ("double_t", (1, 1))
-    assert (TASKS[25].layout.name, TASKS[25].start) == ("double_t", (7, 9))
+    assert (TASKS[24].layout.name, TASKS[24].start) == ("double_t", (2, 9))
+    assert (TASKS[25].layout.name, TASKS[25].start) == ("double_t", (8, 6))  # on the goal
     assert (TASKS[26].layout.name, TASKS[26].start) == ("rooms", (1, 1))
     assert len(TASKS) == 90
-    assert LAYOUTS[0].goal == (7, 5)
+    assert LAYOUTS[0].goal == (8, 6)
 
 
 _FINGERPRINT_CODE = """
@@ -92,7 +95,7 @@ print(hashlib.sha256(text.encode()).hexdigest())
 """
 #: sha256 of the published (id, layout, start) table; a change here renumbers tasks and
 #: must come with a MAZE_SPEC version bump.
-_TASKS_SHA256 = "4bb4b39f2bb0c87bdc02b6971b437b10e626517c4b44fdd95b294eec14c35fea"
+_TASKS_SHA256 = "ce843605bfb56163e64940d4dca3f61f6927bf4cd1986b6451daf5411f95ada4"
 
 
 def test_task_ids_are_deterministic() -> None:
@@ -128,7 +131,8 @@ def test_splits() -> None:
 def test_every_task_solvable_within_budget() -> None:
     for t in TASKS:
         assert t.shortest_path == bfs_length(t.layout.rows, t.start)
-        assert 1 <= t.shortest_path <= MAZE_SPEC.max_turns
+        # only AgentGym's game 25 starts on the goal
+        assert (1 if t.id != 25 else 0) <= t.shortest_path <= MAZE_SPEC.max_turns
 
 
 def test_layout_validation() -> None:
@@ -140,11 +144,17 @@ def test_layout_validation() -> None:
         MazeLayout.parse("cut", "#####\n#G#.#\n#####")
     with pytest.raises(ValueError, match="rectangular"):
         MazeLayout.parse("ragged", "####\n#G.#\n###")
+    # explicit start cells: open cells (the goal allowed), no repeats
+    small = MazeLayout.parse("s", "#####\n#G..#\n#####", starts=((1, 3), (1, 1)))
+    assert small.starts == ((1, 3), (1, 1))
+    for bad in (((0, 0),), ((1, 2), (1, 2))):
+        with pytest.raises(ValueError, match="start cells"):
+            MazeLayout.parse("s", "#####\n#G..#\n#####", starts=bad)
 
 
 def test_spec_and_plugin() -> None:
     assert MAZE_SPEC.id == "maze"
-    assert MAZE_SPEC.version == "1"
+    assert MAZE_SPEC.version == "2"
     assert MAZE_SPEC.max_turns == 15
     assert MAZE_SPEC.reward_range == (0.0, 1.0)
     assert MAZE_SPEC.success.threshold == 1.0
@@ -177,16 +187,17 @@ def test_entry_point_resolves_to_plugin() -> None:
 def test_observation_text_walls() -> None:
     dt = LAYOUTS[0]
     assert observation_text(dt, (1, 1)) == (
-        "The goal is at position (7, 5). Your current position is at position (1, 1). "
-        "There are walls above you and to your left."
+        "The goal is at position (8, 6). Your current position is at position (1, 1). "
+        "There are walls above you, to your left and below you."
     )
-    assert observation_text(dt, (2, 1)).endswith(
-        "There are walls to your left, below you and to your right."
+    assert observation_text(dt, (1, 5)).endswith(
+        "There are walls above you, below you and to your right."
     )
-    assert observation_text(dt, (1, 5)).endswith("There is a wall above you.")
-    assert observation_text(dt, (6, 5)).endswith("There are no walls around you.")
-    assert observation_text(dt, (3, 5)).endswith("There are walls to your left and to your right.")
-    assert dt.walls_around((7, 1)) == ["left", "down", "right"]
+    assert observation_text(dt, (1, 3)).endswith("There is a wall above you.")
+    assert observation_text(dt, (3, 3)).endswith("There are walls to your left and to your right.")
+    assert dt.walls_around((8, 6)) == ["left", "down", "right"]
+    open_field = MazeLayout.parse("open", "#####\n#...#\n#.G.#\n#...#\n#####")
+    assert observation_text(open_field, (2, 2)).endswith("There are no walls around you.")
 
 
 # ---------------------------------------------------------------------------- env
@@ -197,8 +208,8 @@ async def test_reset_observation() -> None:
     env = MazeEnv()
     obs = await env.reset(Task(id=0, split="test"))
     assert obs.text == (
-        "The goal is at position (7, 5). Your current position is at position (1, 1). "
-        "There are walls above you and to your left."
+        "The goal is at position (8, 6). Your current position is at position (1, 1). "
+        "There are walls above you, to your left and below you."
     )
     assert obs.admissible_actions == ["move up", "move down", "move left", "move right"]
 
@@ -212,8 +223,8 @@ async def test_legal_and_illegal_moves() -> None:
     assert res.info == {"position": [1, 1], "hit_wall": True}
     assert res.observation.text == (
         "You tried to move up but there is a wall there; your position is unchanged. "
-        "The goal is at position (7, 5). Your current position is at position (1, 1). "
-        "There are walls above you and to your left."
+        "The goal is at position (8, 6). Your current position is at position (1, 1). "
+        "There are walls above you, to your left and below you."
     )
     res = await env.step("move left")
     assert res.info == {"position": [1, 1], "hit_wall": True}
@@ -223,7 +234,7 @@ async def test_legal_and_illegal_moves() -> None:
     assert res.info == {"position": [1, 2], "hit_wall": False}
     assert res.reward == 0.0 and not res.done
     assert res.observation.text == (
-        "You moved right. The goal is at position (7, 5). "
+        "You moved right. The goal is at position (8, 6). "
         "Your current position is at position (1, 2). There are walls above you and below you."
     )
     assert res.observation.admissible_actions == list(ACTIONS)
@@ -232,9 +243,9 @@ async def test_legal_and_illegal_moves() -> None:
     res = await env.step("LEFT")
     assert res.info == {"position": [1, 1], "hit_wall": False}
     res = await env.step("Move Down")
-    assert res.info == {"position": [2, 1], "hit_wall": False}
-    res = await env.step("down")
-    assert res.info == {"position": [2, 1], "hit_wall": True}
+    assert res.info == {"position": [1, 1], "hit_wall": True}
+    res = await env.step("right")
+    assert res.info == {"position": [1, 2], "hit_wall": False}
     with pytest.raises(ActionParseError, match="move up"):
         await env.step("jump")
 
@@ -242,12 +253,12 @@ async def test_legal_and_illegal_moves() -> None:
 @pytest.mark.anyio
 async def test_reaching_goal() -> None:
     env = MazeEnv()
-    tid = task_id_of("double_t", (6, 5))
+    tid = task_id_of("double_t", (7, 6))
     await env.reset(Task(id=tid))
     res = await env.step("move down")
     assert res.done is True
     assert res.reward == 1.0
-    assert res.info == {"position": [7, 5], "hit_wall": False}
+    assert res.info == {"position": [8, 6], "hit_wall": False}
     assert "reached the goal" in res.observation.text
     with pytest.raises(EnvError, match="ended"):
         await env.step("move up")
@@ -257,20 +268,20 @@ async def test_reaching_goal() -> None:
 async def test_long_walk_to_goal() -> None:
     env = MazeEnv()
     await env.reset(Task(id=task_id_of("double_t", (2, 9))))
-    moves = ["up"] + ["left"] * 4 + ["down"] * 6
+    moves = ["down"] * 3 + ["left"] * 3 + ["down"] * 3
     for i, move in enumerate(moves):
         res = await env.step(f"move {move}")
         assert res.info["hit_wall"] is False
         last = i == len(moves) - 1
         assert res.done is last
         assert res.reward == (1.0 if last else 0.0)
-    assert res.info["position"] == [7, 5]
+    assert res.info["position"] == [8, 6]
 
 
 @pytest.mark.anyio
 async def test_instance_reuse() -> None:
     env = MazeEnv()
-    await env.reset(Task(id=task_id_of("double_t", (6, 5))))
+    await env.reset(Task(id=task_id_of("double_t", (7, 6))))
     assert (await env.step("move down")).done
     obs = await env.reset(Task(id=0))
     assert "Your current position is at position (1, 1)." in obs.text
@@ -377,7 +388,8 @@ async def run_oracle_episode(oracle: OraclePolicy, task_id: int) -> tuple[int, f
         response = await oracle.act(request)
         action = parse_maze_action(response.text)
         result = await env.step(action)
-        assert result.info["hit_wall"] is False
+        # only on the goal itself (AgentGym's game 25) does the oracle bump a wall: that wins
+        assert result.info["hit_wall"] is (TASKS[task_id].shortest_path == 0)
         messages.append(Message(role="assistant", content=response.text, loss=True))
         messages.append(Message(role="user", content=result.observation.text))
         obs = result.observation
@@ -396,7 +408,7 @@ async def test_oracle_solves_every_task_optimally(split: str) -> None:
         steps, reward, done = await run_oracle_episode(oracle, task_id)
         task = TASKS[task_id]
         assert done and reward == 1.0, task_id
-        assert steps == bfs_length(task.layout.rows, task.start), task_id
+        assert steps == max(1, bfs_length(task.layout.rows, task.start)), task_id
         assert steps <= MAZE_SPEC.max_turns
 
 
@@ -414,7 +426,7 @@ async def test_oracle_concurrent_episodes_share_one_instance() -> None:
     assert len(results) == len(TASKS)
     for task_id, (steps, reward, done) in results.items():
         assert done and reward == 1.0
-        assert steps == TASKS[task_id].shortest_path
+        assert steps == max(1, TASKS[task_id].shortest_path)
 
 
 def _request(task_id: int, *contents: str) -> PolicyRequest:
@@ -431,15 +443,15 @@ def _request(task_id: int, *contents: str) -> PolicyRequest:
 async def test_oracle_reads_the_last_observation() -> None:
     oracle = OraclePolicy(MazeOracle())
     tid = task_id_of("double_t", (1, 1))
-    # stale earlier observation says (1, 1); the latest says (1, 5): must go down
+    # stale earlier observation says (1, 1); the latest says (1, 4): must go left
     response = await oracle.act(
         _request(
             tid,
             observation_text(LAYOUTS[0], (1, 1)),
-            observation_text(LAYOUTS[0], (1, 5)),
+            observation_text(LAYOUTS[0], (1, 4)),
         )
     )
-    assert parse_maze_action(response.text) == "move down"
+    assert parse_maze_action(response.text) == "move left"
     assert response.text.startswith("Thought:\n")
     response = await oracle.act(_request(tid, observation_text(LAYOUTS[0], (1, 1))))
     assert parse_maze_action(response.text) == "move right"
@@ -456,5 +468,6 @@ async def test_oracle_errors() -> None:
         await oracle.act(_request(999, observation_text(LAYOUTS[0], (1, 1))))
     with pytest.raises(PolicyError, match="not an open cell"):
         await oracle.act(_request(0, "Your current position is at position (0, 0)."))
-    with pytest.raises(PolicyError, match="goal"):
-        await oracle.act(_request(0, "Your current position is at position (7, 5)."))
+    # on the goal it bumps a wall (a win, as in AgentGym) rather than failing
+    response = await oracle.act(_request(0, "Your current position is at position (8, 6)."))
+    assert parse_maze_action(response.text) == "move left"

@@ -147,12 +147,15 @@ async def test_multi_turn_ledger_is_token_exact_with_sampling(tiny: Path, refere
     """Three turns, temperature 1: the record grows by the generated ids plus each new
     observation; its loss mask marks exactly the generated ids of every turn."""
     async with HFPolicy(tiny, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3) as policy:
+        engine = policy.engine
+        assert engine is not None
         messages = [Message(role="user", content="You are in a maze. Go.")]
         generated: list[list[int]] = []
         for turn in range(3):
             response = await policy.act(request("ep", turn, messages))
             assert response.finish_reason in ("stop", "length")
             assert response.completion_tokens == len(response.token_ids) >= 1
+            assert response.weight_version == "0"
             generated.append(response.token_ids)
             messages = [
                 *messages,
@@ -160,6 +163,11 @@ async def test_multi_turn_ledger_is_token_exact_with_sampling(tiny: Path, refere
                 Message(role="user", content=f"Observation {turn}: a wall."),
             ]
         tokens = policy.finish_episode("ep")
+        # Turns 1 and 2 prefilled only their new suffix on top of the episode's cache;
+        # finishing the episode dropped it.
+        assert (engine.kv.stats.hits, engine.kv.stats.misses) == (2, 1)
+        assert engine.kv.stats.reused_tokens > engine.kv.stats.prefilled_tokens
+        assert "ep" not in engine.kv and engine.kv.nbytes == 0
     assert tokens is not None
     assert check_token_exact(reference, tokens, greedy=False) == sum(map(len, generated))
     ids, _, mask = unpack(tokens)
@@ -233,26 +241,30 @@ async def test_cancelled_turn_is_dropped_from_its_running_batch(tiny: Path) -> N
         await wait_for(lambda: engine.cancelled_rows == 1)
         assert engine.tokens_generated < 3000
         # The policy carries on: the next turn runs in a batch of its own.
-        policy.options  # noqa: B018
         after = await policy.act(first("next", "hi"))
         assert after.token_ids
         assert engine.batch_sizes == [1, 1]
 
 
 async def test_cancelled_queued_turn_never_runs(tiny: Path) -> None:
-    async with HFPolicy(tiny, temperature=0.0, max_new_tokens=400) as policy:
+    """With the batch full (``max_batch=1``) a second turn waits in the engine's inbox;
+    cancelled there, it is never prefilled."""
+    async with HFPolicy(tiny, temperature=0.0, max_new_tokens=3000, max_batch=1) as policy:
         engine = policy.engine
         assert engine is not None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(policy.act, first("busy", "hello"))
-            await wait_for(lambda: engine.tokens_generated >= 1)  # the first batch runs
-            with anyio.CancelScope() as queued:
-                async with anyio.create_task_group() as inner:
-                    inner.start_soon(policy.act, first("dropped", "bye"))
-                    await wait_for(lambda: len(policy._queue) == 1)
-                    queued.cancel()
+        with anyio.CancelScope() as busy:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(policy.act, first("busy", "hello"))
+                await wait_for(lambda: engine.tokens_generated >= 1)  # "busy" decodes
+                with anyio.CancelScope() as queued:
+                    async with anyio.create_task_group() as inner:
+                        inner.start_soon(policy.act, first("dropped", "bye"))
+                        await wait_for(lambda: engine.queued() == 1)
+                        queued.cancel()
+                busy.cancel()
+        await wait_for(lambda: engine.cancelled_rows == 2 and engine.queued() == 0)
         assert engine.batch_sizes == [1]  # "dropped" was never prefilled
-        assert policy.finish_episode("dropped") is None
+        assert engine.active_rows == 0
 
 
 # -- options and bad input ----------------------------------------------------------------------
@@ -345,3 +357,16 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
 
 def test_repo_root_is_the_checkout() -> None:
     assert (REPO_ROOT / "policies" / "hf" / "policy.py").is_file()
+
+
+def test_kv_cache_budget_is_an_option(tmp_path) -> None:
+    """``kv_cache_mb`` (config files and make_policy reach it) sets the byte budget;
+    ``kv_cache_bytes=`` still overrides it."""
+    from gymux.policies.hf.policy import HFPolicy
+
+    from doubles.tiny_hf_model import make_tiny_hf_model
+
+    folder = make_tiny_hf_model(tmp_path / "m")
+    assert HFPolicy(folder).kv_cache_bytes == 2048 << 20
+    assert HFPolicy(folder, kv_cache_mb=0).kv_cache_bytes == 0
+    assert HFPolicy(folder, kv_cache_mb=3, kv_cache_bytes=5).kv_cache_bytes == 5

@@ -329,6 +329,71 @@ async def test_retracted_item_is_resent_alone(tok: ChatTokenizer, api: ModuleTyp
     assert d.contract_violations == []
 
 
+async def test_batch_retraction_resends_only_that_item(tok: ChatTokenizer, api: ModuleType) -> None:
+    """The ``batch`` strategy: one item retracted (abort, status 503) is resent alone; the
+    others are answered from the same request. (SGLang answers a NON-streamed batch with
+    one HTTP 503 and aborts its other items, so a policy that asks for one resends all.)"""
+    d = await started(tok, schema=api, cost=CostModel(per_token_s=0.002))
+    try:
+        async with SGLangPolicy(
+            d.url, tokenizer=tok, strategy="batch", window_s=0.05, backoff_s=0.01
+        ) as p:
+            d.fail_next("retract")
+            results = await gather(p, [req(f"e{i}", f"obs {i}") for i in range(3)])
+            assert p.items_resent == 1 and p.retried == 1
+            data = {f"e{i}": p.finish_episode(f"e{i}") for i in range(3)}
+        answer = [*tok.encode("Thought: I should go up.\nAction: move up"), tok.eos_id]
+        for ep, r in results.items():
+            assert isinstance(r, PolicyResponse) and r.finish_reason == "stop", (ep, r)
+            assert r.token_ids == answer
+            token_data = data[ep]
+            assert token_data is not None
+            assert token_data.loss_mask.endswith(b"\x01" * len(answer))
+        assert d.stats.request_items == [3, 1]  # the batch, then only the retracted item
+        assert d.stats.discarded_items == 0
+        assert len(set(d.stats.rids)) == 4  # the resent item got a fresh rid
+    finally:
+        await d.stop()
+    assert d.contract_violations == []
+
+
+async def test_batch_strategy_streams_one_chunk_per_answer(
+    tok: ChatTokenizer, api: ModuleType
+) -> None:
+    """``batch`` asks SGLang for ``stream_interval = max_new_tokens``: besides an item's first
+    token only its final chunk comes (as cheap as a non-streamed answer); ``batch_stream``
+    gets a chunk every few tokens."""
+    long_answer = tok.encode("Thought: I should go up. " * 6 + "\nAction: move up")
+    assert len(long_answer) > 20
+    chunks = {}
+    for strategy in ("batch", "batch_stream"):
+        d = SGLangDouble(
+            lambda ids: [*long_answer, tok.eos_id],
+            decode=tok.decode,
+            eos_id=tok.eos_id,
+            schema=api,
+            cost=CostModel(per_token_s=0.002),
+        )
+        await d.start()
+        try:
+            async with SGLangPolicy(
+                d.url, tokenizer=tok, strategy=strategy, window_s=0.05, max_new_tokens=64
+            ) as p:
+                results = await gather(p, [req(f"e{i}", f"obs {i}") for i in range(4)])
+            assert all(
+                isinstance(r, PolicyResponse) and r.token_ids == [*long_answer, tok.eos_id]
+                for r in results.values()
+            ), results
+            assert d.stats.stream_requests == d.stats.requests == 1
+            chunks[strategy] = d.chunks_sent
+            if strategy == "batch":
+                assert d.stats.last_sampling_params["stream_interval"] == 64
+        finally:
+            await d.stop()
+        assert d.contract_violations == []
+    assert chunks["batch"] <= 2 * 4 < chunks["batch_stream"]
+
+
 async def test_retraction_of_a_single_request_is_retried(
     tok: ChatTokenizer, double: SGLangDouble
 ) -> None:

@@ -193,6 +193,49 @@ def test_tail(store: Path, inproc) -> None:
     }
 
 
+def test_tail_shows_each_member_of_a_group(tmp_path: Path, inproc) -> None:
+    """An RL group is one record in the store; `store tail` lists its members, which share
+    the group record's seq."""
+    import anyio
+
+    from gymux.stores.sink import StoreSink
+
+    def member(i: int) -> Trajectory:
+        return Trajectory(
+            run_id="r",
+            episode_id=f"g-{i}",
+            env_id="maze",
+            env_version="1",
+            task_id=7,
+            split="test",
+            sample=i,
+            policy="p",
+            policy_version="1",
+            group_id="g",
+            group_size=3,
+            reward=float(i == 1),
+        )
+
+    async def write() -> None:
+        async with StoreSink(tmp_path / "s") as sink:
+            await sink.write(member(9))
+            await sink.write_group([member(i) for i in range(3)])
+
+    anyio.run(write)
+    rows = [
+        json.loads(x)
+        for x in inproc(["store", "tail", str(tmp_path / "s"), "-n", "10", "--json"]).out.split()
+    ]
+    assert [(r["seq"], r["episode_id"]) for r in rows] == [
+        (0, "g-9"),
+        (1, "g-0"),
+        (1, "g-1"),
+        (1, "g-2"),
+    ]
+    last = inproc(["store", "tail", str(tmp_path / "s"), "-n", "2"]).out.splitlines()
+    assert [line.split()[:2] for line in last[1:]] == [["1", "maze"], ["1", "maze"]]
+
+
 def test_tail_follow_in_a_subprocess(store: Path, child_env) -> None:
     """``gymux store tail --follow`` prints every trajectory exactly once, old and new, as a
     writer appends them, and exits 0 on Ctrl-C."""

@@ -60,3 +60,26 @@ def test_other_policies_take_no_model_options() -> None:
     flags.check_policy_name("oracle")
     with pytest.raises(UnknownPolicyError, match="unknown policy 'gpt' \\(choose from: "):
         flags.check_policy_name("gpt")
+
+
+def test_concurrency_raises_builtin_caps_but_not_a_bridges() -> None:
+    """`--concurrency N` lifts each env's instance cap to N, except an AgentGym bridge's:
+    its cap is what its server holds (sqlgym's server hands out 8 instances)."""
+    import argparse
+
+    from gymux.cli.flags import follow_instance_caps
+    from gymux.config import RuntimeConfig
+    from gymux.env_plugins.agentgym.client import agentgym_plugin
+    from gymux.env_plugins.registry import default_registry
+
+    registry = default_registry()
+    bridge = agentgym_plugin("sqlgym", "http://127.0.0.1:9", tasks=range(4))
+    registry.register(bridge, replace=True)
+    bridge_id = bridge.spec.id
+    assert bridge_id.startswith("agentgym/")
+    config = follow_instance_caps(
+        argparse.Namespace(concurrency=32), RuntimeConfig(), ["maze", bridge_id], registry
+    )
+    assert config.env_instances.get("maze", registry.get("maze").max_instances) >= 32
+    assert bridge_id not in config.env_instances
+    assert registry.get(bridge_id).max_instances <= 8

@@ -128,7 +128,17 @@ def test_version(run_gymux) -> None:
 
 
 def test_every_subcommand_is_registered_with_add_parser_and_run() -> None:
-    names = ["run", "serve-policy", "envs", "prepare", "eval", "store", "report", "serve-env"]
+    names = [
+        "run",
+        "serve-policy",
+        "envs",
+        "prepare",
+        "eval",
+        "evolve",
+        "store",
+        "report",
+        "serve-env",
+    ]
     assert list(cli_main.SUBCOMMANDS) == names
     parser = cli_main.build_parser()
     for name, command in cli_main.SUBCOMMANDS.items():

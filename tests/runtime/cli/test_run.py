@@ -108,6 +108,9 @@ def test_run_maze_oracle(cli: Cli, tmp_path: Path) -> None:
     (entry,) = summary(out)
     assert entry["run_id"] == trajs[0].run_id
     assert (entry["env"], entry["policy"]) == ("maze", "oracle")
+    for key in ("queue_s", "policy_s", "env_s"):  # the turns' timings, summed
+        assert entry["time_s"][key] == round(sum(t.timings[key] for t in trajs), 6)
+    assert any(line.startswith("  time (episode-s): queue ") for line in res.out.splitlines())
     assert entry["episodes"] == entry["planned"] == MAZE_TEST
     assert entry["successes"] == MAZE_TEST
     assert entry["success_rate"] == 1.0

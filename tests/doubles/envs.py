@@ -34,6 +34,7 @@ import anyio
 
 from gymux.config import RuntimeConfig
 from gymux.env_plugins import EnvPlugin, EnvSpec, Observation, StepResult, Task, splits_from
+from gymux.env_plugins.registry import Registry
 from gymux.errors import TransientEnvError
 from gymux.messages import PolicyRequest, PolicyResponse
 from gymux.policies.base import SimplePolicy, react
@@ -249,6 +250,19 @@ def runtime_config(timeouts: tuple[float, float, float, float], **kw: Any) -> Ru
     )
     fields.update(kw)
     return RuntimeConfig(**fields)
+
+
+def registry_of(*plugins: EnvPlugin) -> Registry:
+    """A registry holding only ``plugins`` (no installed entry points)."""
+    reg = Registry(entry_points_group=None)
+    for p in plugins:
+        reg.register(p)
+    return reg
+
+
+def rl_config(**kw: Any) -> RuntimeConfig:
+    """The RL tests' runtime config: 10 s steps and policy calls, 60 s episodes."""
+    return runtime_config((10.0, 10.0, 60.0, 3.0), **kw)
 
 
 def plugin(

@@ -23,13 +23,10 @@ pytestmark = pytest.mark.anyio
 
 
 def registry(plugin) -> Registry:
-    reg = Registry(entry_points_group=None)
-    reg.register(plugin)
-    return reg
+    return E.registry_of(plugin)
 
 
-def config(**kw):
-    return E.runtime_config((10.0, 10.0, 60.0, 3.0), **kw)
+config = E.rl_config
 
 
 class GroupSink:

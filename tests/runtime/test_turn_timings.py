@@ -57,9 +57,7 @@ class SlowPolicy(SimplePolicy):
 
 
 def registry(plugin) -> Registry:
-    reg = Registry(entry_points_group=None)
-    reg.register(plugin)
-    return reg
+    return E.registry_of(plugin)
 
 
 def tiled(t: Trajectory) -> float:

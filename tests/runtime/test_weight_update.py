@@ -31,13 +31,10 @@ PROMPT_TOKENS = 2
 
 
 def registry(plugin) -> Registry:
-    reg = Registry(entry_points_group=None)
-    reg.register(plugin)
-    return reg
+    return E.registry_of(plugin)
 
 
-def config(**kw):
-    return E.runtime_config((10.0, 10.0, 60.0, 3.0), **kw)
+config = E.rl_config
 
 
 async def until(predicate, what: str) -> None:

@@ -17,9 +17,9 @@ with ``.`` are not streams, so the store's tools ignore the folder.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -58,6 +58,38 @@ class CursorState(msgspec.Struct, kw_only=True):
 _decoder = msgspec.json.Decoder(CursorState)
 _encoder = msgspec.json.Encoder()
 
+_S = TypeVar("_S")
+
+
+def read_cursor_state(
+    path: Path,
+    decoder: msgspec.json.Decoder[_S],
+    *,
+    fmt: str,
+    what: str,
+    identity: tuple[str, str, int, int],
+    fresh: Callable[[], _S],
+) -> _S:
+    """A committed cursor file's state (``fresh()`` when there is none), checked: its
+    format, version 1, and ``identity`` = (stream, name, rank, world size). Shared by the
+    stream cursor here and the shard cursor (:mod:`gymux.stores.shards`)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return fresh()
+    except OSError as exc:
+        raise StoreError(f"cannot read cursor {path}: {exc.strerror or exc}") from None
+    try:
+        state: Any = decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StoreError(f"cursor {path} is unreadable: {exc}") from None
+    if state.format != fmt or state.version != 1:
+        raise StoreError(f"{path} is not a version 1 {what}")
+    if (state.stream, state.name, state.rank, state.world_size) != identity:
+        raise StoreError(f"cursor {path} names another consumer")
+    result: _S = state
+    return result
+
 
 class ConsumerCursor:
     """One consumer's durable position in one stream, for one rank of ``world_size``.
@@ -94,26 +126,14 @@ class ConsumerCursor:
     ) -> ConsumerCursor:
         """The committed cursor, or a new one at the stream's start (not yet written)."""
         path = cls.file_path(store, name, stream=stream, rank=rank, world_size=world_size)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            state = CursorState(stream=stream, name=name, rank=rank, world_size=world_size)
-            return cls(path, state)
-        except OSError as exc:
-            raise StoreError(f"cannot read cursor {path}: {exc.strerror or exc}") from None
-        try:
-            state = _decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise StoreError(f"cursor {path} is unreadable: {exc}") from None
-        if state.format != _FORMAT or state.version != 1:
-            raise StoreError(f"{path} is not a version 1 gymux cursor")
-        if (state.stream, state.name, state.rank, state.world_size) != (
-            stream,
-            name,
-            rank,
-            world_size,
-        ):
-            raise StoreError(f"cursor {path} names another consumer")
+        state = read_cursor_state(
+            path,
+            _decoder,
+            fmt=_FORMAT,
+            what="gymux cursor",
+            identity=(stream, name, rank, world_size),
+            fresh=lambda: CursorState(stream=stream, name=name, rank=rank, world_size=world_size),
+        )
         return cls(path, state)
 
     @property

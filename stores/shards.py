@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from gymux.stores.codec import MetaFilter, and_filters, decode_trajectory, make_filter
-from gymux.stores.cursor import CURSOR_DIR
+from gymux.stores.cursor import CURSOR_DIR, read_cursor_state
 from gymux.stores.errors import StoreError
 from gymux.stores.format import RecordType, fsync_dir, write_file_durable
 from gymux.stores.reader import Position, Record, StreamReader
@@ -279,32 +279,20 @@ class ShardCursor:
     ) -> ShardCursor:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size; got {rank}, {world_size}")
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            state = ShardCursorState(
+        state = read_cursor_state(
+            path,
+            _decoder,
+            fmt=_FORMAT,
+            what="gymux shard cursor",
+            identity=(stream, name, rank, world_size),
+            fresh=lambda: ShardCursorState(
                 stream=stream,
                 name=name,
                 rank=rank,
                 world_size=world_size,
                 next_seq={s: 0 for s in shards},
-            )
-            return cls(path, state)
-        except OSError as exc:
-            raise StoreError(f"cannot read cursor {path}: {exc.strerror or exc}") from None
-        try:
-            state = _decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise StoreError(f"cursor {path} is unreadable: {exc}") from None
-        if state.format != _FORMAT or state.version != 1:
-            raise StoreError(f"{path} is not a version 1 gymux shard cursor")
-        if (state.stream, state.name, state.rank, state.world_size) != (
-            stream,
-            name,
-            rank,
-            world_size,
-        ):
-            raise StoreError(f"cursor {path} names another consumer")
+            ),
+        )
         missing = set(state.next_seq) - set(shards)
         if missing:
             raise StoreError(f"cursor {path} covers shards {sorted(missing)} not given")

@@ -1,0 +1,537 @@
+"""Rollout-scale benchmark (issue 13): the Runtime with RL groups driving the real
+:class:`gymux.policies.sglang.client.SGLangPolicy` against the SGLang TEST DOUBLE.
+
+The double (``tests/doubles/sglang_double.py``, scripted, no model) runs in its own
+subprocess with the cost model of ``bench/policy.py`` (B decode slots, a per-token time,
+a serialized frontend cost); this script subclasses it only to timestamp each
+``/abort_request`` it receives (``time.monotonic``, the same clock in every process).
+Each measured client runs in a fresh subprocess, so its CPU time (``getrusage``) is the
+gymux side alone: the Runtime, the env, the policy client.
+
+The env (defined here) is cheap and never ends an episode: every episode plays
+``TURNS`` turns. Its instruction is about ``PROMPT_TOKENS`` tokens of the tiny tokenizer,
+so every turn's prompt is ~2k tokens (shown as ``prompt tok``).
+
+Two scenarios per client, each with a fresh double:
+
+* ``scale``: ``EPISODES`` (4,096) concurrent episodes in groups of 8
+  (``Workload(group_size=8)``, ``max_concurrent_episodes=4096``); after a warm-up the
+  double's stats are reset and a window measured: ``busy`` = the double's busy slot-seconds
+  / (B x window) (target >= 95%), ``cpu us/turn`` = client process CPU / turns answered in
+  the window (target < 150 us).
+* ``oversample``: groups of 8 with ``oversample=K``; per group, its completion time is when
+  the 8th member's last turn came back to the client (the runtime then keeps the group and
+  cancels the surplus), and the latency is from then to the double receiving the abort of a
+  surplus member's in-flight request (p50/p99 over the window; target < 100 ms).
+
+Clients: ``naive`` is the BASELINE (``single`` strategy over a fresh TCP connection per
+request and per abort, no keep-alive pool); ``single`` (the default strategy) and
+``batch_stream`` are the real client as configured in production.
+
+Usage::
+
+    python bench/rollout.py            # full sizes (4,096 episodes; ~4 min)
+    python bench/rollout.py --quick    # shorter windows, same sizes
+    python bench/rollout.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from gymux.config import RuntimeConfig, Workload  # noqa: E402
+from gymux.env_plugins import (  # noqa: E402
+    EnvPlugin,
+    EnvSpec,
+    Observation,
+    StepResult,
+    Task,
+    splits_from,
+)
+from gymux.env_plugins.registry import Registry  # noqa: E402
+from gymux.messages import PolicyRequest, PolicyResponse  # noqa: E402
+from gymux.policies.sglang.client import SGLangPolicy  # noqa: E402
+from gymux.runtime import Runtime  # noqa: E402
+from gymux.trajectory import Trajectory  # noqa: E402
+
+CLIENTS = ("naive", "single", "batch_stream")
+EPISODES = 4096
+GROUP = 8
+OVERSAMPLE = 4
+OVERSAMPLE_GROUPS = 96  # groups running at once in the oversample scenario
+TURNS = 4
+PROMPT_TOKENS = 2000
+TASKS = 512
+
+# The double's cost model (as bench/policy.py): B slots, 10 ms/token, 1 ms + 0.05 ms/seq.
+CAPACITY = 256
+PER_TOKEN_S = 0.01
+REQUEST_OVERHEAD_S = 0.001
+ITEM_OVERHEAD_S = 0.00005
+SHORT, LONG, LONG_FRAC = 16, 256, 0.2
+MAX_NEW_TOKENS = 512
+TOKENS_BUDGET = 1_000_000_000
+
+BUSY_TARGET = 0.95
+CPU_TARGET_US = 150.0
+ABORT_TARGET_MS = 100.0
+
+
+# -- the double, with timestamped aborts (server subprocess) ----------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from doubles.sglang_double import CostModel, SGLangDouble, lengths_model
+
+    class TimedDouble(SGLangDouble):
+        """Records ``(rid, monotonic time)`` of every ``/abort_request`` it receives."""
+
+        abort_times: list[tuple[str, float]] = []
+
+        async def _abort(self, request: web.Request) -> web.Response:
+            t = time.monotonic()
+            body = await request.json()
+            self.abort_times.append((str(body.get("rid") or ""), t))
+            return await super()._abort(_Replay(request, body))  # type: ignore[arg-type]
+
+        async def _stats(self, request: web.Request) -> web.Response:
+            out = self.stats.as_json()
+            out.pop("aborted_rids", None)
+            out.pop("abort_matched", None)
+            out["abort_times"] = self.abort_times
+            return web.json_response(out)
+
+        def reset_stats(self) -> None:
+            super().reset_stats()
+            self.abort_times = []
+
+    double = TimedDouble(
+        lengths_model(SHORT, LONG, LONG_FRAC, 100, 2),
+        cost=CostModel(
+            request_overhead_s=REQUEST_OVERHEAD_S,
+            item_overhead_s=ITEM_OVERHEAD_S,
+            per_token_s=PER_TOKEN_S,
+            capacity=CAPACITY,
+        ),
+        eos_id=2,
+        context_length=1 << 20,
+        stream_interval=8,
+        schema=None,  # throughput: no per-answer schema checks
+    )
+    await double.start()
+    print(f"PORT {double.port}", flush=True)
+    await asyncio.Event().wait()
+
+
+class _Replay:
+    """A request whose JSON body was already read (the double's handler reads it again)."""
+
+    def __init__(self, request: Any, body: Any) -> None:
+        self._request = request
+        self._body = body
+
+    async def json(self) -> Any:
+        return self._body
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+# -- the env -----------------------------------------------------------------------------------
+
+
+class _Endless:
+    """Never done: every episode plays ``max_turns`` turns. Observations vary per instance,
+    so the double's output lengths (a function of the prompt) vary within a group."""
+
+    def __init__(self) -> None:
+        self._rng = random.Random()
+        self._steps = 0
+
+    async def reset(self, task: Task) -> Observation:
+        self._steps = 0
+        return Observation(text=f"Maze {task.id}, start {self._rng.randrange(10**9)}.")
+
+    async def step(self, action: str) -> StepResult:
+        self._steps += 1
+        return StepResult(
+            observation=Observation(text=f"Moved {self._steps}: {self._rng.randrange(10**6)}."),
+            reward=0.0,
+            done=False,
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+def _instruction(tok_dir: str) -> str:
+    from gymux.policies.tokens import ChatTokenizer
+
+    tok = ChatTokenizer.from_dir(Path(tok_dir))
+    unit = "Solve the maze. Answer with Thought: ... Action: move <direction>. "
+    return unit * max(1, PROMPT_TOKENS // len(tok.encode(unit)))
+
+
+def _registry(tok_dir: str, instances: int) -> Registry:
+    spec = EnvSpec(
+        id="maze",
+        version="1",
+        instruction=_instruction(tok_dir),
+        action_format="Action: move <direction>",
+        splits=splits_from({"test": range(TASKS)}),
+        max_turns=TURNS,
+        example_actions=["move left"],
+    )
+    reg = Registry(entry_points_group=None)
+    reg.register(EnvPlugin(spec, _Endless, execution="async", max_instances=instances))  # type: ignore[arg-type]
+    return reg
+
+
+class _NullSink:
+    async def open(self) -> None:
+        return None
+
+    async def write(self, trajectory: Trajectory) -> None:
+        return None
+
+    async def write_group(self, trajectories: Sequence[Trajectory]) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+# -- one client (subprocess) ------------------------------------------------------------------
+
+
+class _BenchPolicy(SGLangPolicy):
+    """Counts turns and prompt tokens, maps rids to episodes, and notes when an episode's
+    last turn came back; ``naive``: no keep-alive pool (a fresh connection per request)."""
+
+    def __init__(self, *args: Any, fresh_connections: bool = False, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.fresh_connections = fresh_connections
+        self.measuring = False
+        self.turns = 0
+        self.prompt_tokens = 0
+        self.rid_episode: dict[str, str] = {}
+        self.last_turn_at: dict[str, float] = {}
+
+    async def __aenter__(self) -> _BenchPolicy:
+        await super().__aenter__()
+        if self.fresh_connections:
+            old = self._session
+            assert old is not None
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                timeout=old.timeout,
+                json_serialize=json.dumps,
+            )
+            await old.close()
+        return self
+
+    def _rid(self, episode_id: str) -> str:
+        rid = super()._rid(episode_id)
+        self.rid_episode[rid] = episode_id
+        return rid
+
+    async def act(self, request: PolicyRequest) -> PolicyResponse:
+        resp = await super().act(request)
+        if request.turn == TURNS - 1:
+            self.last_turn_at[request.episode_id] = time.monotonic()
+        if self.measuring:
+            self.turns += 1
+            self.prompt_tokens += resp.prompt_tokens or 0
+        return resp
+
+
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def _group_of(episode_id: str, size: int) -> tuple[str, int]:
+    """(task, group index) of a planned episode id ``run:env:task:sample``."""
+    _, _, task, sample = episode_id.rsplit(":", 3)
+    return task, int(sample) // size
+
+
+async def _client(args: argparse.Namespace) -> None:
+    oversample = args.scenario == "oversample"
+    k = OVERSAMPLE if oversample else 0
+    concurrent = OVERSAMPLE_GROUPS * (GROUP + k) if oversample else EPISODES
+    policy = _BenchPolicy(
+        args.url,
+        tokenizer=args.tok,
+        strategy="single" if args.client == "naive" else args.client,
+        fresh_connections=args.client == "naive",
+        max_new_tokens=MAX_NEW_TOKENS,
+        max_requests_per_server=concurrent,
+        connections_per_server=concurrent,
+        max_tokens_per_server=TOKENS_BUDGET,
+    )
+    config = RuntimeConfig(
+        max_concurrent_episodes=concurrent,
+        policy_timeout_s=3600.0,
+        episode_timeout_s=36000.0,
+    )
+    # Enough groups that the run outlasts warm-up + window.
+    workload = Workload(
+        env="maze",
+        tasks=list(range(TASKS)),
+        samples=64,
+        max_turns=TURNS,
+        group_size=GROUP,
+        oversample=k,
+    )
+    reg = _registry(args.tok, concurrent)
+    async with (
+        policy,
+        aiohttp.ClientSession() as ctl,
+        Runtime(config, registry=reg, sinks=[_NullSink()]) as rt,
+    ):
+        await rt.submit(workload, policy=policy)
+        await anyio.sleep(args.warmup)
+        async with ctl.post(args.url + "/_double/reset") as r:
+            await r.read()
+        cpu0, t0 = _cpu_s(), time.perf_counter()
+        policy.measuring = True
+        await anyio.sleep(args.window)
+        policy.measuring = False
+        wall = time.perf_counter() - t0
+        cpu = _cpu_s() - cpu0
+        async with ctl.get(args.url + "/_double/stats") as r:
+            stats = await r.json()
+        out: dict[str, Any] = {
+            "client": args.client,
+            "scenario": args.scenario,
+            "episodes": concurrent,
+            "oversample": k,
+            "window_s": wall,
+            "turns": policy.turns,
+            "turns_per_s": policy.turns / wall,
+            "prompt_tokens": policy.prompt_tokens / policy.turns if policy.turns else 0,
+            "busy": stats["busy_s"] / (CAPACITY * wall),
+            "cpu_us_per_turn": 1e6 * cpu / policy.turns if policy.turns else float("nan"),
+            "client_cpu_frac": cpu / wall,
+            "server_max_concurrent": stats["max_concurrent"],
+            "load_avg_1m": os.getloadavg()[0],
+        }
+        if oversample:
+            size = GROUP + k
+            ends: dict[tuple[str, int], list[float]] = {}
+            for ep, t in policy.last_turn_at.items():
+                ends.setdefault(_group_of(ep, size), []).append(t)
+            complete = {g: sorted(ts)[GROUP - 1] for g, ts in ends.items() if len(ts) >= GROUP}
+            lat: list[float] = []
+            unmatched = 0
+            for rid, t in stats["abort_times"]:
+                ep = policy.rid_episode.get(rid)
+                done = complete.get(_group_of(ep, size)) if ep else None
+                if done is None:
+                    unmatched += 1
+                    continue
+                lat.append(t - done)
+            out.update(
+                aborts=len(stats["abort_times"]),
+                aborts_unmatched=unmatched,
+                abort_requests=stats["abort_requests"],
+                abort_p50_ms=1000 * _pct(lat, 0.5),
+                abort_p99_ms=1000 * _pct(lat, 0.99),
+                abort_max_ms=1000 * max(lat) if lat else float("nan"),
+            )
+        print(json.dumps(out), flush=True)
+        os._exit(0)  # skip tearing down thousands of in-flight episodes
+
+
+# -- parent ------------------------------------------------------------------------------------
+
+
+def _start_double() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("PORT "):
+        proc.kill()
+        raise SystemExit(f"the SGLang double did not start: {line!r}")
+    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def _run_one(client: str, scenario: str, tok: Path, args: argparse.Namespace) -> dict[str, Any]:
+    proc, url = _start_double()
+    try:
+        cmd = [sys.executable, __file__, "--client", client, "--scenario", scenario]
+        cmd += ["--url", url, "--tok", str(tok)]
+        cmd += ["--warmup", str(args.warmup), "--window", str(args.window)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if res.returncode != 0 or not res.stdout.strip():
+            raise SystemExit(f"client {client} {scenario} failed:\n{res.stderr[-3000:]}")
+        row: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+        return row
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'client':<13}{'scenario':<16}{'episodes':>9}{'turns/s':>9}{'prompt tok':>11}"
+        f"{'busy':>8}{'cpu us/turn':>12}{'cli cpu':>8}{'abort p50/p99 ms':>18}{'aborts':>8}"
+        f"{'load':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        scen = r["scenario"] + (f" k={r['oversample']}" if r["oversample"] else "")
+        ab = (
+            f"{r['abort_p50_ms']:>9.1f}/{r['abort_p99_ms']:<8.1f}"
+            if "abort_p50_ms" in r
+            else f"{'-':>18}"
+        )
+        lines.append(
+            f"{r['client']:<13}{scen:<16}{r['episodes']:>9}{r['turns_per_s']:>9.0f}"
+            f"{r['prompt_tokens']:>11.0f}{r['busy']:>8.1%}{r['cpu_us_per_turn']:>12.0f}"
+            f"{r['client_cpu_frac']:>8.2f}{ab}{r.get('aborts', 0):>8}{r['load_avg_1m']:>6.1f}"
+        )
+    return "\n".join(lines)
+
+
+def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    base = {r["scenario"]: r for r in rows if r["client"] == "naive"}
+    out = []
+    for r in rows:
+        if r["client"] == "naive":
+            continue
+        b = base.get(r["scenario"])
+        if r["scenario"] == "scale":
+            ok = r["busy"] >= BUSY_TARGET
+            vs = f" (baseline naive {b['busy']:.1%})" if b else ""
+            out.append(
+                f"{'PASS' if ok else 'FAIL'} {r['client']}: server busy {r['busy']:.1%} at "
+                f"{r['episodes']} concurrent episodes in groups of {GROUP} "
+                f"(target >= {BUSY_TARGET:.0%}){vs}"
+            )
+            ok = r["cpu_us_per_turn"] < CPU_TARGET_US
+            vs = f" (baseline naive {b['cpu_us_per_turn']:.0f} us)" if b else ""
+            out.append(
+                f"{'PASS' if ok else 'FAIL'} {r['client']}: client CPU "
+                f"{r['cpu_us_per_turn']:.0f} us/turn at ~{r['prompt_tokens']:.0f}-token "
+                f"prompts (target < {CPU_TARGET_US:.0f} us){vs}"
+            )
+        else:
+            ok = r["abort_p99_ms"] < ABORT_TARGET_MS
+            vs = (
+                f" (baseline naive p50/p99 {b['abort_p50_ms']:.1f}/{b['abort_p99_ms']:.1f} ms)"
+                if b
+                else ""
+            )
+            out.append(
+                f"{'PASS' if ok else 'FAIL'} {r['client']}: group complete -> surplus abort at "
+                f"the server p50 {r['abort_p50_ms']:.1f} ms, p99 {r['abort_p99_ms']:.1f} ms "
+                f"over {r['aborts']} aborts, oversample={r['oversample']} "
+                f"(target < {ABORT_TARGET_MS:.0f} ms){vs}"
+            )
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="shorter warm-up and window")
+    p.add_argument("--json", type=Path, help="also write every measurement here")
+    p.add_argument("--only", action="append", choices=CLIENTS)
+    p.add_argument("--scenarios", default="scale,oversample")
+    p.add_argument("--warmup", type=float)
+    p.add_argument("--window", type=float)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--client", choices=CLIENTS, help=argparse.SUPPRESS)
+    p.add_argument("--scenario", choices=("scale", "oversample"), help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--tok", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.warmup is None:
+        args.warmup = 12.0 if args.quick else 20.0
+    if args.window is None:
+        args.window = 8.0 if args.quick else 20.0
+    if args.serve:
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        asyncio.run(_serve(args))
+        return
+    if args.client:
+        anyio.run(_client, args)
+        return
+
+    from doubles.sglang_double import build_tiny_tokenizer
+
+    clients = args.only or list(CLIENTS)
+    if "naive" not in clients:
+        clients.insert(0, "naive")
+    scenarios = args.scenarios.split(",")
+    cores = os.cpu_count()
+    print(
+        f"Rollout-scale benchmark: Runtime + SGLangPolicy vs the SGLang TEST DOUBLE "
+        f"(subprocess), {TURNS} turns/episode, ~{PROMPT_TOKENS}-token prompts, "
+        f"warm-up {args.warmup:.0f} s, window {args.window:.0f} s per row\n"
+        f"double: B={CAPACITY}, {PER_TOKEN_S * 1000:g} ms/token, frontend "
+        f"{REQUEST_OVERHEAD_S * 1000:g} ms/request + {ITEM_OVERHEAD_S * 1000:g} ms/sequence; "
+        f"outputs {SHORT} or {LONG} tokens (~{LONG_FRAC:.0%})\n"
+        f"scale: {EPISODES} concurrent episodes, groups of {GROUP}; oversample: "
+        f"{OVERSAMPLE_GROUPS} groups of {GROUP}+{OVERSAMPLE} at once\n"
+        f"machine: {cores} cores ({platform.processor() or platform.machine()}), python "
+        f"{platform.python_version()}; baseline = naive (fresh TCP connection per request)",
+        flush=True,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_tiny_tokenizer(Path(tmp) / "tok")
+        for scenario in scenarios:
+            for client in clients:
+                t = time.perf_counter()
+                rows.append(_run_one(client, scenario, tok, args))
+                print(f"  {client} {scenario}: done in {time.perf_counter() - t:.0f} s", flush=True)
+    print()
+    print(_table(rows))
+    print()
+    print("\n".join(_verdicts(rows)))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

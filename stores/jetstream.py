@@ -50,11 +50,11 @@ import json
 import struct
 import time
 from collections.abc import AsyncIterator, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from gymux._lifecycle import AsyncResource
 from gymux.errors import SinkError
 from gymux.stores.codec import decode_group, decode_trajectory, encode_group, encode_trajectory
 from gymux.stores.format import RecordType
@@ -158,7 +158,7 @@ def _check_sync(monitor_url: str) -> None:
         )
 
 
-class JetStreamSink:
+class JetStreamSink(AsyncResource):
     """A :class:`~gymux.sinks.Sink` publishing each trajectory (and each RL group, whole) to
     a JetStream stream; ``write`` returns once the stream acknowledged it. See the module
     doc for durability, reconnects, duplicates and configuration checks.
@@ -219,6 +219,10 @@ class JetStreamSink:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
+        """The :class:`~gymux.sinks.Sink` name of :meth:`aopen`."""
+        await self.aopen()
+
+    async def aopen(self) -> None:
         nats = _nats()
 
         async def reconnected() -> None:
@@ -317,18 +321,6 @@ class JetStreamSink:
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None and not nc.is_closed:
             await nc.close()
-
-    async def __aenter__(self) -> JetStreamSink:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- writing --------------------------------------------------------------------------
 
@@ -582,7 +574,7 @@ class JetStreamItem:
                 delay = min(delay * 2, 1.0)
 
 
-class JetStreamReader:
+class JetStreamReader(AsyncResource):
     """Reads a gymux JetStream stream: a **durable** pull consumer (``durable``: its
     position survives the trainer and the server restarting; each message is redelivered
     until acknowledged, after ``ack_wait_s``), or :meth:`replay` from a stream sequence.
@@ -616,6 +608,10 @@ class JetStreamReader:
         self._sub: Any = None
 
     async def open(self) -> None:
+        """The :class:`~gymux.sinks.Sink` name of :meth:`aopen`."""
+        await self.aopen()
+
+    async def aopen(self) -> None:
         nats = _nats()
         nc = await _connect(self.servers, "gymux-reader", **self.connect_options)
         try:
@@ -655,18 +651,6 @@ class JetStreamReader:
         nc, self._nc, self._js, self._sub = self._nc, None, None, None
         if nc is not None and not nc.is_closed:
             await nc.close()
-
-    async def __aenter__(self) -> JetStreamReader:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def fetch(self, batch: int = 64, timeout_s: float = 1.0) -> list[JetStreamItem]:
         """Up to ``batch`` messages of the durable consumer (``[]`` if none came within

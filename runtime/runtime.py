@@ -28,7 +28,7 @@ import gc
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -195,6 +195,42 @@ class RunHandle:
             await self._changed.wait()
 
 
+async def end_runs(
+    handles: list[RunHandle],
+    tg: anyio.abc.TaskGroup,
+    stop: anyio.Event,
+    *,
+    failed: bool,
+    cleanup: Callable[[], Awaitable[object]],
+) -> None:
+    """How a runtime's ``async with`` ends (the embedded one and ``gymux.scale``'s): wait for
+    every run, or cancel them all when the block ``failed`` (or the wait is interrupted);
+    then stop the background tasks (``stop``), leave the task group and, shielded, run
+    ``cleanup`` (close pools, sinks, ...) whatever happened before."""
+    try:
+        if not failed:
+            for handle in list(handles):
+                await handle._done.wait()
+        else:
+            for handle in handles:
+                handle.cancel()
+    except BaseException:
+        for handle in handles:
+            handle.cancel()
+        raise
+    finally:
+        stop.set()
+        if failed:
+            tg.cancel_scope.cancel()
+        try:
+            # The caller's exception propagates by itself; passing it in would wrap it in
+            # an ExceptionGroup.
+            await tg.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await cleanup()
+
+
 class Runtime:
     """Runs workloads. Use as ``async with Runtime(config) as rt``.
 
@@ -286,29 +322,10 @@ class Runtime:
         tg, self._tg = self._tg, None
         if stack is None or tg is None:
             return None
-        try:
-            if exc_type is None:
-                for handle in list(self._handles):
-                    await handle._done.wait()
-            else:
-                for handle in self._handles:
-                    handle.cancel()
-        except BaseException:
-            for handle in self._handles:
-                handle.cancel()
-            raise
-        finally:
-            self._stop.set()
-            if exc_type is not None:
-                tg.cancel_scope.cancel()
-            try:
-                # The caller's exception propagates by itself; passing it in would wrap it
-                # in an ExceptionGroup.
-                await tg.__aexit__(None, None, None)
-            finally:
-                # Pools, then sinks (the stack unwinds in reverse order of entry).
-                with anyio.CancelScope(shield=True):
-                    await stack.aclose()
+        # Pools, then sinks (the stack unwinds in reverse order of entry).
+        await end_runs(
+            self._handles, tg, self._stop, failed=exc_type is not None, cleanup=stack.aclose
+        )
         return None
 
     async def _host_policy(

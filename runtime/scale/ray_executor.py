@@ -49,7 +49,7 @@ from gymux.log import LogSubscriber, configure_logging
 from gymux.messages import PolicyRequest, PolicyResponse
 from gymux.policies.base import SimplePolicy
 from gymux.policies.protocol import Policy
-from gymux.runtime import RunHandle, RunResult, Runtime, default_sink, new_run_id
+from gymux.runtime import RunHandle, RunResult, Runtime, default_sink, end_runs, new_run_id
 from gymux.scheduler import RolloutStats, plan_jobs
 from gymux.sinks import Sink, SinkFlusher, write_group
 from gymux.trajectory import Trajectory
@@ -449,29 +449,16 @@ class RayRuntime:
         tg, self._tg = self._tg, None
         if tg is None:
             return
-        try:
-            if exc_type is None:
-                for handle in list(self._handles):
-                    await handle._done.wait()
-            else:
-                for handle in self._handles:
-                    handle.cancel()
-        except BaseException:
-            for handle in self._handles:
-                handle.cancel()
-            raise
-        finally:
-            self._stop.set()
-            if exc_type is not None:
-                tg.cancel_scope.cancel()
-            try:
-                await tg.__aexit__(None, None, None)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._close_sinks()
-                    if self._owns_ray:
-                        await anyio.to_thread.run_sync(self._ray.shutdown)
-                        self._owns_ray = False
+        await end_runs(
+            self._handles, tg, self._stop, failed=exc_type is not None, cleanup=self._release
+        )
+
+    async def _release(self) -> None:
+        """The sinks, then Ray itself when this driver started it."""
+        await self._close_sinks()
+        if self._owns_ray:
+            await anyio.to_thread.run_sync(self._ray.shutdown)
+            self._owns_ray = False
 
     async def _close_sinks(self) -> None:
         while self._opened:

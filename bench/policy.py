@@ -106,6 +106,19 @@ CLIENT_TARGET = 0.05
 # -- one client (subprocess) ------------------------------------------------------------------
 
 
+async def use_fresh_connections(policy: Any) -> None:
+    """The ``naive`` baseline: replace an entered SGLangPolicy's keep-alive pool by a session
+    that opens a new connection per request (bench/rollout.py uses it too)."""
+    old = policy._session
+    assert old is not None
+    policy._session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        timeout=old.timeout,
+        json_serialize=json.dumps,
+    )
+    await old.close()
+
+
 class _BenchPolicy(SGLangPolicy):
     """SGLangPolicy that records each answer's server-side latency; optionally no pool."""
 
@@ -117,14 +130,7 @@ class _BenchPolicy(SGLangPolicy):
     async def __aenter__(self) -> _BenchPolicy:
         await super().__aenter__()
         if self.fresh_connections:
-            old = self._session
-            assert old is not None
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=True),
-                timeout=old.timeout,
-                json_serialize=json.dumps,
-            )
-            await old.close()
+            await use_fresh_connections(self)
         return self
 
     def _to_response(self, server: Any, request: PolicyRequest, answer: Any) -> Any:

@@ -59,6 +59,9 @@ import anyio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from policy import use_fresh_connections  # noqa: E402  (bench/policy.py)
 
 from gymux.config import RuntimeConfig, Workload  # noqa: E402
 from gymux.env_plugins import (  # noqa: E402
@@ -261,14 +264,7 @@ class _BenchPolicy(SGLangPolicy):
     async def __aenter__(self) -> _BenchPolicy:
         await super().__aenter__()
         if self.fresh_connections:
-            old = self._session
-            assert old is not None
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=True),
-                timeout=old.timeout,
-                json_serialize=json.dumps,
-            )
-            await old.close()
+            await use_fresh_connections(self)
         return self
 
     def _rid(self, episode_id: str) -> str:

@@ -113,10 +113,8 @@ class Metrics:
             self.reward_sum += traj.reward
             self.turns_finished_episodes += len(traj.turns)
             self.finish_reasons[traj.finish_reason.value] += 1
-            for turn in traj.turns:
-                self._time_s["queue_s"] += turn.queue_s
-                self._time_s["policy_s"] += turn.policy_s
-                self._time_s["env_s"] += turn.env_s
+            for key, value in traj.timings.items():
+                self._time_s[key] += value
         elif isinstance(event, EpisodeStarted):
             if event.attempt == 1:
                 self.episodes_started += 1

@@ -464,13 +464,19 @@ def _summary_rows(
                     for w in (summary.waits if summary is not None else [])
                 },
                 # Episode-seconds waiting, in policy calls and in the env (turn timings).
-                "time_s": {
-                    key: round(sum(t.timings[key] for t in trajs), 6)
-                    for key in ("queue_s", "policy_s", "env_s")
-                },
+                "time_s": _summed_timings(trajs),
             }
         )
     return rows
+
+
+def _summed_timings(trajs: list[Trajectory]) -> dict[str, float]:
+    """Each kind of turn time (``Trajectory.timings``) summed over ``trajs``."""
+    total = {"queue_s": 0.0, "policy_s": 0.0, "env_s": 0.0}
+    for t in trajs:
+        for key, value in t.timings.items():
+            total[key] += value
+    return {key: round(value, 6) for key, value in total.items()}
 
 
 def _write_summary(out_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -465,7 +465,7 @@ def test_context_limit(vllm: VLLMServer, served: Served, tmp_path: Path) -> None
     sending (the limit read from /v1/models), and mapped from vLLM's HTTP 400 when the
     policy believes in a larger context than the server's."""
     out = tmp_path / "out"
-    turn_tokens = 4000  # every turn (EOS ignored): the context fills within 4 turns
+    turn_tokens = 1000  # every turn (EOS ignored): ~16 turns fill the context, each short
     config = _write_config(
         tmp_path / "run.toml",
         vllm.url,

@@ -58,18 +58,24 @@ class SoakReport(msgspec.Struct, kw_only=True):
         (allocators keep freed memory, so a little drift is not a leak). With three or more
         readings RSS is judged from the second one: a JVM or an interpreter grows its heap
         over the first tasks of each kind it meets and then stays, while a leak keeps
-        growing between every pair of readings.
+        growing between every pair of readings: so RSS above the slack counts as growth
+        only while it is still rising at the last reading (by more than ``rss_slack_mib``
+        over the one before it). A JVM that enlarges its heap when it meets a new task
+        kind mid-run and then holds or shrinks it is flat; a leak large enough to pass the
+        slack rises in every interval and is caught.
         """
         if len(self.readings) < 2:
             return True
         first, last = self.readings[0], self.readings[-1]
         base = self.readings[1] if len(self.readings) >= 3 else first
         slack = max(rss_slack_mib, rss_slack_frac * base.rss_mib)
+        previous = self.readings[-2]
+        rising = previous is base or last.rss_mib > previous.rss_mib + rss_slack_mib
         return (
             last.open_fds <= first.open_fds
             and last.processes <= first.processes
             and last.threads <= first.threads + 2
-            and last.rss_mib <= base.rss_mib + slack
+            and (last.rss_mib <= base.rss_mib + slack or not rising)
         )
 
     def table(self) -> str:

@@ -78,5 +78,13 @@ def test_flat_judgement() -> None:
     assert SoakReport(env_id="x", policy="o", readings=[r(0, 600), r(5, 800), r(9, 805)]).flat()
     assert not SoakReport(env_id="x", policy="o", readings=[r(0, 600), r(5, 700), r(9, 800)]).flat()
     assert not SoakReport(env_id="x", policy="o", readings=[r(0, 100), r(10, 200)]).flat()
+    # A JVM that enlarges its heap mid-run (a new task kind) and then holds it is flat
+    # (measured on CI: sciworld 1,809 -> 1,810 -> 2,019 -> 2,012 MiB); one still rising is not.
+    jvm = [r(0, 1808), r(3, 1810), r(6, 2019)]
+    assert SoakReport(env_id="x", policy="o", readings=[*jvm, r(9, 2012)]).flat()
+    assert not SoakReport(env_id="x", policy="o", readings=[*jvm, r(9, 2200)]).flat()
+    assert not SoakReport(
+        env_id="x", policy="o", readings=[r(0, 600), r(3, 610), r(6, 700), r(9, 790)]
+    ).flat()
     assert not SoakReport(env_id="x", policy="o", readings=[r(0, 100), r(10, 100, fds=10)]).flat()
     assert not SoakReport(env_id="x", policy="o", readings=[r(0, 100), r(10, 100, procs=3)]).flat()

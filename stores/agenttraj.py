@@ -104,16 +104,17 @@ __all__ = [
 #: names LMRL-Gym's envs both ways: ``maze``/``wordle`` in ``examples/basic/*_eval*.py``,
 #: ``lmrlgym_maze``/``lmrlgym_wordle`` in ``utils/agentevol_filter.py`` and the AgentEvol
 #: scripts. Its other tasks (``webshop``, ``alfworld``, ``weather``, ``movie``, ``todo``,
-#: ``academia``, ``sheet``, ``webarena``, ``searchqa``) have no gymux env.
+#: ``academia``, ``sheet``, ``webarena``, ``searchqa``) have no gymux env. AgentGym's Wordle
+#: is LMRL-Gym's game, gymux's ``lmrl-wordle`` (item N = seed N), not gymux's ``wordle``.
 AGENTGYM_ENVS: Mapping[str, str] = {
     "babyai": "babyai",
     "lmrlgym_maze": "maze",
-    "lmrlgym_wordle": "wordle",
+    "lmrlgym_wordle": "lmrl-wordle",
     "maze": "maze",
     "sciworld": "sciworld",
     "sqlgym": "sqlgym",
     "textcraft": "textcraft",
-    "wordle": "wordle",
+    "wordle": "lmrl-wordle",
 }
 
 #: ``policy`` and ``split`` of an imported trajectory.

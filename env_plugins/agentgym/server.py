@@ -24,7 +24,11 @@ What AgentGym's own servers do beyond the wire format -- the answer to an empty 
 stepping a finished episode, the shape of ``GET /observation`` and ``POST /close``, wordle's
 spaced-letter guesses and ``b y g g b`` feedback and its ``GET /wordle/filtered_vocab`` --
 is copied per family from :mod:`gymux.env_plugins.agentgym.upstream`, so AgentGym's clients
-run unmodified.
+run unmodified. An env that is the family's LMRL-Gym game itself (``lmrl-wordle``, see
+:data:`~gymux.env_plugins.agentgym.upstream.LMRL_GAMES`) is served in that family by default
+and only relayed: its actions go to it as received, its observations, rewards and ``done``
+are upstream's, ``GET /wordle/filtered_vocab`` lists its real filtered vocabulary, and
+``/reset`` takes any seed (``seed``, or ``data_idx``), so seed N is AgentGym's game N.
 
 Otherwise failures use real HTTP status codes with a JSON body ``{"error": "<message>"}``:
 400 malformed body or missing field, 404 unknown, reaped or evicted instance, 409 the
@@ -91,6 +95,7 @@ from gymux.env_plugins.adapters import factory_ref, make_instance
 from gymux.env_plugins.agentgym.dialects import DIALECTS, GYMUX_ACTIONS_KEY, Dialect
 from gymux.env_plugins.agentgym.upstream import (
     EVALUATOR_CLIENTS,
+    LMRL_GAMES,
     WORDLE_START,
     Upstream,
     WordleGame,
@@ -150,6 +155,7 @@ class _Slot:
     __slots__ = (
         "closing",
         "env",
+        "filtered",
         "first",
         "goal",
         "last_used",
@@ -176,6 +182,9 @@ class _Slot:
         #: The reset observation's ``Your goal: ...`` line (BabyAI's observation repeats it).
         self.goal = ""
         self.wordle = WordleGame()
+        #: An LMRL-Gym game env's filtered vocabulary after the last guess (``None``: the
+        #: whole vocabulary, as before any guess).
+        self.filtered: list[str] | None = None
 
 
 def default_max_instances(plugin: EnvPlugin) -> int:
@@ -184,8 +193,12 @@ def default_max_instances(plugin: EnvPlugin) -> int:
 
 
 def default_dialect(plugin: EnvPlugin) -> Dialect:
-    """The AgentGym family named like the env (maze, wordle, babyai, ...), else ``gymux``."""
+    """The AgentGym family named like the env (maze, wordle, babyai, ...), else ``gymux``.
+
+    An env that is an AgentGym game under another name (``lmrl-wordle``) gets its family.
+    """
     name = plugin.id.rsplit("/", 1)[-1]
+    name = LMRL_GAMES.get(name, name)
     if name in DIALECTS and name not in {"tool", "gymux"}:
         return DIALECTS[name]
     return DIALECTS["gymux"]
@@ -216,7 +229,11 @@ class EnvServer(AsyncResource):
         self.plugin = plugin
         self.dialect = dialect or default_dialect(plugin)
         upstream = upstream_for(self.dialect.name)
-        if upstream.wordle and plugin.id.rsplit("/", 1)[-1] != "wordle":
+        name = plugin.id.rsplit("/", 1)[-1]
+        #: The env *is* the family's LMRL-Gym game (``lmrl-wordle``): actions go to it as
+        #: received and its observations are upstream's, so the server only relays.
+        self.lmrl_game = LMRL_GAMES.get(name) == self.dialect.name
+        if upstream.wordle and name != "wordle" and not self.lmrl_game:
             # LMRL-Gym's guess format only makes sense for a wordle game.
             upstream = msgspec.structs.replace(upstream, wordle=False)
         self.upstream: Upstream = upstream
@@ -499,9 +516,14 @@ class EnvServer(AsyncResource):
         d = self.dialect
         body = await self._body(request)
         instance = self._int_field(body, d.id_field)
-        task_id = self._int_field(body, d.reset_field)
+        field = d.reset_field
+        if self.lmrl_game and field not in body and "data_idx" in body:
+            field = "data_idx"  # gymux's own name for the task id
+        task_id = self._int_field(body, field)
         slot = self._slot(instance)
         split = self._task_split.get(task_id)
+        if split is None and self.lmrl_game:
+            split = ""  # every seed is a game, as on AgentGym's server
         if split is None:
             raise HttpError(422, f"env {self.plugin.id!r} has no task {task_id}")
         task = Task(id=task_id, split=split)
@@ -514,6 +536,7 @@ class EnvServer(AsyncResource):
         slot.first = obs.text
         slot.goal = obs.text.partition("\n")[0] if obs.text.startswith("Your goal:") else ""
         slot.wordle.reset()
+        slot.filtered = None
         if self.upstream.wordle:
             # LMRL-Gym's wordle answers {id, observation: "Let's start Wordle!"}.
             slot.observation = Observation(text=WORDLE_START)
@@ -569,6 +592,8 @@ class EnvServer(AsyncResource):
             raise HttpError(409, f"instance {instance} has not been reset")
         if slot.over:
             return self._after_done(slot, instance)
+        if self.lmrl_game:
+            return await self._lmrl_step(slot, instance, text)
         if up.wordle:
             return await self._wordle_step(slot, instance, text)
         if not text.strip() and up.empty_observation is not None:
@@ -647,6 +672,28 @@ class EnvServer(AsyncResource):
         slot.observation, slot.over, slot.reward = Observation(text=message), done, reward
         return self._json({"observation": message, "reward": reward, "done": done})
 
+    async def _lmrl_step(self, slot: _Slot, instance: int, text: str) -> web.Response:
+        """A step of an env that is the LMRL-Gym game itself: the action as received (the
+        game reads it as upstream does), the game's own observation, reward and done."""
+
+        async def call() -> StepResult:
+            return await slot.env.step(text)
+
+        result: StepResult = await self._locked(slot, instance, call)
+        slot.observation, slot.over = result.observation, result.done
+        slot.reward = result.reward
+        filtered = result.info.get("filtered_vocab")
+        if isinstance(filtered, list):
+            slot.filtered = [str(w) for w in filtered]
+        # Upstream's JSON: LMRL-Gym's integer rewards shifted by 1 for a valid guess (0, 1),
+        # the float bad-word reward shifted for an invalid one (0.0).
+        reward: float | int = result.reward
+        if result.info.get("valid") is True and float(result.reward).is_integer():
+            reward = int(result.reward)
+        return self._json(
+            {"observation": result.observation.text, "reward": reward, "done": result.done}
+        )
+
     def _vocabulary_set(self) -> frozenset[str]:
         if self._vocabulary_frozen is None:
             self._vocabulary_frozen = frozenset(self._vocabulary_words())
@@ -658,6 +705,9 @@ class EnvServer(AsyncResource):
         slot = self._slot(instance)
         if slot.over:
             return self._json(finished_error(instance))
+        if self.lmrl_game:
+            words = slot.filtered if slot.filtered is not None else self._vocabulary_words()
+            return self._json(list(words))
         return self._json(slot.wordle.filtered(self._vocabulary_words()))
 
     def _step_reply(

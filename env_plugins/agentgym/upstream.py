@@ -26,9 +26,11 @@ Where each fact comes from (WooooDyy/AgentGym; ``<x>`` is ``agentenv-<x>/agenten
   ``"b y g g b\\n"`` (``g`` right place, ``y`` elsewhere in the word, ``b`` not in it). The
   reward is 1 for the solving guess and 0 otherwise (the server adds 1 to LMRL-Gym's
   ``-1``/``0``); the game ends when solved or after six tries. A finished game answers
-  ``{"error": ...finished}`` like maze. Difference kept: gymux's secret is fixed per task
-  (LMRL-Gym re-draws it among the still-consistent words at every guess), and feedback
-  follows the usual Wordle rule for repeated letters.
+  ``{"error": ...finished}`` like maze. Serving gymux's ``wordle`` this way keeps its game:
+  its secret is fixed per task (LMRL-Gym re-draws it among the still-consistent words at
+  every guess), and feedback follows the usual Wordle rule for repeated letters. The
+  ``lmrl-wordle`` env *is* LMRL-Gym's game (:data:`LMRL_GAMES`): the server relays it, and a
+  seed gives the game AgentGym's server gives.
 * **textcraft** (``textcraft/environment.py``, ``env_wrapper.py``): an action matching no
   command answers ``"Could not execute <action>"`` (so ``""`` gives ``"Could not execute "``),
   reward 0; ``/create`` answers ``{id, observation, done, reward}``; the wrapper never
@@ -66,6 +68,7 @@ __all__ = [
     "EVALUATOR_CLIENTS",
     "FINISHED",
     "INVALID_WORD",
+    "LMRL_GAMES",
     "WORDLE_START",
     "WORDLE_TRIES",
     "Upstream",
@@ -82,6 +85,10 @@ __all__ = [
 #: openai_eval_multiprocessing.py`` runs ``processes=20`` pool workers, each building one
 #: client (one instance) in its initializer and never closing it.
 EVALUATOR_CLIENTS = 20
+
+#: gymux envs that are an AgentGym family's own LMRL-Gym game, and that family: ``gymux
+#: serve-env`` serves them in it by default and relays their observations unchanged.
+LMRL_GAMES: dict[str, str] = {"lmrl-wordle": "wordle"}
 
 #: What a finished (or unknown) instance answers in the families that check it (HTTP 200).
 FINISHED = "The task with environment {id} has finished."

@@ -36,7 +36,10 @@ __all__ = ["add_parser", "run"]
 
 #: The one-line description of ``gymux eval`` and the examples its help shows.
 SUMMARY = "evaluate a policy over a suite (resumable)"
-EXAMPLES = ("gymux eval --suite smoke --policy oracle -o runs/eval",)
+EXAMPLES = (
+    "gymux eval --suite smoke --policy oracle -o runs/eval",
+    "gymux eval --ray 127.0.0.1:6379 --suite smoke --policy oracle -o runs/eval",
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -54,6 +57,7 @@ def add_parser(sub: Any) -> None:
         help="on resume, count policy_error/env_error episodes as done (default: run them again)",
     )
     flags.add_runtime_flags(p)
+    flags.add_ray_flag(p, "the episodes")
     flags.add_model_flags(p)
 
 
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         config=config,
         options=options,
         keep_errors=args.keep_errors,
+        executor=flags.ray_executor(args),
     )
     if ev.pending:
         # The servers answer, and what they say about their model is part of the identity.

@@ -14,9 +14,11 @@ from typing import Any
 
 import anyio
 
+from gymux.cli import flags
 from gymux.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
+    UsageError,
     add_command,
     cancel_on_signals,
     check_installed,
@@ -30,7 +32,10 @@ __all__ = ["add_parser", "run"]
 
 #: The one-line description of ``gymux evolve`` and the examples its help shows.
 SUMMARY = "train a model by behavioural cloning then AgentEvol iterations (resumable)"
-EXAMPLES = ("gymux evolve --config evolve.toml --out runs/evolve",)
+EXAMPLES = (
+    "gymux evolve --config evolve.toml --out runs/evolve",
+    "gymux evolve --ray 127.0.0.1:6379 --config evolve.toml --out runs/evolve",
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -44,6 +49,7 @@ def add_parser(sub: Any) -> None:
         default="warning",
         help="log on stderr from this level (default: warning)",
     )
+    flags.add_ray_flag(p, "the expert, explore and eval episodes (learning stays here)")
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:
@@ -53,9 +59,14 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
 
     configure_logging(args.log_level)
     config = load_evolve_config(args.config)
+    executor = flags.ray_executor(args)
+    if executor is not None:
+        bridged = [env.id for env in config.envs if env.id.startswith("agentgym/")]
+        if bridged:
+            raise UsageError(f"--ray cannot run env {bridged[0]}: AgentGym bridges run embedded")
     check_installed(registry, (env.id for env in config.envs), what="the evolve config")
     out_dir = Path(args.out)
-    evolve = Evolve(config, out_dir, registry=registry, on_event=err)
+    evolve = Evolve(config, out_dir, registry=registry, on_event=err, executor=executor)
     if is_builtin(config.base_model):
         materialise_smollm2(progress=StageDisplay(sys.stderr))
     pending = evolve.pending()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -16,12 +17,17 @@ from gymux.env_plugins.registry import Registry
 from gymux.errors import UnknownPolicyError
 from gymux.policies.registry import POLICY_NAMES
 
+if TYPE_CHECKING:
+    from gymux.scale import RayExecutor
+
 __all__ = [
     "add_model_flags",
     "add_policy_flag",
+    "add_ray_flag",
     "add_runtime_flags",
     "check_policy_name",
     "policy_options",
+    "ray_executor",
     "runtime_config",
 ]
 
@@ -196,3 +202,25 @@ def _materialise_hf(model: str) -> None:
 
     if is_builtin(model):
         materialise_smollm2(progress=StageDisplay(sys.stderr))
+
+
+def add_ray_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--ray [ADDRESS]`` (run, eval, evolve): read by :func:`ray_executor`."""
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help=f"run {what} on a Ray cluster (extra 'ray'): ADDRESS of its head, e.g. "
+        "127.0.0.1:6379 or auto; without ADDRESS, Ray's default (RAY_ADDRESS, a cluster "
+        "started on this machine, else a local one on every core); see docs/scale-out.md",
+    )
+
+
+def ray_executor(args: argparse.Namespace) -> RayExecutor | None:
+    """The executor ``--ray [ADDRESS]`` asks for (``None``: embedded)."""
+    if args.ray is None:
+        return None
+    from gymux.scale import RayExecutor
+
+    return RayExecutor(address=args.ray or None)

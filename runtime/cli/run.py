@@ -110,15 +110,7 @@ def add_parser(sub: Any) -> None:
         help="write one JSON line per run_started, episode_finished and run_finished event "
         "to FILE ('-': stdout), each as it happens",
     )
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        metavar="ADDRESS",
-        help="run the episodes on a Ray cluster (extra 'ray'): ADDRESS of its head, e.g. "
-        "127.0.0.1:6379 or auto; without ADDRESS, Ray's default (RAY_ADDRESS, a cluster "
-        "started on this machine, else a local one on every core); see docs/scale-out.md",
-    )
+    flags.add_ray_flag(p, "the episodes")
     flags.add_model_flags(p)
 
 
@@ -346,9 +338,9 @@ def _runtime(
     """The embedded runtime, or with ``--ray`` the Ray driver (same embedding API)."""
     if args.ray is None:
         return Runtime(config, registry=registry, out=out_dir, out_format=args.format)
-    from gymux.scale import RayExecutor, RayRuntime
+    from gymux.scale import RayRuntime
 
-    executor = RayExecutor(address=args.ray or None)
+    executor = flags.ray_executor(args)
     return RayRuntime(
         config, executor=executor, registry=registry, out=out_dir, out_format=args.format
     )

@@ -265,6 +265,41 @@ class EvalOptions(TypedDict, total=False):
     options: Mapping[str, Any] | None
     keep_errors: bool
     reported: Mapping[str, str] | None
+    #: An executor for ``Runtime(config, executor=...)``, e.g. ``gymux.scale.RayExecutor``.
+    executor: object | None
+
+
+#: Model-policy options that name a file or folder: sent to Ray workers as absolute paths
+#: (a worker's working directory is not the driver's).
+PATH_OPTIONS = ("model", "tokenizer_path", "tokenizer")
+
+
+def _ray_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` as Ray workers get them: a relative path that exists here made absolute
+    (workers on this machine or a shared filesystem then find it)."""
+    result = dict(options)
+    for key in PATH_OPTIONS:
+        value = result.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            path = Path(value)
+            result[key] = str(path.resolve()) if path.exists() else value
+    return result
+
+
+def _check_ray_suite(suite: Suite, policy: object) -> None:
+    """Refuse what a Ray eval cannot run (one line each, as ``gymux run --ray``): a policy
+    given as an object (workers build theirs from its name and options) and AgentGym
+    bridges (workers find envs through the installed entry points, not this process's
+    registry)."""
+    if not isinstance(policy, str):
+        name = getattr(policy, "name", type(policy).__name__)
+        raise ConfigError(
+            f"--ray cannot run a policy given as an object ({name!r}): Ray workers build "
+            "their policy from its name and options"
+        )
+    for env in suite.envs:
+        if env.url is not None or env.id.startswith("agentgym/"):
+            raise ConfigError(f"--ray cannot run env {env.id}: AgentGym bridges run embedded")
 
 
 class EvalRun:
@@ -284,6 +319,9 @@ class EvalRun:
     ``keep_errors``: count ``policy_error``/``env_error`` episodes as done on resume.
     ``reported``: what the model server says about its model (``model_path``,
     ``weight_version``; see :func:`policy_identity`).
+    ``executor``: run the episodes on a Ray cluster (:class:`gymux.scale.RayExecutor`):
+    each worker builds the policy from its name and options (an ``hf`` model: one copy per
+    worker); the store, the manifest and the plan stay in this process.
     """
 
     def __init__(
@@ -294,6 +332,9 @@ class EvalRun:
         self.out = Path(out)
         self.registry = opts.get("registry") or default_registry()
         self.config = opts.get("config") or RuntimeConfig()
+        self.executor = opts.get("executor")
+        if self.executor is not None:
+            _check_ray_suite(suite, policy)
         register_suite_bridges(suite, self.registry)
         for env in suite.envs:  # unknown, not installed, no such split: fail before anything
             spec = self.registry.get_runnable(env.id).spec
@@ -356,6 +397,9 @@ class EvalRun:
         # Everything that can fail before the first episode has been checked: only now
         # does the folder become this eval's.
         _write_manifest(self.out, suite, self.policy, self.identity)
+        if self.executor is not None:
+            await self._run_on_ray(budget)
+            return
         async with Runtime(self.config, registry=registry, out=self.out) as rt:
             for i, env in enumerate(suite.envs):
                 wanted = self.plan.todo.get(env.id, [])
@@ -372,6 +416,25 @@ class EvalRun:
                 self._handles.append(
                     await rt.submit(workload, policy=env_policy, only=_keep_in(set(wanted)))
                 )
+            for handle in self._handles:
+                await handle.wait()
+
+    async def _run_on_ray(self, budget: int | None) -> None:
+        """:meth:`run` on the executor's cluster: the same triples (``only=``), each env a
+        run whose workers build the policy from the workload (name and options)."""
+        suite = self.suite
+        options = _ray_options(self.options) if self.policy in MODEL_POLICIES else {}
+        async with Runtime(
+            self.config, executor=self.executor, registry=self.registry, out=self.out
+        ) as rt:
+            for i, env in enumerate(suite.envs):
+                wanted = self.plan.todo.get(env.id, [])
+                if budget is not None:
+                    wanted, budget = wanted[:budget], budget - len(wanted[:budget])
+                if not wanted:
+                    continue
+                workload = _workload(suite, i, self.policy, options)
+                self._handles.append(await rt.submit(workload, only=_keep_in(set(wanted))))
             for handle in self._handles:
                 await handle.wait()
 

@@ -17,6 +17,12 @@ replaced atomically after each stage. A re-run of the same config skips finished
 a stage killed midway starts again, and the episode stages (expert, explore, eval) resume
 from their store (:class:`~gymux.eval.run.EvalRun`): finished episodes are not re-run. A
 killed learn stage leaves no checkpoint (it is written under a temporary name and renamed).
+
+With an ``executor`` (``gymux evolve --ray``) the episode stages run on a Ray cluster
+(each worker builds the policy from the stage's options: an ``hf`` checkpoint folder must
+be readable by every worker, on this machine or a shared filesystem); the learn stages
+and the filter run in this process, and sglang / vllm servers get each checkpoint from
+here as without Ray.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -42,6 +48,9 @@ from gymux.evolve.data import examples_from, kept_trajectories
 from gymux.evolve.learn import LearnResult, finetune
 from gymux.stores.format import fsync_dir, write_file_durable
 from gymux.trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from gymux.scale import RayExecutor
 
 __all__ = ["JOURNAL", "Evolve", "Journal", "StageRecord"]
 
@@ -76,8 +85,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class Evolve:
     """An evolve run in ``out`` for ``config``: :meth:`run` runs what is left.
 
-    ``base`` overrides where the base model folder is (default: ``config.base_model``,
-    ``smollm2`` materialised into the gymux cache on first use).
+    The base model folder is ``config.base_model`` (``smollm2`` materialised into the gymux
+    cache on first use). ``executor``: run the episode stages (expert, explore, eval) on a
+    Ray cluster; learning stays in this process.
     """
 
     def __init__(
@@ -87,8 +97,10 @@ class Evolve:
         *,
         registry: Registry | None = None,
         on_event: Callable[[str], None] | None = None,
+        executor: RayExecutor | None = None,
     ) -> None:
         self.config = config
+        self.executor = executor
         self.out = Path(out)
         self.registry = registry or default_registry()
         self.on_event = on_event or (lambda _line: None)
@@ -234,6 +246,7 @@ class Evolve:
             registry=self.registry,
             config=RuntimeConfig(max_concurrent_episodes=self.config.concurrency),
             options=options,
+            executor=self.executor,
         )
         if ev.pending:
             await ev.run()

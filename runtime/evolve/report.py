@@ -3,7 +3,9 @@ with matplotlib (``gymux[plot]``), ``OUT/charts/evolve-success.png`` and
 ``OUT/charts/evolve-loss.png``.
 
 One row per evaluated model (base, BC, each iteration): success rate and mean score per
-env on the eval split; beside it, per iteration, the episodes explored and kept, and per
+env on the eval split, and the share of its turns whose output parsed into an action (a
+small model learns the action format long before it solves tasks, so this is where BC shows
+first); beside it, per iteration, the episodes explored and kept, and per
 learn stage its data, steps, loss (first and last step) and wall time. Every stage's own
 eval folder (``OUT/eval/<name>``) is an ordinary eval: ``gymux report OUT/eval/bc
 OUT/eval/1`` compares two of them with intervals.
@@ -18,6 +20,7 @@ from typing import Any
 import msgspec
 
 from gymux.eval.html import bar_chart_svg
+from gymux.eval.run import read_store
 from gymux.evolve.pipeline import Journal, StageRecord
 
 __all__ = ["evolve_summary", "write_evolve_report"]
@@ -28,8 +31,20 @@ def _label(stage: str) -> str:
     return suffix if suffix in ("base", "bc") else f"iter {suffix}"
 
 
-def evolve_summary(journal: Journal) -> dict[str, Any]:
-    """The report's data: evaluated models, iterations and learn stages, from the journal."""
+def _valid_actions(out: Path, folder: str) -> dict[str, dict[str, int]]:
+    """Per env of the eval folder ``out/folder``: its turns and how many parsed into an
+    action (``parse_error`` unset)."""
+    counts: dict[str, dict[str, int]] = {}
+    for traj in read_store(out / folder):
+        row = counts.setdefault(traj.env_id, {"turns": 0, "valid": 0})
+        row["turns"] += len(traj.turns)
+        row["valid"] += sum(1 for turn in traj.turns if turn.parse_error is None)
+    return counts
+
+
+def evolve_summary(journal: Journal, out: Path | None = None) -> dict[str, Any]:
+    """The report's data: evaluated models, iterations and learn stages, from the journal
+    (with ``out``, the evolve folder, also each eval's valid-action counts per env)."""
     evals: list[dict[str, Any]] = []
     learns: list[dict[str, Any]] = []
     iterations: list[dict[str, Any]] = []
@@ -37,7 +52,14 @@ def evolve_summary(journal: Journal) -> dict[str, Any]:
     for record in journal.stages:
         stages.append({"stage": record.name, "wall_s": round(record.wall_s, 3)})
         if record.name.startswith("eval-"):
-            evals.append({"model": _label(record.name), "envs": record.info.get("envs", {})})
+            row: dict[str, Any] = {
+                "model": _label(record.name),
+                "envs": record.info.get("envs", {}),
+            }
+            folder = record.info.get("dir")
+            if out is not None and isinstance(folder, str) and (out / folder).is_dir():
+                row["valid_actions"] = _valid_actions(out, folder)
+            evals.append(row)
         elif record.name.startswith("learn-"):
             losses = record.info.get("losses", [])
             learns.append(
@@ -94,6 +116,21 @@ def _markdown(summary: dict[str, Any]) -> str:
                 m = row["envs"].get(env)
                 cells.append(
                     "-" if m is None else f"{_pct(m['success_rate'])} ({m['mean_score']:.3f})"
+                )
+            lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if any("valid_actions" in row for row in summary["evals"]):
+        lines += ["## Eval split: turns whose output parsed into an action", ""]
+        lines.append("| model | " + " | ".join(envs) + " |")
+        lines.append("|---|" + "---|" * len(envs))
+        for row in summary["evals"]:
+            cells = []
+            for env in envs:
+                c = row.get("valid_actions", {}).get(env)
+                cells.append(
+                    "-"
+                    if not c or not c["turns"]
+                    else f"{_pct(c['valid'] / c['turns'])} ({c['valid']}/{c['turns']})"
                 )
             lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -187,7 +224,7 @@ def write_evolve_report(out: Path, journal: Journal | list[StageRecord]) -> list
     """Write the report files into ``out``; returns their paths."""
     if isinstance(journal, list):
         journal = Journal(config_digest="", stages=journal)
-    summary = evolve_summary(journal)
+    summary = evolve_summary(journal, out)
     markdown = _markdown(summary)
     paths = [out / "report.md", out / "report.json", out / "report.html"]
     paths[0].write_text(markdown)

@@ -43,12 +43,13 @@ from gymux.config import RuntimeConfig, Workload
 from gymux.env_plugins.protocol import EnvPlugin
 from gymux.env_plugins.registry import Registry, default_registry
 from gymux.episode import EpisodeJob
-from gymux.errors import ScaleError
+from gymux.errors import GymuxError, ScaleError
 from gymux.events import EpisodeFinished, Event, EventBus, RunFinished, RunStarted
 from gymux.log import LogSubscriber, configure_logging
 from gymux.messages import PolicyRequest, PolicyResponse
 from gymux.policies.base import SimplePolicy
 from gymux.policies.protocol import Policy
+from gymux.policies.registry import make_policy
 from gymux.runtime import RunHandle, RunResult, Runtime, default_sink, end_runs, new_run_id
 from gymux.scheduler import RolloutStats, plan_jobs
 from gymux.sinks import Sink, SinkFlusher, write_group
@@ -191,6 +192,9 @@ class _Worker:
         self._host_task: Any = None
         self._failure: BaseException | None = None
         self._handles: set[RunHandle] = set()
+        #: The run's policies, built once per worker from the workload (a model client,
+        #: or an in-process ``hf`` model: one copy per worker) and shared by its chunks.
+        self._policies: dict[str, Policy] = {}
 
     def node(self) -> str:
         return _import_ray().get_runtime_context().get_node_id()  # type: ignore[no-any-return]
@@ -240,6 +244,7 @@ class _Worker:
             return keys is None or (job.task_id, job.sample) in keys
 
         plugin = rt.registry.get_runnable(sub.env)
+        policy = self._policy(sub, plugin)
         episodes = {job.episode_id for job in plan_jobs(run_id, sub, plugin) if keep(job)}
         events: list[Event] = []
 
@@ -252,7 +257,9 @@ class _Worker:
 
         unsubscribe = rt.subscribe(collect)
         try:
-            handle = await rt.submit(sub, run_id=run_id, only=None if keys is None else keep)
+            handle = await rt.submit(
+                sub, policy=policy, run_id=run_id, only=None if keys is None else keep
+            )
             self._handles.add(handle)
             try:
                 await handle.wait()
@@ -265,6 +272,24 @@ class _Worker:
             unsubscribe()
         result = _ChunkResult(events=events, rollout=handle.rollout, node=self.node())
         return _encode(result)
+
+    def _policy(self, work: Workload, plugin: EnvPlugin) -> Policy:
+        """The workload's policy on this worker: built on its first chunk, then shared by
+        the others (one model client or ``hf`` model per worker, batching all its calls)."""
+        key = msgspec.json.encode(
+            [work.env, work.policy, work.seed, sorted(work.policy_options.items())]
+        ).decode()
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = make_policy(
+                work.policy,
+                plugin,
+                seed=work.seed,
+                options=work.policy_options or None,
+                concurrency=self._config.max_concurrent_episodes,
+            )
+            self._policies[key] = policy
+        return policy
 
     async def close(self) -> None:
         if self._stop is None:
@@ -671,7 +696,11 @@ class RayRuntime:
             try:
                 data = await ref
             except ray.exceptions.RayTaskError as exc:
-                raise ScaleError(f"a worker failed chunk {chunk.index}: {exc}") from exc
+                # One line: what the worker raised (a policy that cannot be built from
+                # the workload's options, ...), not Ray's traceback.
+                cause = getattr(exc, "cause", None)
+                detail = str(cause) if isinstance(cause, GymuxError) else str(exc)
+                raise ScaleError(f"a Ray worker failed chunk {chunk.index}: {detail}") from exc
             except ray.exceptions.RayError as exc:
                 # The actor or its node died: the chunk runs again on another worker.
                 queue.pending.appendleft(chunk)

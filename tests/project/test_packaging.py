@@ -184,6 +184,7 @@ def test_wheel_contents(wheel: Path) -> None:
     assert dict(eps["gymux.envs"]) == {
         "maze": "gymux.env_plugins.builtin.maze.plugin:plugin",
         "wordle": "gymux.env_plugins.builtin.wordle.plugin:plugin",
+        "lmrl-wordle": "gymux.env_plugins.builtin.lmrl_wordle.plugin:plugin",
         "textcraft": "gymux.env_plugins.builtin.textcraft.plugin:plugin",
         "babyai": "gymux.env_plugins.builtin.babyai.plugin:plugin",
         "sciworld": "gymux.env_plugins.builtin.sciworld.plugin:plugin",

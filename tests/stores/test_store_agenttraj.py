@@ -315,8 +315,8 @@ def test_source_export_refuses_native_trajectories(tmp_path: Path) -> None:
     [
         ("lmrlgym_maze_3", "maze", 3),
         ("maze_3", "maze", 3),
-        ("lmrlgym_wordle_7", "wordle", 7),
-        ("wordle_7", "wordle", 7),
+        ("lmrlgym_wordle_7", "lmrl-wordle", 7),
+        ("wordle_7", "lmrl-wordle", 7),
         ("textcraft_12", "textcraft", 12),
         ("babyai_40", "babyai", 40),
         ("sciworld_1999", "sciworld", 1999),

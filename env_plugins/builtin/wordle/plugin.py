@@ -64,10 +64,11 @@ WORDLE_SPEC = EnvSpec(
     success=SuccessRule(threshold=1.0),
     example_actions=["guess crane", "guess slate", "guess tries", "guess pound", "guess lymph"],
     agentgym_ids=(
-        "no: AgentGym's Wordle (LMRL-Gym) is another game: a 39-word vocabulary, and after "
+        "no: AgentGym's Wordle (LMRL-Gym) is another game: a 40-word vocabulary, and after "
         "each guess the answer is re-drawn by random.Random(id) from the words still "
         "possible, so an AgentGym id names a seed, not a word; gymux's has a fixed secret "
-        "from a 3568-word list"
+        "from a 3568-word list. For AgentGym's items use the env lmrl-wordle (its game, "
+        "id N = seed N)"
     ),
     description=(
         f"Wordle over a {len(word_list())}-word list: six guesses, green/yellow/gray letter "

@@ -63,9 +63,9 @@ def test_import_then_export_is_byte_identical(tmp_path: Path, cli) -> None:
     assert lines[0] == (
         f"imported 5 trajectories (agenttraj, jsonl) from {src} into {store} (stream trajectories)"
     )
-    assert lines[1] == "  envs: alfworld 1, maze 1, textcraft 1, webshop 1, wordle 1"
+    assert lines[1] == "  envs: alfworld 1, lmrl-wordle 1, maze 1, textcraft 1, webshop 1"
     assert lines[2] == (
-        "  AgentGym names mapped to gymux envs: lmrlgym_maze -> maze, lmrlgym_wordle -> wordle"
+        "  AgentGym names mapped to gymux envs: lmrlgym_maze -> maze, lmrlgym_wordle -> lmrl-wordle"
     )
     assert lines[3] == "  not gymux envs, kept as env ids: alfworld (1), webshop (1)"
     assert lines[4] == "  export --format agenttraj: 5 of 5 record(s) come back byte-identical"
@@ -82,7 +82,7 @@ def test_import_then_export_is_byte_identical(tmp_path: Path, cli) -> None:
         ("maze", 3, "agenttraj"),
         ("textcraft", 12, "agenttraj"),
         ("webshop", 5238, "agenttraj"),
-        ("wordle", 1, "agenttraj"),
+        ("lmrl-wordle", 1, "agenttraj"),
         ("alfworld", 4, "agenttraj"),
     ]
     # gymux's filters apply to imported records; they keep their AgentGym item ids
@@ -128,7 +128,7 @@ def test_import_json_array_with_json_output(tmp_path: Path, inproc) -> None:
     assert summary["layout"] == "json-array"
     assert (summary["trajectories"], summary["exact"], summary["file_exact"]) == (5, 0, True)
     assert summary["unknown"] == {"alfworld": 1, "webshop": 1}
-    assert summary["renamed"] == {"lmrlgym_maze": "maze", "lmrlgym_wordle": "wordle"}
+    assert summary["renamed"] == {"lmrlgym_maze": "maze", "lmrlgym_wordle": "lmrl-wordle"}
     back = tmp_path / "back.jsonl"
     assert inproc(["store", "export", store, "--format", "agenttraj", "-o", back]).rc == 0
     exported = [json.loads(line, object_pairs_hook=list) for line in back.read_text().splitlines()]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gymux.env_plugins.registry import default_registry
 from gymux.eval.suite import BUILTIN_SUITES, SuiteError, load_suite, parse_suite
 
 
@@ -28,7 +29,7 @@ def test_suite_errors_name_the_key(tmp_path: Path) -> None:
     # AgentGym's per-environment turn budgets.
     assert budgets == {
         "maze": 15,
-        "wordle": 8,
+        "lmrl-wordle": 8,  # AgentGym's Wordle; gymux's own `wordle` is another game
         "textcraft": 20,
         "babyai": 20,
         "sciworld": 30,
@@ -37,7 +38,7 @@ def test_suite_errors_name_the_key(tmp_path: Path) -> None:
     }
     # Every built-in suite names only installed envs, and smoke covers all of them.
     smoke = {e.id for e in load_suite("smoke").envs}
-    assert smoke == set(budgets)
+    assert smoke == set(budgets) | {"wordle"} == set(default_registry().ids())
 
 
 def test_builtin_suites_are_package_data() -> None:

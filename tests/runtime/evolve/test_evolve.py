@@ -247,6 +247,14 @@ def test_the_loop_runs_and_resumes_after_sigkill(tiny: Path, tmp_path: Path) -> 
     assert [row["model"] for row in report["evals"]] == ["bc", "iter 1"]
     assert report["iterations"][0]["explored"] == len(explored)
     assert "| bc |" in (out / "report.md").read_text()
+    # Each evaluated model's turns, and how many parsed into an action, per env.
+    for row, stage in zip(report["evals"], ("eval/bc", "eval/1"), strict=True):
+        trajs = read_store(out / stage)
+        assert row["valid_actions"]["maze"] == {
+            "turns": sum(len(t.turns) for t in trajs),
+            "valid": sum(1 for t in trajs for u in t.turns if u.parse_error is None),
+        }
+    assert "turns whose output parsed into an action" in (out / "report.md").read_text()
     assert "wrote" in stdout
     # `gymux report OUT` compares the evaluated models, in stage order.
     from gymux.cli.main import main

@@ -1,0 +1,1 @@
+"""The built-in lmrl-wordle environment (AgentGym's Wordle, LMRL-Gym's game): see :mod:`.env`."""

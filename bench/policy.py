@@ -46,9 +46,18 @@ each concurrency. Each row also shows the machine's 1-minute load average at the
 window (``load``): client CPU per turn is only comparable between quiet runs. It prints a
 message and exits 0 when the venv is absent.
 
+``--fake-vllm`` runs the same rows against ``bench/_fake_vllm.py`` (a FAKE vLLM: no model,
+answers shaped like vLLM's, started as a subprocess) and a tokenizer trained on the spot,
+so the client's CPU per turn can be measured and profiled without vLLM (its figures are
+labelled fake-server figures). ``--profile DIR`` writes each client's cProfile (timed by
+``time.process_time``, i.e. CPU time) of its measuring window to ``DIR``. Each row also
+shows the CPU the garbage collector took per turn, by generation (``gc.callbacks``).
+
 Usage::
 
     python bench/policy.py --vllm           # real vLLM CPU rows (~5 min)
+    python bench/policy.py --fake-vllm      # the same rows against bench/_fake_vllm.py
+    python bench/policy.py --fake-vllm --profile DIR   # + a cProfile (CPU clock) per client
     python bench/policy.py                  # full run (~3 min)
     python bench/policy.py --quick          # smoke version (< 60 s)
     python bench/policy.py --json out.json  # also dump every measurement as JSON
@@ -60,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -137,6 +147,36 @@ class _BenchPolicy(SGLangPolicy):
         with contextlib.suppress(KeyError, TypeError, ValueError):
             self.e2e[request.episode_id] = float(answer.meta_info.e2e_latency)
         return super()._to_response(server, request, answer)
+
+
+class GCClock:
+    """CPU time spent in the garbage collector (``gc.callbacks``), by generation."""
+
+    def __init__(self) -> None:
+        self.cpu_s = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.process_time()
+        else:
+            gen = info["generation"]
+            self.cpu_s[gen] += time.process_time() - self._t0
+            self.runs[gen] += 1
+
+    def snapshot(self) -> tuple[list[float], list[int]]:
+        return list(self.cpu_s), list(self.runs)
+
+    def since(self, snap: tuple[list[float], list[int]], turns: int) -> dict[str, Any]:
+        """GC CPU per turn (us) and collections, by generation, since ``snap``."""
+        cpu = [a - b for a, b in zip(self.cpu_s, snap[0], strict=True)]
+        runs = [a - b for a, b in zip(self.runs, snap[1], strict=True)]
+        return {
+            "gc_us_per_turn": [round(1e6 * c / turns, 1) if turns else None for c in cpu],
+            "gc_runs": runs,
+        }
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -445,16 +485,29 @@ async def _vllm_client(args: argparse.Namespace) -> None:
                 _reply(messages, resp.text, idx, turn)
             policy.finish_episode(ep)
 
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile(time.process_time)
+    gc_clock = GCClock()
     async with policy, anyio.create_task_group() as tg:
         for i in range(args.episodes):
             tg.start_soon(episode_loop, i)
         await anyio.sleep(args.warmup)
+        gc0 = gc_clock.snapshot()
         cpu0, t0, errors0 = _self_cpu_s(), time.perf_counter(), errors
         measuring = True
+        if profiler is not None:
+            profiler.enable()
         await anyio.sleep(args.window)
+        if profiler is not None:
+            profiler.disable()
         measuring = False
         wall = time.perf_counter() - t0
         cpu = _self_cpu_s() - cpu0
+        if profiler is not None:
+            profiler.dump_stats(args.profile)
         out = {
             "policy": args.one_vllm,
             "episodes": args.episodes,
@@ -471,9 +524,58 @@ async def _vllm_client(args: argparse.Namespace) -> None:
             # The machine's 1-minute load average at the end of the window (others' work
             # on a shared machine inflates CPU time per turn).
             "load_avg_1m": os.getloadavg()[0],
+            **gc_clock.since(gc0, turns),
         }
         print(json.dumps(out), flush=True)
         os._exit(0)
+
+
+def _client_rows(url: str, tok: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each policy at each concurrency, each in a fresh client subprocess."""
+    rows = []
+    env = dict(os.environ)
+    if args.client_pythonpath:  # e.g. an older tree's package, for "before" figures
+        env["PYTHONPATH"] = args.client_pythonpath
+    for k, n in enumerate(args.concurrency or VLLM_CONCURRENCY):
+        for policy in (args.policies or VLLM_POLICIES)[:: 1 if k % 2 == 0 else -1]:
+            cmd = [sys.executable, __file__, "--one-vllm", policy, "--url", url]
+            cmd += ["--tok", str(tok), "--episodes", str(n)]
+            cmd += ["--warmup", str(args.warmup), "--window", str(args.window)]
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                cmd += ["--profile", str(args.profile / f"{policy}-x{n}.prof")]
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+            if res.returncode != 0 or not res.stdout.strip():
+                raise SystemExit(f"client {policy} x{n} failed:\n{res.stderr[-3000:]}")
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print(f"  {policy} x{n}: done", flush=True)
+    return rows
+
+
+def _fake_vllm_rows(args: argparse.Namespace) -> None:
+    from doubles.sglang_double import build_tiny_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_tiny_tokenizer(Path(tmp) / "tok")
+        cmd = [sys.executable, str(ROOT / "bench" / "_fake_vllm.py")]
+        cmd += [f"--max-model-len={VLLM_MAX_MODEL_LEN}", f"--delay-s={args.fake_delay_s}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("PORT "):
+                raise SystemExit(f"the fake vLLM did not start: {line!r}")
+            url = f"http://127.0.0.1:{int(line.split()[1])}"
+            print(
+                f"FAKE vLLM server (bench/_fake_vllm.py, no model; answers after "
+                f"{args.fake_delay_s:g} s) at {url}",
+                flush=True,
+            )
+            rows = _client_rows(url, tok, args)
+        finally:
+            proc.kill()
+            proc.wait()
+    _print_vllm_rows(rows, args, label="FAKE vLLM server")
 
 
 def _vllm_rows(args: argparse.Namespace) -> None:
@@ -490,22 +592,17 @@ def _vllm_rows(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         server.start()
         print(f"real vLLM CPU server (tiny random Llama) ready in {time.perf_counter() - t:.0f} s")
-        rows = []
         try:
-            for k, n in enumerate(VLLM_CONCURRENCY):
-                for policy in VLLM_POLICIES[:: 1 if k % 2 == 0 else -1]:
-                    cmd = [sys.executable, __file__, "--one-vllm", policy, "--url", server.url]
-                    cmd += ["--tok", str(model), "--episodes", str(n)]
-                    cmd += ["--warmup", str(args.warmup), "--window", str(args.window)]
-                    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-                    if res.returncode != 0 or not res.stdout.strip():
-                        raise SystemExit(f"client {policy} x{n} failed:\n{res.stderr[-3000:]}")
-                    rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-                    print(f"  {policy} x{n}: done", flush=True)
+            rows = _client_rows(server.url, model, args)
         finally:
             server.stop()
+    _print_vllm_rows(rows, args, label="real vLLM CPU server")
+
+
+def _print_vllm_rows(rows: list[dict[str, Any]], args: argparse.Namespace, *, label: str) -> None:
+    print(f"against: {label}")
     head = f"{'policy':<8}{'episodes':>9}{'turns/s':>9}{'prompt tok':>11}{'cpu us/turn':>12}"
-    head += f"{'cli cpu':>8}{'err':>5}{'load':>6}"
+    head += f"{'cli cpu':>8}{'err':>5}{'load':>6}  gc us/turn (gen 0/1/2)"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -513,6 +610,7 @@ def _vllm_rows(args: argparse.Namespace) -> None:
             f"{r['policy']:<8}{r['episodes']:>9}{r['turns_per_s']:>9.1f}"
             f"{r['mean_prompt_tokens']:>11.0f}{r['client_cpu_us_per_turn']:>12.0f}"
             f"{r['client_cpu_frac']:>8.2f}{r['errors']:>5}{r['load_avg_1m']:>6.1f}"
+            f"  {'/'.join(str(g) for g in r.get('gc_us_per_turn', []))}"
         )
     for r in rows:
         if r["errors"]:
@@ -523,7 +621,7 @@ def _vllm_rows(args: argparse.Namespace) -> None:
             print(
                 f"{'PASS' if ok else 'FAIL'} vllm x{r['episodes']}: client CPU "
                 f"{r['client_cpu_us_per_turn']:.0f} us/turn at "
-                f"~{r['mean_prompt_tokens']:.0f}-token prompts (target < 200 us)"
+                f"~{r['mean_prompt_tokens']:.0f}-token prompts (target < 200 us; {label})"
             )
     if args.json:
         args.json.write_text(json.dumps({"vllm_rows": rows}, indent=2))
@@ -538,6 +636,16 @@ def main() -> None:
     p.add_argument("--warmup", type=float)
     p.add_argument("--window", type=float)
     p.add_argument("--vllm", action="store_true", help="rows against a real vLLM CPU server")
+    p.add_argument(
+        "--fake-vllm", action="store_true", help="the --vllm rows against bench/_fake_vllm.py"
+    )
+    p.add_argument(
+        "--fake-delay-s", type=float, default=0.05, help="--fake-vllm: answer after this long"
+    )
+    p.add_argument("--profile", type=Path, help="cProfile each client's window (CPU clock)")
+    p.add_argument("--concurrency", type=int, action="append", help="--vllm episodes (repeat)")
+    p.add_argument("--policies", action="append", choices=VLLM_POLICIES, help="--vllm policies")
+    p.add_argument("--client-pythonpath", help=argparse.SUPPRESS)
     p.add_argument("--one", choices=STRATEGIES, help=argparse.SUPPRESS)
     p.add_argument("--one-vllm", choices=VLLM_POLICIES, help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
@@ -556,6 +664,9 @@ def main() -> None:
         return
     if args.vllm:
         _vllm_rows(args)
+        return
+    if args.fake_vllm:
+        _fake_vllm_rows(args)
         return
 
     from doubles.sglang_double import build_tiny_tokenizer

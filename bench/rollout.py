@@ -20,7 +20,9 @@ Two scenarios per client, each with a fresh double:
   occupied decode slots (sampled every 10 ms) / B (target >= 95%); ``busy_s`` = its busy
   slot-seconds / (B x window), which credits a sequence's whole decode time when it ends, so
   it can pass 100%; ``cpu us/turn`` = client process CPU / turns answered in
-  the window (target < 150 us).
+  the window (target < 150 us); ``gc us/turn``: the part of it the garbage collector took,
+  by generation (``gc.callbacks``; a young collection here is rare and long, so a window
+  may hold none or one).
 * ``oversample``: groups of 8 with ``oversample=K``; per group, its completion time is when
   the 8th member's last turn came back to the client (the runtime then keeps the group and
   cancels the surplus), and the latency is from then to the double receiving the abort of a
@@ -35,6 +37,7 @@ Usage::
     python bench/rollout.py            # full sizes (4,096 episodes; ~4 min)
     python bench/rollout.py --quick    # shorter windows, same sizes
     python bench/rollout.py --json out.json
+    python bench/rollout.py --only single --scenarios scale --profile DIR  # + cProfile
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from policy import use_fresh_connections  # noqa: E402  (bench/policy.py)
+from policy import GCClock, use_fresh_connections  # noqa: E402  (bench/policy.py)
 
 from gymux.config import RuntimeConfig, Workload  # noqa: E402
 from gymux.env_plugins import (  # noqa: E402
@@ -329,6 +332,7 @@ async def _client(args: argparse.Namespace) -> None:
         oversample=k,
     )
     reg = _registry(args.tok, concurrent)
+    gc_clock = GCClock()
     async with (
         policy,
         aiohttp.ClientSession() as ctl,
@@ -338,12 +342,24 @@ async def _client(args: argparse.Namespace) -> None:
         await anyio.sleep(args.warmup)
         async with ctl.post(args.url + "/_double/reset") as r:
             await r.read()
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)  # CPU time, not wall time
+        gc0 = gc_clock.snapshot()
         cpu0, t0 = _cpu_s(), time.perf_counter()
         policy.measuring = True
+        if profiler is not None:
+            profiler.enable()
         await anyio.sleep(args.window)
+        if profiler is not None:
+            profiler.disable()
         policy.measuring = False
         wall = time.perf_counter() - t0
         cpu = _cpu_s() - cpu0
+        if profiler is not None:
+            profiler.dump_stats(args.profile)
         async with ctl.get(args.url + "/_double/stats") as r:
             stats = await r.json()
         out: dict[str, Any] = {
@@ -361,6 +377,7 @@ async def _client(args: argparse.Namespace) -> None:
             "client_cpu_frac": cpu / wall,
             "server_max_concurrent": stats["max_concurrent"],
             "load_avg_1m": os.getloadavg()[0],
+            **gc_clock.since(gc0, policy.turns),
         }
         if oversample:
             size = GROUP + k
@@ -410,7 +427,13 @@ def _run_one(client: str, scenario: str, tok: Path, args: argparse.Namespace) ->
         cmd = [sys.executable, __file__, "--client", client, "--scenario", scenario]
         cmd += ["--url", url, "--tok", str(tok)]
         cmd += ["--warmup", str(args.warmup), "--window", str(args.window)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            cmd += ["--profile", str(args.profile / f"{client}-{scenario}.prof")]
+        env = dict(os.environ)
+        if args.client_pythonpath:  # e.g. an older tree's package, for "before" figures
+            env["PYTHONPATH"] = args.client_pythonpath
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
         if res.returncode != 0 or not res.stdout.strip():
             raise SystemExit(f"client {client} {scenario} failed:\n{res.stderr[-3000:]}")
         row: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
@@ -424,7 +447,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'client':<13}{'scenario':<16}{'episodes':>9}{'turns/s':>9}{'prompt tok':>11}"
         f"{'busy':>8}{'busy_s':>8}{'cpu us/turn':>12}{'cli cpu':>8}{'abort p50/p99 ms':>18}"
-        f"{'aborts':>8}{'load':>6}"
+        f"{'aborts':>8}{'load':>6}  gc us/turn (gen 0/1/2)"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -438,6 +461,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             f"{r['client']:<13}{scen:<16}{r['episodes']:>9}{r['turns_per_s']:>9.0f}"
             f"{r['prompt_tokens']:>11.0f}{r['busy']:>8.1%}{r['busy_s_frac']:>8.1%}{r['cpu_us_per_turn']:>12.0f}"
             f"{r['client_cpu_frac']:>8.2f}{ab}{r.get('aborts', 0):>8}{r['load_avg_1m']:>6.1f}"
+            f"  {'/'.join(str(g) for g in r.get('gc_us_per_turn', []))}"
         )
     return "\n".join(lines)
 
@@ -488,6 +512,8 @@ def main() -> None:
     p.add_argument("--scenarios", default="scale,oversample")
     p.add_argument("--warmup", type=float)
     p.add_argument("--window", type=float)
+    p.add_argument("--profile", type=Path, help="cProfile each client's window (CPU clock)")
+    p.add_argument("--client-pythonpath", help=argparse.SUPPRESS)
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--client", choices=CLIENTS, help=argparse.SUPPRESS)
     p.add_argument("--scenario", choices=("scale", "oversample"), help=argparse.SUPPRESS)

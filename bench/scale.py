@@ -126,7 +126,7 @@ def one(name: str, mode: str, quick: bool) -> dict[str, Any]:
     if len(usable) < cores:
         raise SystemExit(f"{mode} needs {cores} cores, this process may use {len(usable)}")
     os.sched_setaffinity(0, set(usable[:cores]))
-    limits = {"textcraft": 150 if quick else 444, "babyai": 60 if quick else 600}
+    limits = {"textcraft": 150 if quick else 444, "babyai": 60 if quick else 1200}
     workload = Workload(**CASES[name], limit=limits[name])  # type: ignore[arg-type]
     if mode == "embedded":
         return anyio.run(_embedded, workload, CAP)

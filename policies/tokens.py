@@ -45,11 +45,13 @@ import contextlib
 import json
 import re
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import structlog
 
 from gymux.errors import PolicyError, PolicyOptionsError
@@ -66,6 +68,7 @@ __all__ = [
     "prepare_all",
 ]
 
+_P = TypeVar("_P")
 _PROBE = "\x00GYMUX-PROBE\x00"
 _log = structlog.get_logger("gymux.policies.tokens")
 
@@ -432,6 +435,39 @@ def load_tokenizer(
     return source if isinstance(source, ChatTokenizer) else ChatTokenizer.from_dir(source)
 
 
+_JSON = msgspec.json.Encoder()
+
+
+class PromptIds:
+    """A prompt's token ids as JSON (:class:`msgspec.Raw`, which msgspec writes as it is into
+    a request body) and their count (``len``).
+
+    What a server policy holds while its request is in flight: thousands of in-flight
+    prompts as lists of ints made every young garbage collection walk millions of list
+    slots; a JSON byte string is not walked.
+    """
+
+    __slots__ = ("json", "n")
+
+    def __init__(self, ids: Sequence[int], *, json: bytes | None = None) -> None:
+        """``ids``, or (``json=``) their JSON already encoded and ``ids`` any sequence of the
+        same length."""
+        self.json = msgspec.Raw(_JSON.encode(ids) if json is None else json)
+        self.n = len(ids)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def ids(self) -> list[int]:
+        """The ids again (decoded from the JSON)."""
+        return msgspec.json.decode(self.json, type=list[int])
+
+
+_ZEROS_N = 4096
+_ZEROS_F = array("d", bytes(8 * _ZEROS_N))
+_ZEROS_B = array("B", bytes(_ZEROS_N))
+
+
 class TokenLedger:
     """The token-exact record of one episode (see the module docstring).
 
@@ -439,36 +475,83 @@ class TokenLedger:
     returns the prompt ids), then :meth:`append_generated` with what the server returned.
     """
 
-    __slots__ = ("_consumed", "_last_generated", "ids", "logprobs", "loss_mask", "tokenizer")
+    __slots__ = (
+        "_consumed",
+        "_ids",
+        "_json",
+        "_last_generated",
+        "_logprobs",
+        "_mask",
+        "tokenizer",
+    )
 
     def __init__(self, tokenizer: ChatTokenizer) -> None:
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.logprobs: list[float] = []
-        self.loss_mask: list[int] = []
+        # Typed arrays, not lists: the garbage collector does not traverse them (thousands
+        # of episodes' ledgers of thousands of ids each made every young-generation
+        # collection walk millions of list slots).
+        self._ids: array[int] = array("i")
+        self._logprobs: array[float] = array("d")
+        self._mask: array[int] = array("B")
+        # The ids as JSON without the brackets (``1,2,3``), grown with them: a turn's prompt
+        # is sent without encoding the whole history again.
+        self._json = bytearray()
         self._consumed = 0  # messages already in ``ids``
         self._last_generated: list[int] | None = None
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._ids)
+
+    @property
+    def ids(self) -> list[int]:
+        """The episode's token ids so far (a copy)."""
+        return self._ids.tolist()
+
+    @property
+    def logprobs(self) -> list[float]:
+        """One logprob per id: the model's on generated ids, 0.0 elsewhere (a copy)."""
+        return self._logprobs.tolist()
+
+    @property
+    def loss_mask(self) -> list[int]:
+        """1 on generated ids, 0 elsewhere (a copy)."""
+        return self._mask.tolist()
+
+    def _extend_ids(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        self._ids.extend(ids)
+        if self._json:
+            self._json += b","
+        self._json += _JSON.encode(ids)[1:-1]
 
     def _extend_prompt(self, ids: Sequence[int]) -> None:
-        self.ids.extend(ids)
-        self.logprobs.extend([0.0] * len(ids))
-        self.loss_mask.extend([0] * len(ids))
+        n = len(ids)
+        self._extend_ids(ids)
+        self._logprobs.extend(_ZEROS_F[:n] if n <= _ZEROS_N else array("d", bytes(8 * n)))
+        self._mask.extend(_ZEROS_B[:n] if n <= _ZEROS_N else array("B", bytes(n)))
 
     def prompt_for(self, messages: Sequence[Message]) -> list[int]:
-        """Bring the ledger up to ``messages`` and return the full prompt ids.
+        """:meth:`advance` to ``messages``, then the full prompt ids."""
+        self.advance(messages)
+        return self._ids.tolist()
+
+    def prompt_ids(self) -> PromptIds:
+        """The prompt so far as :class:`PromptIds` (its JSON kept up to date as ids come)."""
+        return PromptIds(self._ids, json=b"".join((b"[", self._json, b"]")))
+
+    def advance(self, messages: Sequence[Message]) -> None:
+        """Bring the ledger up to ``messages`` (then :meth:`prompt_ids` or :attr:`ids`).
 
         The first call renders the chat template over all of ``messages``. Later calls
         expect the messages seen so far, then the assistant message this ledger generated,
         then one or more new user messages, each appended as its own turn.
         """
-        if not self.ids:
+        if not self._ids:
             text = self.tokenizer.render(messages, add_generation_prompt=True)
             self._extend_prompt(self.tokenizer.encode_prompt(text))
             self._consumed = len(messages)
-            return list(self.ids)
+            return
         new = list(messages[self._consumed :])
         if not new or new[0].role != "assistant" or self._last_generated is None:
             raise PolicyError(
@@ -485,25 +568,24 @@ class TokenLedger:
             after = []
         self._consumed = len(messages)
         self._last_generated = None
-        return list(self.ids)
 
     def append_generated(self, ids: Sequence[int], logprobs: Sequence[float] | None) -> None:
         """Append the server's output ids (and their logprobs) exactly as returned."""
         if logprobs is not None and len(logprobs) != len(ids):
             raise PolicyError(f"{len(ids)} output ids but {len(logprobs)} logprobs")
-        self.ids.extend(ids)
-        self.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
-        self.loss_mask.extend([1] * len(ids))
+        self._extend_ids(ids)
+        self._logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
+        self._mask.extend(array("B", b"\x01" * len(ids)))
         self._last_generated = list(ids)
 
     def fits(self, max_new_tokens: int, context_length: int) -> bool:
-        return len(self.ids) + max_new_tokens <= context_length
+        return len(self._ids) + max_new_tokens <= context_length
 
     def token_data(self) -> TokenData:
         return TokenData(
-            ids=pack_int32(self.ids),
-            loss_mask=pack_uint8(self.loss_mask),
-            logprobs=pack_float32(self.logprobs),
+            ids=pack_int32(self._ids),
+            loss_mask=pack_uint8(self._mask),
+            logprobs=pack_float32(self._logprobs),
             tokenizer=self.tokenizer.name,
         )
 
@@ -530,13 +612,26 @@ class EpisodeLedgers:
         self, request: PolicyRequest, *, max_new_tokens: int, context_length: int | None
     ) -> list[int] | PolicyResponse:
         """The prompt ids of ``request``'s turn, or a ``context_limit`` answer."""
+        ledger = self._advance(request, max_new_tokens, context_length)
+        return ledger if isinstance(ledger, PolicyResponse) else ledger.ids
+
+    def prompt_ids(
+        self, request: PolicyRequest, *, max_new_tokens: int, context_length: int | None
+    ) -> PromptIds | PolicyResponse:
+        """:meth:`prompt` as :class:`PromptIds` (JSON, not re-encoded per turn)."""
+        ledger = self._advance(request, max_new_tokens, context_length)
+        return ledger if isinstance(ledger, PolicyResponse) else ledger.prompt_ids()
+
+    def _advance(
+        self, request: PolicyRequest, max_new_tokens: int, context_length: int | None
+    ) -> TokenLedger | PolicyResponse:
         ledger = self._ledgers.get(request.episode_id)
         if ledger is None or request.turn == 0:
             ledger = self._ledgers[request.episode_id] = TokenLedger(self.tokenizer)
-        ids = ledger.prompt_for(request.messages)
+        ledger.advance(request.messages)
         if context_length is not None and not ledger.fits(max_new_tokens, context_length):
-            return context_limit_response(len(ids))
-        return ids
+            return context_limit_response(len(ledger))
+        return ledger
 
     def record(self, episode_id: str, ids: Sequence[int], logprobs: Sequence[float] | None) -> None:
         """Append what the server generated for ``episode_id``'s current turn.
@@ -557,13 +652,13 @@ class EpisodeLedgers:
 
 def prepare_all(
     requests: Sequence[PolicyRequest],
-    prepare: Callable[[PolicyRequest], list[int] | PolicyResponse],
-) -> tuple[list[PolicyResponse | BaseException | None], list[tuple[int, list[int]]]]:
+    prepare: Callable[[PolicyRequest], _P | PolicyResponse],
+) -> tuple[list[PolicyResponse | BaseException | None], list[tuple[int, _P]]]:
     """``prepare`` each request of a batch: the answers already known, by index (a
     ``context_limit`` answer, or the :class:`PolicyError` of a ledger out of step; ``None``
     for the others), and the ``(index, prompt ids)`` of the requests to generate for."""
     out: list[PolicyResponse | BaseException | None] = [None] * len(requests)
-    items: list[tuple[int, list[int]]] = []
+    items: list[tuple[int, _P]] = []
     for i, request in enumerate(requests):
         try:
             prepared = prepare(request)

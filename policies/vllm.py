@@ -65,6 +65,7 @@ from gymux.policies.sglang.routing import Router, Server
 from gymux.policies.tokens import (
     ChatTokenizer,
     EpisodeLedgers,
+    PromptIds,
     context_limit_response,
     load_tokenizer,
 )
@@ -152,6 +153,7 @@ class ModelList(msgspec.Struct):
 
 _COMPLETION = msgspec.json.Decoder(Completion)
 _MODELS = msgspec.json.Decoder(ModelList)
+_ENCODER = msgspec.json.Encoder()
 
 
 def completion_body(
@@ -224,6 +226,7 @@ class VLLMPolicy(BasePolicy):
         self._models: dict[str, str] = {}  # server url -> served model name
         self._session: aiohttp.ClientSession | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._body_tail: bytes | None = None  # the body's JSON after ``prompt`` (see _body)
         self.http_requests = 0
         #: Requests cut short by cancellation or ``request_timeout_s`` (vLLM aborts them).
         self.requests_cut = 0
@@ -335,22 +338,38 @@ class VLLMPolicy(BasePolicy):
     async def act(self, request: PolicyRequest) -> PolicyResponse:
         if self._session is None or self._tg is None:
             raise PolicyError(f"policy {self.name!r} is not running (use 'async with policy')")
-        prepared = self._ledgers.prompt(
+        # The prompt travels as its JSON, kept by the ledger as ids come (not re-encoded per
+        # turn, and not a list of thousands of ints for the garbage collector to walk while
+        # the server generates).
+        prompt = self._ledgers.prompt_ids(
             request, max_new_tokens=self.max_new_tokens, context_length=self.context_length
         )
-        if isinstance(prepared, PolicyResponse):
-            return prepared
+        if isinstance(prompt, PolicyResponse):
+            return prompt
         try:
             return await self._router.call(
-                request.episode_id, lambda server: self._once(server, request, prepared)
+                request.episode_id, lambda server: self._once(server, request, prompt)
             )
         except PolicyError as exc:
             if is_context_error(exc):
-                return context_limit_response(len(prepared))
+                return context_limit_response(len(prompt))
             raise
 
+    def _body(self, model: str, prompt_json: bytes | msgspec.Raw) -> bytes:
+        """:func:`completion_body` as JSON, from the prompt's JSON: the fields other than
+        ``model`` and ``prompt`` (``sampling``, ``extra_body``) are encoded once per policy,
+        at its first request."""
+        tail = self._body_tail
+        if tail is None:
+            rest = completion_body("", [], self.sampling, self.options.extra_body)
+            del rest["model"], rest["prompt"]
+            tail = self._body_tail = _ENCODER.encode(rest)[1:]  # ``"k":v,...}``
+        return b"".join(
+            (b'{"model":', _ENCODER.encode(model), b',"prompt":', prompt_json, b",", tail)
+        )
+
     async def _once(
-        self, server: Server, request: PolicyRequest, prompt: list[int]
+        self, server: Server, request: PolicyRequest, prompt: PromptIds
     ) -> PolicyResponse:
         session = self._session
         assert session is not None
@@ -358,7 +377,7 @@ class VLLMPolicy(BasePolicy):
         if model is None:  # a server that was down at start and has come back
             await self._read_models(server)
             model = self._models[server.url]
-        body = completion_body(model, prompt, self.sampling, self.options.extra_body)
+        body = self._body(model, prompt.json)
         tokens = len(prompt) + self.max_new_tokens
         await server.budget.acquire(1, tokens)
         try:

@@ -144,6 +144,7 @@ from gymux.policies.sglang.wire import (
 from gymux.policies.tokens import (
     ChatTokenizer,
     EpisodeLedgers,
+    PromptIds,
     context_limit_response,
     load_tokenizer,
     prepare_all,
@@ -154,7 +155,7 @@ __all__ = ["SGLangClientOptions", "SGLangPolicy", "Strategy"]
 
 _LABEL = "SGLang"
 _Result = PolicyResponse | BaseException
-_Item = tuple[PolicyRequest, list[int]]
+_Item = tuple[PolicyRequest, PromptIds]
 #: The abort status SGLang gives a request it retracted or could not queue: retry it.
 _RETRY_STATUS = 503
 
@@ -401,12 +402,12 @@ class SGLangPolicy(BatchingPolicy):
         (with ``batch_stream``, before the rest of its batch has finished).
         """
         out, prompts = prepare_all(requests, self._prepare)
-        groups: dict[int, list[tuple[int, PolicyRequest, list[int]]]] = {}
+        groups: dict[int, list[tuple[int, PolicyRequest, PromptIds]]] = {}
         for i, ids in prompts:
             server = self._router.server_for(requests[i].episode_id)
             groups.setdefault(id(server), []).append((i, requests[i], ids))
 
-        async def run(group: list[tuple[int, PolicyRequest, list[int]]]) -> None:
+        async def run(group: list[tuple[int, PolicyRequest, PromptIds]]) -> None:
             def early(j: int, res: _Result) -> None:
                 if on_result is not None:
                     on_result(group[j][0], res)
@@ -434,8 +435,8 @@ class SGLangPolicy(BatchingPolicy):
 
     # -- per-request state ----------------------------------------------------------------
 
-    def _prepare(self, request: PolicyRequest) -> list[int] | PolicyResponse:
-        return self._ledgers.prompt(
+    def _prepare(self, request: PolicyRequest) -> PromptIds | PolicyResponse:
+        return self._ledgers.prompt_ids(
             request, max_new_tokens=self.max_new_tokens, context_length=self.context_length
         )
 
@@ -552,7 +553,7 @@ class SGLangPolicy(BatchingPolicy):
         # non-streamed batch is answered 503 as a whole when one item is retracted).
         batched = stream = self.strategy != "single"
         body = generate_body(
-            [ids for _, ids in items] if batched else items[0][1],
+            [ids.json for _, ids in items] if batched else items[0][1].json,
             rids if batched else rids[0],
             self._batch_sampling if self.strategy == "batch" else self.sampling,
             stream=stream,
@@ -562,13 +563,15 @@ class SGLangPolicy(BatchingPolicy):
             self._inflight[request.episode_id] = (server, rid)
         try:
             self.http_requests += 1
-            with anyio.fail_after(self.request_timeout_s):
-                async with transport.post(
-                    self._session, server.url, "/generate", body, label=_LABEL
-                ) as resp:
-                    if stream:
-                        return await self._read_stream(server, resp, items, on_result)
-                    return self._read_answers(server, await resp.read(), items)
+            # Bounded by the session's total timeout (request_timeout_s, the whole answer or
+            # stream included): aiohttp raises TimeoutError, with no cancel scope and timer
+            # of our own per request.
+            async with transport.post(
+                self._session, server.url, "/generate", body, label=_LABEL
+            ) as resp:
+                if stream:
+                    return await self._read_stream(server, resp, items, on_result)
+                return self._read_answers(server, await resp.read(), items)
         except transport.HTTPStatusError as exc:
             if exc.status == 400:
                 message = error_message(exc.body)

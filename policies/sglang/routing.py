@@ -124,6 +124,14 @@ class Router:
         self.retried = 0
         #: Requests resent after failing on a stale (server-closed) keep-alive connection.
         self.stale_retries = 0
+        #: Set when a server is marked unhealthy: wakes :meth:`watch_health`, which sleeps
+        #: (no timer) while every server is healthy.
+        self._unhealthy: anyio.Event | None = None
+
+    def _set_health(self, server: Server, healthy: bool) -> None:
+        server.healthy = healthy
+        if not healthy and self._unhealthy is not None:
+            self._unhealthy.set()
 
     @classmethod
     def from_options(cls, options: ServerOptions, *, label: str) -> Router:
@@ -179,7 +187,7 @@ class Router:
                     self.stale_retries += 1
                     continue
                 if exc.refused:
-                    server.healthy = False
+                    self._set_health(server, False)
                 attempt += 1
                 if attempt > self.retries:
                     raise PolicyError(
@@ -201,7 +209,7 @@ class Router:
         problems = []
         for server in self.servers:
             error = await _probe(probe, server, timeout_s)
-            server.healthy = error is None
+            self._set_health(server, error is None)
             if error is not None:
                 server.last_error = error
                 problems.append(f"{server.url}: {error}")
@@ -253,8 +261,15 @@ class Router:
             delay = min(delay * 2, max_interval_s)
 
     async def watch_health(self, probe: Probe, *, interval_s: float, timeout_s: float) -> None:
-        """Forever: every ``interval_s``, re-admit the unhealthy servers that answer again."""
+        """Forever: every ``interval_s``, re-admit the unhealthy servers that answer again.
+
+        While every server is healthy it waits to be woken (a server marked unhealthy)
+        rather than waking every ``interval_s``: an idle policy costs no CPU.
+        """
         while True:
+            if all(s.healthy for s in self.servers):
+                self._unhealthy = anyio.Event()
+                await self._unhealthy.wait()
             await anyio.sleep(interval_s)
             for server in self.servers:
                 if not server.healthy and await _probe(probe, server, timeout_s) is None:

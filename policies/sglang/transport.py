@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -84,18 +85,37 @@ def json_bytes(body: Any) -> bytes:
     return body if isinstance(body, bytes) else msgspec.json.encode(body)
 
 
+#: Whether the calling task's last request went out on a pooled (reused) connection; set by
+#: :class:`_ReuseConnector` in the task that sends the request (aiohttp connects in it).
+_reused: ContextVar[bool] = ContextVar("gymux_http_reused", default=False)
+_USED = "_gymux_used"  # marks a connection's protocol once a request went out on it
+
+
+class _ReuseConnector(aiohttp.TCPConnector):
+    """A TCP connector that notes in :data:`_reused` whether a connection is a pooled one.
+
+    Cheaper than an :class:`aiohttp.TraceConfig` (whose hooks cost a dozen coroutine calls
+    and parameter objects on every request): one attribute test and one context variable.
+    """
+
+    async def connect(self, req: Any, traces: list[Any], timeout: aiohttp.ClientTimeout) -> Any:  # noqa: ASYNC109
+        conn = await super().connect(req, traces, timeout)
+        proto = conn.protocol
+        if proto is not None:
+            _reused.set(getattr(proto, _USED, False))
+            setattr(proto, _USED, True)
+        return conn
+
+
 def open_session(
     *, connections_per_host: int, request_timeout_s: float, connect_timeout_s: float
 ) -> aiohttp.ClientSession:
     """A keep-alive session whose requests can tell whether they reused a connection."""
-    connector = aiohttp.TCPConnector(
-        limit=0, limit_per_host=connections_per_host, keepalive_timeout=60
-    )
+    connector = _ReuseConnector(limit=0, limit_per_host=connections_per_host, keepalive_timeout=60)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s),
         json_serialize=_json_text,
-        trace_configs=[_reuse_trace()],
     )
 
 
@@ -121,16 +141,14 @@ async def post(
     :class:`HTTPStatusError` ``"{label} {server}: HTTP {status}: {excerpt}"``. Other client
     errors (a connection dropped mid-answer) propagate as they are.
     """
-    conn: dict[str, bool] = {}
+    _reused.set(False)
     try:
-        resp_cm = session.post(
-            server + path, data=json_bytes(body), headers=_JSON_HEADERS, trace_request_ctx=conn
-        )
+        resp_cm = session.post(server + path, data=json_bytes(body), headers=_JSON_HEADERS)
         resp = await resp_cm.__aenter__()
     except aiohttp.ClientConnectorError as exc:
         raise Retryable(f"{server} refused the connection ({exc.os_error})", refused=True) from None
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        if not conn.get("reused"):
+        if not _reused.get():
             raise
         raise Retryable(
             f"{server} closed a reused keep-alive connection before answering ({describe(exc)})",
@@ -184,19 +202,3 @@ class EventStream:
                 self.finished = True
                 return
             yield payload
-
-
-def _reuse_trace() -> aiohttp.TraceConfig:
-    """Marks ``trace_request_ctx["reused"]`` when a request goes out on a pooled connection."""
-
-    async def on_reuse(
-        session: aiohttp.ClientSession,
-        ctx: Any,
-        params: aiohttp.TraceConnectionReuseconnParams,
-    ) -> None:
-        if isinstance(ctx.trace_request_ctx, dict):
-            ctx.trace_request_ctx["reused"] = True
-
-    trace = aiohttp.TraceConfig()
-    trace.on_connection_reuseconn.append(on_reuse)
-    return trace

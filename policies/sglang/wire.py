@@ -156,13 +156,14 @@ class ServerInfo(msgspec.Struct):
 
 
 def generate_body(
-    input_ids: list[int] | list[list[int]],
+    input_ids: list[int] | list[list[int]] | msgspec.Raw | list[msgspec.Raw],
     rid: str | list[str],
     sampling: dict[str, Any],
     *,
     stream: bool,
 ) -> dict[str, Any]:
-    """A ``POST /generate`` body: one sequence, or a batch when given lists of lists."""
+    """A ``POST /generate`` body: one sequence, or a batch when given lists of lists (each
+    sequence's ids may come as their JSON, a :class:`msgspec.Raw`)."""
     return {
         "input_ids": input_ids,
         "sampling_params": sampling,

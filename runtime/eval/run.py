@@ -397,35 +397,16 @@ class EvalRun:
         # Everything that can fail before the first episode has been checked: only now
         # does the folder become this eval's.
         _write_manifest(self.out, suite, self.policy, self.identity)
-        if self.executor is not None:
-            await self._run_on_ray(budget)
-            return
-        async with Runtime(self.config, registry=registry, out=self.out) as rt:
-            for i, env in enumerate(suite.envs):
-                wanted = self.plan.todo.get(env.id, [])
-                if budget is not None:
-                    wanted, budget = wanted[:budget], budget - len(wanted[:budget])
-                if not wanted:
-                    continue
-                workload = _workload(suite, i, self.policy, self.options)
-                env_policy = (
-                    shared
-                    if shared is not None
-                    else make_policy(self.policy, registry.get(env.id), seed=suite.seed)
-                )
-                self._handles.append(
-                    await rt.submit(workload, policy=env_policy, only=_keep_in(set(wanted)))
-                )
-            for handle in self._handles:
-                await handle.wait()
-
-    async def _run_on_ray(self, budget: int | None) -> None:
-        """:meth:`run` on the executor's cluster: the same triples (``only=``), each env a
-        run whose workers build the policy from the workload (name and options)."""
-        suite = self.suite
-        options = _ray_options(self.options) if self.policy in MODEL_POLICIES else {}
+        # On an executor (Ray) the workers build the policy from the workload (name and
+        # options); here, one object serves every env (model policies) or one per env.
+        on_ray = self.executor is not None
+        options = self.options
+        if on_ray and self.policy in MODEL_POLICIES:
+            options = _ray_options(options)
+        elif on_ray:
+            options = {}
         async with Runtime(
-            self.config, executor=self.executor, registry=self.registry, out=self.out
+            self.config, executor=self.executor, registry=registry, out=self.out
         ) as rt:
             for i, env in enumerate(suite.envs):
                 wanted = self.plan.todo.get(env.id, [])
@@ -434,7 +415,16 @@ class EvalRun:
                 if not wanted:
                     continue
                 workload = _workload(suite, i, self.policy, options)
-                self._handles.append(await rt.submit(workload, only=_keep_in(set(wanted))))
+                env_policy = None
+                if not on_ray:
+                    env_policy = (
+                        shared
+                        if shared is not None
+                        else make_policy(self.policy, registry.get(env.id), seed=suite.seed)
+                    )
+                self._handles.append(
+                    await rt.submit(workload, policy=env_policy, only=_keep_in(set(wanted)))
+                )
             for handle in self._handles:
                 await handle.wait()
 

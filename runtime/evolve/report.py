@@ -1,6 +1,6 @@
 """The evolve run's report: ``OUT/report.md``, ``OUT/report.json``, ``OUT/report.html`` and,
-with matplotlib (``gymux[plot]``), ``OUT/charts/evolve-success.png`` and
-``OUT/charts/evolve-loss.png``.
+with matplotlib (``gymux[plot]``), ``OUT/charts/evolve-success.png``,
+``OUT/charts/evolve-valid-actions.png`` and ``OUT/charts/evolve-loss.png``.
 
 One row per evaluated model (base, BC, each iteration): success rate and mean score per
 env on the eval split, and the share of its turns whose output parsed into an action (a
@@ -205,6 +205,20 @@ def _charts(out: Path, summary: dict[str, Any]) -> list[Path]:
     ax.legend()
     paths = [charts / "evolve-success.png"]
     fig.savefig(paths[0], dpi=150)
+    if any(row.get("valid_actions") for row in summary["evals"]):
+        fig = Figure(figsize=(5.0, 3.2), layout="constrained")
+        ax = fig.add_subplot()
+        for env in envs:
+            ys = []
+            for row in summary["evals"]:
+                c = row.get("valid_actions", {}).get(env)
+                ys.append(100 * c["valid"] / c["turns"] if c and c["turns"] else 0.0)
+            ax.plot(models, ys, marker="o", label=env)
+        ax.set_ylabel("turns with a parsed action %")
+        ax.set_title("Eval turns whose output parsed into an action")
+        ax.legend()
+        paths.append(charts / "evolve-valid-actions.png")
+        fig.savefig(paths[-1], dpi=150)
     if any(row["losses"] for row in summary["learn"]):
         fig = Figure(figsize=(5.0, 3.2), layout="constrained")
         ax = fig.add_subplot()
@@ -216,7 +230,7 @@ def _charts(out: Path, summary: dict[str, Any]) -> list[Path]:
         ax.set_title("Training loss per learn stage")
         ax.legend()
         paths.append(charts / "evolve-loss.png")
-        fig.savefig(paths[1], dpi=150)
+        fig.savefig(paths[-1], dpi=150)
     return paths
 
 

@@ -255,6 +255,11 @@ def test_the_loop_runs_and_resumes_after_sigkill(tiny: Path, tmp_path: Path) -> 
             "valid": sum(1 for t in trajs for u in t.turns if u.parse_error is None),
         }
     assert "turns whose output parsed into an action" in (out / "report.md").read_text()
+    from gymux.eval.charts import charts_available
+
+    if charts_available():
+        charts = ("evolve-success.png", "evolve-valid-actions.png", "evolve-loss.png")
+        assert all((out / "charts" / name).stat().st_size > 0 for name in charts)
     assert "wrote" in stdout
     # `gymux report OUT` compares the evaluated models, in stage order.
     from gymux.cli.main import main

@@ -96,6 +96,9 @@ class SplitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class TrainSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The learn step: supervised fine-tuning, loss on the agent's tokens only."""
 
+    #: ``torch``: gymux's own loop (:mod:`gymux.evolve.learn`); ``trl``: TRL's SFTTrainer
+    #: on the same tokenized examples (:mod:`gymux.evolve.learn_trl`, extra ``train``).
+    trainer: Literal["torch", "trl"] = "torch"
     epochs: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
     #: At most this many optimizer steps per learn stage (0: no limit).
     max_steps: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0

@@ -331,9 +331,10 @@ class Evolve:
             self.on_event(f"learn-{suffix}: step {step} loss {loss:.4f}")
 
         def train() -> LearnResult:
-            return finetune(
-                base, examples, target, self.config.train, on_step=on_step, stop=self._stop
-            )
+            run = finetune
+            if self.config.train.trainer == "trl":
+                from gymux.evolve.learn_trl import finetune_trl as run
+            return run(base, examples, target, self.config.train, on_step=on_step, stop=self._stop)
 
         try:
             # Cancelled (SIGINT): the thread is told to stop at its next step and left to

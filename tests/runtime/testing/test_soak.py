@@ -14,7 +14,16 @@ import pytest
 from gymux.env_plugins.registry import PluginError, default_registry
 from gymux.testing.soak import ResourceReading, SoakReport, read_resources, soak
 
-BUILTIN = ["maze", "wordle", "lmrl-wordle", "textcraft", "babyai", "sciworld", "textworld", "sqlgym"]
+BUILTIN = [
+    "maze",
+    "wordle",
+    "lmrl-wordle",
+    "textcraft",
+    "babyai",
+    "sciworld",
+    "textworld",
+    "sqlgym",
+]
 #: Episodes after warm-up: cheap envs run more, JVM- and generator-backed envs fewer.
 EPISODES = {"sciworld": 9, "textworld": 12, "babyai": 12, "wordle": 60}
 #: Warm-up episodes before the first reading: a JVM grows its heap over its first episodes.

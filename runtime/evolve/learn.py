@@ -30,7 +30,14 @@ import msgspec
 from gymux.evolve.config import TrainSettings
 from gymux.evolve.data import Example
 
-__all__ = ["TOKENIZER_FILES", "LearnResult", "LearnStopped", "copy_tokenizer", "finetune"]
+__all__ = [
+    "TOKENIZER_FILES",
+    "LearnResult",
+    "LearnStopped",
+    "copy_tokenizer",
+    "finetune",
+    "write_checkpoint",
+]
 
 #: What a model folder needs beside its weights to be loaded by the ``hf`` policy.
 TOKENIZER_FILES = (
@@ -66,6 +73,19 @@ def copy_tokenizer(base: Path, out: Path) -> None:
         src = base / name
         if src.is_file() and not (out / name).exists():
             shutil.copyfile(src, out / name)
+
+
+def write_checkpoint(model: Any, base: Path, out: Path) -> None:
+    """Save ``model`` with ``base``'s tokenizer files as the folder ``out``: written to
+    ``<out>.tmp`` and renamed into place once complete (never a half checkpoint)."""
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    copy_tokenizer(base, tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
 
 
 def _steps(examples: Sequence[Example], batch_tokens: int) -> list[list[Example]]:
@@ -142,14 +162,7 @@ def finetune(
             step += 1
             if on_step is not None:
                 on_step(step, total)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    copy_tokenizer(base, tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    write_checkpoint(model, base, out)
     return LearnResult(
         examples=len(examples),
         target_tokens=targets_seen,

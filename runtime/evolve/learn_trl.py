@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 from gymux.evolve.config import TrainSettings
 from gymux.evolve.data import Example
-from gymux.evolve.learn import LearnResult, LearnStopped, copy_tokenizer
+from gymux.evolve.learn import LearnResult, LearnStopped, write_checkpoint
 
 __all__ = ["finetune_trl"]
 
@@ -124,14 +123,7 @@ def finetune_trl(
         if stopped:
             raise LearnStopped("learn step stopped")
         steps = int(trainer.state.global_step)
-        tmp = out.with_name(out.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-    copy_tokenizer(base, tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        write_checkpoint(trainer.model, base, out)
     # Target tokens seen: those of the data per epoch (in proportion to the steps taken when
     # max_steps cut the run short; TRL's sampler order is its own).
     planned = math.ceil(len(examples) / accumulation) * settings.epochs

@@ -593,7 +593,7 @@ class TokenLedger:
 class EpisodeLedgers:
     """The :class:`TokenLedger` of every running episode of one token-exact policy.
 
-    What a token-exact server policy does around each call: :meth:`prompt` before it (a
+    What a token-exact server policy does around each call: :meth:`prompt_ids` before it (a
     fresh ledger on turn 0; the answer ``context_limit`` when the prompt plus
     ``max_new_tokens`` would not fit), :meth:`record` after it, :meth:`finish` when the
     episode ends.
@@ -608,30 +608,18 @@ class EpisodeLedgers:
     def __len__(self) -> int:
         return len(self._ledgers)
 
-    def prompt(
-        self, request: PolicyRequest, *, max_new_tokens: int, context_length: int | None
-    ) -> list[int] | PolicyResponse:
-        """The prompt ids of ``request``'s turn, or a ``context_limit`` answer."""
-        ledger = self._advance(request, max_new_tokens, context_length)
-        return ledger if isinstance(ledger, PolicyResponse) else ledger.ids
-
     def prompt_ids(
         self, request: PolicyRequest, *, max_new_tokens: int, context_length: int | None
     ) -> PromptIds | PolicyResponse:
-        """:meth:`prompt` as :class:`PromptIds` (JSON, not re-encoded per turn)."""
-        ledger = self._advance(request, max_new_tokens, context_length)
-        return ledger if isinstance(ledger, PolicyResponse) else ledger.prompt_ids()
-
-    def _advance(
-        self, request: PolicyRequest, max_new_tokens: int, context_length: int | None
-    ) -> TokenLedger | PolicyResponse:
+        """The prompt of ``request``'s turn as :class:`PromptIds` (JSON, not re-encoded per
+        turn), or a ``context_limit`` answer."""
         ledger = self._ledgers.get(request.episode_id)
         if ledger is None or request.turn == 0:
             ledger = self._ledgers[request.episode_id] = TokenLedger(self.tokenizer)
         ledger.advance(request.messages)
         if context_length is not None and not ledger.fits(max_new_tokens, context_length):
             return context_limit_response(len(ledger))
-        return ledger
+        return ledger.prompt_ids()
 
     def record(self, episode_id: str, ids: Sequence[int], logprobs: Sequence[float] | None) -> None:
         """Append what the server generated for ``episode_id``'s current turn.

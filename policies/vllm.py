@@ -226,7 +226,11 @@ class VLLMPolicy(BasePolicy):
         self._models: dict[str, str] = {}  # server url -> served model name
         self._session: aiohttp.ClientSession | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._body_tail: bytes | None = None  # the body's JSON after ``prompt`` (see _body)
+        # The body's JSON after ``prompt`` (``"k":v,...}``): every field but ``model`` and
+        # ``prompt`` is the same for every request, so it is encoded once (see _body).
+        rest = completion_body("", [], self.sampling, opts.extra_body)
+        del rest["model"], rest["prompt"]
+        self._body_tail = _ENCODER.encode(rest)[1:]
         self.http_requests = 0
         #: Requests cut short by cancellation or ``request_timeout_s`` (vLLM aborts them).
         self.requests_cut = 0
@@ -356,16 +360,17 @@ class VLLMPolicy(BasePolicy):
             raise
 
     def _body(self, model: str, prompt_json: bytes | msgspec.Raw) -> bytes:
-        """:func:`completion_body` as JSON, from the prompt's JSON: the fields other than
-        ``model`` and ``prompt`` (``sampling``, ``extra_body``) are encoded once per policy,
-        at its first request."""
-        tail = self._body_tail
-        if tail is None:
-            rest = completion_body("", [], self.sampling, self.options.extra_body)
-            del rest["model"], rest["prompt"]
-            tail = self._body_tail = _ENCODER.encode(rest)[1:]  # ``"k":v,...}``
+        """:func:`completion_body` as JSON, from the prompt's JSON and the fields encoded
+        once at construction."""
         return b"".join(
-            (b'{"model":', _ENCODER.encode(model), b',"prompt":', prompt_json, b",", tail)
+            (
+                b'{"model":',
+                _ENCODER.encode(model),
+                b',"prompt":',
+                prompt_json,
+                b",",
+                self._body_tail,
+            )
         )
 
     async def _once(

@@ -69,9 +69,9 @@ def _replayed(trajectory: Trajectory, tokenizer: ChatTokenizer) -> tuple[list[in
     for index, message in enumerate(messages):
         if message.role != "assistant" or not message.loss:
             continue
-        ledger.prompt_for(messages[:index])
+        ledger.advance(messages[:index])
         ledger.append_generated(tokenizer.encode(message.content) + closing, None)
-    return list(ledger.ids), list(ledger.loss_mask)
+    return ledger.ids, ledger.loss_mask  # copies
 
 
 def _stored(trajectory: Trajectory) -> tuple[list[int], list[int]]:

@@ -98,7 +98,7 @@ async def test_health_watcher_wakes_when_a_server_goes_down() -> None:
 
 def test_prompt_json_grows_with_the_ledger_and_matches_its_ids(tok: ChatTokenizer) -> None:
     from gymux.messages import PolicyRequest
-    from gymux.policies.tokens import EpisodeLedgers, PromptIds
+    from gymux.policies.tokens import EpisodeLedgers, PromptIds, TokenLedger
 
     ledgers = EpisodeLedgers(tok)
     msgs = [Message(role="user", content="Solve the maze."), Message(role="user", content="Go.")]
@@ -115,10 +115,9 @@ def test_prompt_json_grows_with_the_ledger_and_matches_its_ids(tok: ChatTokenize
             Message(role="assistant", content="x", loss=True),
             Message(role="user", content=f"You moved {turn}."),
         ]
-    # The list form of the same turn is the same prompt.
-    again = EpisodeLedgers(tok)
+    # The list form of the same turn (a ledger's own ids) is the same prompt.
     first = PolicyRequest(episode_id="f", env_id="maze", task_id=0, turn=0, messages=msgs[:2])
-    listed = again.prompt(first, max_new_tokens=4, context_length=None)
+    listed = TokenLedger(tok).prompt_for(first.messages)
     assert isinstance(listed, list)
     as_json = EpisodeLedgers(tok).prompt_ids(first, max_new_tokens=4, context_length=None)
     assert isinstance(as_json, PromptIds) and msgspec.json.decode(as_json.json) == listed

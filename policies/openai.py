@@ -329,6 +329,10 @@ class OpenAICompatPolicy(BasePolicy):
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 body = await resp.read()
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: not the total timeout
+            raise _Retry(
+                f"no connection accepted within {self.options.connect_timeout_s:g}s"
+            ) from None
         except TimeoutError:
             raise _Retry(f"no response within {self.request_timeout_s:g}s") from None
         except aiohttp.ClientError as exc:

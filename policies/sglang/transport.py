@@ -5,7 +5,8 @@ Nothing here knows SGLang's request or answer shapes; an SGLang-style or vLLM-st
 builds the body, calls :func:`post` and decodes what comes back.
 
 A POST fails with :class:`Retryable` when retrying is safe because nothing was generated:
-the connection was refused, the server answered 503, or a *reused* keep-alive connection
+the connection was refused or not accepted within the session's ``sock_connect`` timeout,
+the server answered 503, or a *reused* keep-alive connection
 was closed by the server before any response byte (a stale pooled connection; RFC 9112
 section 9.3.1 -- aiohttp itself retries only idempotent methods). Any other HTTP status
 raises :class:`HTTPStatusError` (a :class:`~gymux.errors.PolicyError`) with an excerpt of the
@@ -147,6 +148,14 @@ async def post(
         resp = await resp_cm.__aenter__()
     except aiohttp.ClientConnectorError as exc:
         raise Retryable(f"{server} refused the connection ({exc.os_error})", refused=True) from None
+    except aiohttp.ConnectionTimeoutError:
+        # Not accepted within sock_connect (a server too busy to accept, not down): nothing
+        # was sent, so it is retried. A TimeoutError too, so without this it read as the
+        # request's total timeout ("no answer within request_timeout_s") at once.
+        raise Retryable(
+            f"{server} did not accept a connection within {session.timeout.sock_connect:g}s",
+            refused=False,
+        ) from None
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         if not _reused.get():
             raise

@@ -231,6 +231,36 @@ async def test_post_sends_the_body_encoded_once() -> None:
     assert received == [(encoded, "application/json")] * 2
 
 
+async def test_a_connection_not_accepted_in_time_is_retryable() -> None:
+    """A server too busy to accept (its accept queue full: connects hang) is a connect
+    timeout, reported as such and retryable, not the request's total timeout."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted: the queue fills and further SYNs are dropped
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    session = transport.open_session(
+        connections_per_host=2, request_timeout_s=600, connect_timeout_s=0.3
+    )
+    try:
+        with pytest.raises(transport.Retryable) as raised:
+            async with transport.post(session, f"http://127.0.0.1:{port}", "/x", {}, label="t"):
+                pass
+    finally:
+        await session.close()
+        for sock in (*fillers, listener):
+            sock.close()
+    assert str(raised.value) == (f"http://127.0.0.1:{port} did not accept a connection within 0.3s")
+    assert not raised.value.refused and not raised.value.stale
+
+
 async def test_budget_fast_path_and_waiting() -> None:
     budget = Budget(max_requests=2, max_tokens=100)
     await budget.acquire(1, 40)

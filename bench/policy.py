@@ -1,7 +1,7 @@
 """SGLang policy benchmark: dispatch strategies against the SGLang TEST DOUBLE.
 
 2,000 concurrent episodes drive :class:`gymux.policies.sglang.client.SGLangPolicy` (the real
-aiohttp client) against ``tests/doubles/sglang_double.py`` (a scripted stand-in for SGLang, no
+lean HTTP/1.1 client) against ``tests/doubles/sglang_double.py`` (a scripted stand-in for SGLang, no
 model) started as a SUBPROCESS, so the double's CPU does not share the client's event loop
 or GIL. Each configuration also runs its client in a fresh subprocess of this script, so
 its CPU time (``getrusage``) belongs to it alone. Both processes share the machine's cores
@@ -119,12 +119,15 @@ CLIENT_TARGET = 0.05
 async def use_fresh_connections(policy: Any) -> None:
     """The ``naive`` baseline: replace an entered SGLangPolicy's keep-alive pool by a session
     that opens a new connection per request (bench/rollout.py uses it too)."""
+    from gymux.policies.sglang.http1 import Pool
+
     old = policy._session
     assert old is not None
-    policy._session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=True),
-        timeout=old.timeout,
-        json_serialize=json.dumps,
+    policy._session = Pool(
+        connections_per_host=old.connections_per_host,
+        request_timeout_s=old.request_timeout_s,
+        connect_timeout_s=old.connect_timeout_s,
+        keepalive_s=0,  # every connection is closed after its answer
     )
     await old.close()
 
@@ -531,24 +534,32 @@ async def _vllm_client(args: argparse.Namespace) -> None:
 
 
 def _client_rows(url: str, tok: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Each policy at each concurrency, each in a fresh client subprocess."""
+    """Each policy at each concurrency, each in a fresh client subprocess; with
+    ``--before PATH``, each also with the gymux package found at PATH (an older tree,
+    installed with ``pip install --no-deps --target PATH``), the two taking turns."""
     rows = []
-    env = dict(os.environ)
-    if args.client_pythonpath:  # e.g. an older tree's package, for "before" figures
-        env["PYTHONPATH"] = args.client_pythonpath
+    trees: list[tuple[str, str | None]] = [("now", args.client_pythonpath)]
+    if args.before:
+        trees.append(("before", args.before))
     for k, n in enumerate(args.concurrency or VLLM_CONCURRENCY):
         for policy in (args.policies or VLLM_POLICIES)[:: 1 if k % 2 == 0 else -1]:
-            cmd = [sys.executable, __file__, "--one-vllm", policy, "--url", url]
-            cmd += ["--tok", str(tok), "--episodes", str(n)]
-            cmd += ["--warmup", str(args.warmup), "--window", str(args.window)]
-            if args.profile:
-                args.profile.mkdir(parents=True, exist_ok=True)
-                cmd += ["--profile", str(args.profile / f"{policy}-x{n}.prof")]
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-            if res.returncode != 0 or not res.stdout.strip():
-                raise SystemExit(f"client {policy} x{n} failed:\n{res.stderr[-3000:]}")
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-            print(f"  {policy} x{n}: done", flush=True)
+            for tree, pythonpath in trees[:: 1 if k % 2 == 0 else -1]:
+                env = dict(os.environ)
+                if pythonpath:
+                    env["PYTHONPATH"] = pythonpath
+                cmd = [sys.executable, __file__, "--one-vllm", policy, "--url", url]
+                cmd += ["--tok", str(tok), "--episodes", str(n)]
+                cmd += ["--warmup", str(args.warmup), "--window", str(args.window)]
+                if args.profile:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    cmd += ["--profile", str(args.profile / f"{policy}-x{n}-{tree}.prof")]
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+                if res.returncode != 0 or not res.stdout.strip():
+                    raise SystemExit(f"client {policy} x{n} ({tree}) failed:\n{res.stderr[-3000:]}")
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                row["tree"] = tree
+                rows.append(row)
+                print(f"  {policy} x{n} ({tree}): done", flush=True)
     return rows
 
 
@@ -601,13 +612,14 @@ def _vllm_rows(args: argparse.Namespace) -> None:
 
 def _print_vllm_rows(rows: list[dict[str, Any]], args: argparse.Namespace, *, label: str) -> None:
     print(f"against: {label}")
-    head = f"{'policy':<8}{'episodes':>9}{'turns/s':>9}{'prompt tok':>11}{'cpu us/turn':>12}"
+    head = f"{'policy':<8}{'tree':<7}{'episodes':>9}{'turns/s':>9}{'prompt tok':>11}"
+    head += f"{'cpu us/turn':>12}"
     head += f"{'cli cpu':>8}{'err':>5}{'load':>6}  gc us/turn (gen 0/1/2)"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['policy']:<8}{r['episodes']:>9}{r['turns_per_s']:>9.1f}"
+            f"{r['policy']:<8}{r.get('tree', 'now'):<7}{r['episodes']:>9}{r['turns_per_s']:>9.1f}"
             f"{r['mean_prompt_tokens']:>11.0f}{r['client_cpu_us_per_turn']:>12.0f}"
             f"{r['client_cpu_frac']:>8.2f}{r['errors']:>5}{r['load_avg_1m']:>6.1f}"
             f"  {'/'.join(str(g) for g in r.get('gc_us_per_turn', []))}"
@@ -616,7 +628,7 @@ def _print_vllm_rows(rows: list[dict[str, Any]], args: argparse.Namespace, *, la
         if r["errors"]:
             print(f"  {r['policy']} x{r['episodes']}: first error: {r['first_error']}")
     for r in rows:
-        if r["policy"] == "vllm":
+        if r["policy"] == "vllm" and r.get("tree", "now") == "now":
             ok = r["client_cpu_us_per_turn"] < 200
             print(
                 f"{'PASS' if ok else 'FAIL'} vllm x{r['episodes']}: client CPU "
@@ -644,6 +656,12 @@ def main() -> None:
     )
     p.add_argument("--profile", type=Path, help="cProfile each client's window (CPU clock)")
     p.add_argument("--concurrency", type=int, action="append", help="--vllm episodes (repeat)")
+    p.add_argument(
+        "--before",
+        metavar="PATH",
+        help="--vllm/--fake-vllm: also run each client with the gymux package at PATH "
+        "(an older tree: pip install --no-deps --target PATH <tree>), taking turns",
+    )
     p.add_argument("--policies", action="append", choices=VLLM_POLICIES, help="--vllm policies")
     p.add_argument("--client-pythonpath", help=argparse.SUPPRESS)
     p.add_argument("--one", choices=STRATEGIES, help=argparse.SUPPRESS)

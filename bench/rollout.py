@@ -38,6 +38,7 @@ Usage::
     python bench/rollout.py --quick    # shorter windows, same sizes
     python bench/rollout.py --json out.json
     python bench/rollout.py --only single --scenarios scale --profile DIR  # + cProfile
+    python bench/rollout.py --before DIR   # + each client with an older tree's gymux
 """
 
 from __future__ import annotations
@@ -421,18 +422,21 @@ def _start_double() -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{int(line.split()[1])}"
 
 
-def _run_one(client: str, scenario: str, tok: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _run_one(
+    client: str, scenario: str, tok: Path, args: argparse.Namespace, pythonpath: str | None = None
+) -> dict[str, Any]:
     proc, url = _start_double()
     try:
         cmd = [sys.executable, __file__, "--client", client, "--scenario", scenario]
         cmd += ["--url", url, "--tok", str(tok)]
-        cmd += ["--warmup", str(args.warmup), "--window", str(args.window)]
+        cmd += ["--warmup", str(args.warmup), "--window", str(args.window), "--loop", args.loop]
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             cmd += ["--profile", str(args.profile / f"{client}-{scenario}.prof")]
         env = dict(os.environ)
-        if args.client_pythonpath:  # e.g. an older tree's package, for "before" figures
-            env["PYTHONPATH"] = args.client_pythonpath
+        pythonpath = pythonpath or args.client_pythonpath
+        if pythonpath:  # e.g. an older tree's package, for "before" figures
+            env["PYTHONPATH"] = pythonpath
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
         if res.returncode != 0 or not res.stdout.strip():
             raise SystemExit(f"client {client} {scenario} failed:\n{res.stderr[-3000:]}")
@@ -445,7 +449,7 @@ def _run_one(client: str, scenario: str, tok: Path, args: argparse.Namespace) ->
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'client':<13}{'scenario':<16}{'episodes':>9}{'turns/s':>9}{'prompt tok':>11}"
+        f"{'client':<15}{'scenario':<16}{'episodes':>9}{'turns/s':>9}{'prompt tok':>11}"
         f"{'busy':>8}{'busy_s':>8}{'cpu us/turn':>12}{'cli cpu':>8}{'abort p50/p99 ms':>18}"
         f"{'aborts':>8}{'load':>6}  gc us/turn (gen 0/1/2)"
     )
@@ -458,7 +462,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             else f"{'-':>18}"
         )
         lines.append(
-            f"{r['client']:<13}{scen:<16}{r['episodes']:>9}{r['turns_per_s']:>9.0f}"
+            f"{r['client']:<15}{scen:<16}{r['episodes']:>9}{r['turns_per_s']:>9.0f}"
             f"{r['prompt_tokens']:>11.0f}{r['busy']:>8.1%}{r['busy_s_frac']:>8.1%}{r['cpu_us_per_turn']:>12.0f}"
             f"{r['client_cpu_frac']:>8.2f}{ab}{r.get('aborts', 0):>8}{r['load_avg_1m']:>6.1f}"
             f"  {'/'.join(str(g) for g in r.get('gc_us_per_turn', []))}"
@@ -470,7 +474,7 @@ def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
     base = {r["scenario"]: r for r in rows if r["client"] == "naive"}
     out = []
     for r in rows:
-        if r["client"] == "naive":
+        if r["client"] == "naive" or "@" in r["client"]:
             continue
         b = base.get(r["scenario"])
         if r["scenario"] == "scale":
@@ -513,6 +517,18 @@ def main() -> None:
     p.add_argument("--warmup", type=float)
     p.add_argument("--window", type=float)
     p.add_argument("--profile", type=Path, help="cProfile each client's window (CPU clock)")
+    p.add_argument(
+        "--before",
+        metavar="PATH",
+        help="also run each client (not naive) with the gymux package at PATH (an older "
+        "tree: pip install --no-deps --target PATH <tree>), shown as CLIENT@before",
+    )
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the clients' event loop (uvloop: pip install uvloop)",
+    )
     p.add_argument("--client-pythonpath", help=argparse.SUPPRESS)
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--client", choices=CLIENTS, help=argparse.SUPPRESS)
@@ -534,7 +550,7 @@ def main() -> None:
         asyncio.run(_serve(args))
         return
     if args.client:
-        anyio.run(_client, args)
+        anyio.run(_client, args, backend_options={"use_uvloop": args.loop == "uvloop"})
         return
 
     from doubles.sglang_double import build_tiny_tokenizer
@@ -565,6 +581,11 @@ def main() -> None:
                 t = time.perf_counter()
                 rows.append(_run_one(client, scenario, tok, args))
                 print(f"  {client} {scenario}: done in {time.perf_counter() - t:.0f} s", flush=True)
+                if args.before and client != "naive":  # naive's pool is today's code
+                    row = _run_one(client, scenario, tok, args, pythonpath=args.before)
+                    row["client"] = f"{client}@before"
+                    rows.append(row)
+                    print(f"  {client}@before {scenario}: done", flush=True)
     print()
     print(_table(rows))
     print()

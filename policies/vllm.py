@@ -51,7 +51,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
-import aiohttp
 import anyio
 import anyio.abc
 import msgspec
@@ -224,7 +223,7 @@ class VLLMPolicy(BasePolicy):
         self._router = Router.from_options(opts, label=_LABEL)
         self._ledgers = EpisodeLedgers(self.tokenizer)
         self._models: dict[str, str] = {}  # server url -> served model name
-        self._session: aiohttp.ClientSession | None = None
+        self._session: transport.Pool | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         # The body's JSON after ``prompt`` (``"k":v,...}``): every field but ``model`` and
         # ``prompt`` is the same for every request, so it is encoded once (see _body).
@@ -387,10 +386,9 @@ class VLLMPolicy(BasePolicy):
         await server.budget.acquire(1, tokens)
         try:
             self.http_requests += 1
-            # Bounded by the session's total timeout (request_timeout_s): aiohttp raises
-            # TimeoutError, with no cancel scope and timer of our own per request.
-            async with transport.post(session, server.url, _PATH, body, label=_LABEL) as resp:
-                raw = await resp.read()
+            # Bounded by the session's request_timeout_s: TimeoutError, with no cancel
+            # scope of our own per request.
+            raw = await transport.post_read(session, server.url, _PATH, body, label=_LABEL)
         except (transport.Retryable, PolicyError):
             raise
         except TimeoutError:
@@ -401,7 +399,7 @@ class VLLMPolicy(BasePolicy):
         except anyio.get_cancelled_exc_class():
             self.requests_cut += 1  # the connection closes: vLLM aborts the request
             raise
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             raise PolicyError(
                 f"{_LABEL} {server.url}: connection failed mid-answer: {transport.describe(exc)}"
             ) from None

@@ -165,7 +165,7 @@ class PolicyGate:
 
 
 #: The longest a watchdog sleeps between two scans, whatever the timeouts.
-WATCHDOG_TICK_S = 0.25
+WATCHDOG_TICK_S = 1.0
 _NEVER = float("inf")
 
 
@@ -175,7 +175,7 @@ class Watchdog:
     Instead of a timer per policy call and env step (``anyio.move_on_after``), an episode
     stores the deadline of the call it is in (and what it is) and runs under one cancel
     scope without a deadline; the watchdog scans the episodes it watches every tick
-    (``min(WATCHDOG_TICK_S, shortest timeout / 4)``, or sooner when a deadline is near)
+    (``min(WATCHDOG_TICK_S, shortest timeout / 16)``, or sooner when a deadline is near)
     and cancels the scope of any episode past its call's or its own deadline, which the
     episode then ends as ``timeout``. A limit is thus enforced late by at most one tick.
     """
@@ -187,7 +187,7 @@ class Watchdog:
         if config.episode_timeout_s is not None:
             limits.append(config.episode_timeout_s)
         shortest = min(limits)
-        self.tick_s = max(0.001, min(WATCHDOG_TICK_S, shortest / 4))
+        self.tick_s = max(0.001, min(WATCHDOG_TICK_S, shortest / 16))
         self._contexts: set[_Context] = set()
 
     @property

@@ -79,11 +79,10 @@ when the message does not tell which).
 Errors: connection refused (nothing was sent) and HTTP 503 are retried with exponential
 backoff and equal jitter (:func:`gymux._backoff.backoff_delay`), at most ``retries`` times.
 A stale keep-alive connection -- a reused pooled connection that the server had closed as
-idle, so the request fails with ``ServerDisconnectedError``/``ClientOSError`` before any
-response byte arrives -- is retried once at once (on another connection; the broken one is
-discarded), without counting against ``retries`` and without marking the server unhealthy:
-the request never reached a live handler, so nothing was generated (the rule of RFC 9112
-section 9.3.1, which aiohttp itself applies only to idempotent methods). A second such
+idle, so the connection ends before any response byte arrives -- is retried once at once
+(on another connection; the broken one is discarded), without counting against ``retries``
+and without marking the server unhealthy: the request never reached a live handler, so
+nothing was generated (the rule of RFC 9112 section 9.3.1). A second such
 failure in a row counts as an ordinary retryable error. Everything else (timeouts, other
 HTTP errors, malformed JSON, a batch answer of the wrong length, a connection dropped mid-
 answer) fails only the affected requests with :class:`PolicyError` (the runtime records
@@ -116,7 +115,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import msgspec
 
@@ -245,7 +243,7 @@ class SGLangPolicy(BatchingPolicy):
         self.connect_timeout_s = opts.connect_timeout_s
         self.worker_urls = [u.rstrip("/") for u in opts.worker_urls or []]
         self._router = Router.from_options(opts, label=_LABEL)
-        self._session: aiohttp.ClientSession | None = None
+        self._session: transport.Pool | None = None
         self._ledgers = EpisodeLedgers(self.tokenizer)
         self._inflight: dict[str, tuple[Server, str]] = {}  # episode -> (server, rid)
         self._run_key = uuid.uuid4().hex[:12]
@@ -341,9 +339,9 @@ class SGLangPolicy(BatchingPolicy):
         limit: int | None = None
         info = ServerInfo()
         with anyio.move_on_after(self.connect_timeout_s + 1):
-            with contextlib.suppress(PolicyError, aiohttp.ClientError, OSError):
+            with contextlib.suppress(PolicyError, OSError):
                 limit = decode_model_list(await self._get(server, "/v1/models")).max_model_len
-            with contextlib.suppress(PolicyError, aiohttp.ClientError, OSError):
+            with contextlib.suppress(PolicyError, OSError):
                 info = decode_server_info(await self._get(server, "/server_info"))
         self._incremental[server.url] = info.incremental_streaming_output
         if limit is None and info.max_req_input_len is not None:
@@ -563,15 +561,17 @@ class SGLangPolicy(BatchingPolicy):
             self._inflight[request.episode_id] = (server, rid)
         try:
             self.http_requests += 1
-            # Bounded by the session's total timeout (request_timeout_s, the whole answer or
-            # stream included): aiohttp raises TimeoutError, with no cancel scope and timer
-            # of our own per request.
+            # Bounded by the session's request_timeout_s (the whole answer or stream
+            # included): TimeoutError, with no cancel scope of our own per request.
+            if not stream:
+                raw = await transport.post_read(
+                    self._session, server.url, "/generate", body, label=_LABEL
+                )
+                return self._read_answers(server, raw, items)
             async with transport.post(
                 self._session, server.url, "/generate", body, label=_LABEL
             ) as resp:
-                if stream:
-                    return await self._read_stream(server, resp, items, on_result)
-                return self._read_answers(server, await resp.read(), items)
+                return await self._read_stream(server, resp, items, on_result)
         except transport.HTTPStatusError as exc:
             if exc.status == 400:
                 message = error_message(exc.body)
@@ -588,7 +588,7 @@ class SGLangPolicy(BatchingPolicy):
             # The request may be generating already (headers come with the answer).
             self._abort_later(server, rids)
             raise
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             err = PolicyError(
                 f"{_LABEL} {server.url}: connection failed mid-answer: {transport.describe(exc)}"
             )
@@ -635,7 +635,7 @@ class SGLangPolicy(BatchingPolicy):
     async def _read_stream(
         self,
         server: Server,
-        resp: aiohttp.ClientResponse,
+        resp: transport.Response,
         items: list[_Item],
         on_result: OnResult | None,
     ) -> list[_Result | _Retry]:

@@ -288,7 +288,7 @@ async def test_no_episode_limit_still_enforces_the_call_limits():
     plugin = E.plugin(E.AsyncProbe)
     pool = EnvPool(plugin, 2, close_timeout_s=3.0)
     cfg = config(episode_timeout_s=None)
-    assert Watchdog(cfg).tick_s == pytest.approx(TINY_S / 4)
+    assert Watchdog(cfg).tick_s == pytest.approx(TINY_S / 16)
 
     async def record(t: Trajectory) -> None:
         return None

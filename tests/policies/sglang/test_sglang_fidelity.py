@@ -239,7 +239,9 @@ async def start_router(worker: str) -> tuple[web.AppRunner, str, list[str]]:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
     app.on_cleanup.append(close)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.05)
+    # A client that goes away does not cancel the forwarded request (the worst case: the
+    # worker keeps generating until an abort reaches it directly).
+    runner = web.AppRunner(app, handler_cancellation=False, shutdown_timeout=0.05)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -153,7 +153,7 @@ async def _serve(args: argparse.Namespace) -> None:
         cost=CostModel(
             request_overhead_s=REQUEST_OVERHEAD_S,
             item_overhead_s=ITEM_OVERHEAD_S,
-            per_token_s=PER_TOKEN_S,
+            per_token_s=args.per_token_ms / 1000,
             capacity=CAPACITY,
         ),
         eos_id=2,
@@ -410,9 +410,11 @@ async def _client(args: argparse.Namespace) -> None:
 # -- parent ------------------------------------------------------------------------------------
 
 
-def _start_double() -> tuple[subprocess.Popen[str], str]:
+def _start_double(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--serve", "--per-token-ms", str(args.per_token_ms)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -425,7 +427,7 @@ def _start_double() -> tuple[subprocess.Popen[str], str]:
 def _run_one(
     client: str, scenario: str, tok: Path, args: argparse.Namespace, pythonpath: str | None = None
 ) -> dict[str, Any]:
-    proc, url = _start_double()
+    proc, url = _start_double(args)
     try:
         cmd = [sys.executable, __file__, "--client", client, "--scenario", scenario]
         cmd += ["--url", url, "--tok", str(tok)]
@@ -518,6 +520,13 @@ def main() -> None:
     p.add_argument("--window", type=float)
     p.add_argument("--profile", type=Path, help="cProfile each client's window (CPU clock)")
     p.add_argument(
+        "--per-token-ms",
+        type=float,
+        default=PER_TOKEN_S * 1000,
+        help="the stand-in's decode time per token (default %(default)g; smaller: the "
+        "client, not the server, becomes the bottleneck)",
+    )
+    p.add_argument(
         "--before",
         metavar="PATH",
         help="also run each client (not naive) with the gymux package at PATH (an older "
@@ -564,7 +573,7 @@ def main() -> None:
         f"Rollout-scale benchmark: Runtime + SGLangPolicy vs the SGLang TEST DOUBLE "
         f"(subprocess), {TURNS} turns/episode, ~{PROMPT_TOKENS}-token prompts, "
         f"warm-up {args.warmup:.0f} s, window {args.window:.0f} s per row\n"
-        f"double: B={CAPACITY}, {PER_TOKEN_S * 1000:g} ms/token, frontend "
+        f"double: B={CAPACITY}, {args.per_token_ms:g} ms/token, frontend "
         f"{REQUEST_OVERHEAD_S * 1000:g} ms/request + {ITEM_OVERHEAD_S * 1000:g} ms/sequence; "
         f"outputs {SHORT} or {LONG} tokens (~{LONG_FRAC:.0%})\n"
         f"scale: {EPISODES} concurrent episodes, groups of {GROUP}; oversample: "

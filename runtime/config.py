@@ -146,6 +146,16 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: What happens to a stale episode: ``discard`` it, or ``restart`` it from its reset.
     stale: Literal["discard", "restart"] = "discard"
 
+    @property
+    def shared_policy_key(self) -> str | None:
+        """Workloads with the same key share one policy object (its connection pool, its
+        loaded model): a model policy with the same options (and, for ``hf``, which samples
+        with it, the same seed). ``None`` for ``oracle`` and ``random``: one per run."""
+        if self.policy not in MODEL_POLICIES:
+            return None
+        key = self.policy + msgspec.json.encode(self.policy_options, order="sorted").decode()
+        return f"{key} seed={self.seed}" if self.policy == "hf" else key
+
     def __post_init__(self) -> None:
         if self.group_size is None and (self.oversample or self.drop_zero_variance):
             raise ConfigError("oversample and drop_zero_variance need group_size")

@@ -279,6 +279,7 @@ class Runtime:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stop = anyio.Event()
         self._policies: dict[int, Policy] = {}
+        self._shared: dict[str, Policy] = {}  # Workload.shared_policy_key -> its policy
         self._gates: dict[int, PolicyGate] = {}
         self._policy_lock = anyio.Lock()
         self._handles: list[RunHandle] = []
@@ -335,18 +336,43 @@ class Runtime:
             task_status.started()
             await self._stop.wait()
 
+    async def _named_policy(self, workload: Workload, plugin: Any) -> Policy:
+        """The hosted policy ``workload`` names, built and entered if need be. A model policy
+        named with the same options serves every run that names it (one pool, one loaded
+        model; ``update_policy`` addresses it by name); ``oracle``/``random``: one per run."""
+        async with self._policy_lock:
+            key = workload.shared_policy_key
+            policy = self._shared.get(key) if key is not None else None
+            if policy is None:
+                policy = make_policy(
+                    workload.policy,
+                    plugin,
+                    seed=workload.seed,
+                    options=workload.policy_options or None,
+                    concurrency=self.config.max_concurrent_episodes,
+                )
+                await self._host(policy)
+                if key is not None:
+                    self._shared[key] = policy
+            return policy
+
     async def _ensure_policy(self, policy: Policy) -> None:
         async with self._policy_lock:
-            if id(policy) in self._policies:
-                return
-            assert self._tg is not None
-            await self._tg.start(self._host_policy, policy)
-            self._policies[id(policy)] = policy
-            step = getattr(policy, "step", None)
-            label = getattr(policy, "weight_version", None)
-            self._gates[id(policy)] = PolicyGate(
-                step if isinstance(step, int) else 0, label if isinstance(label, str) else None
-            )
+            await self._host(policy)
+
+    async def _host(self, policy: Policy) -> None:
+        """Enter ``policy`` (held by the runtime's task group until it stops); the caller
+        holds the policy lock."""
+        if id(policy) in self._policies:
+            return
+        assert self._tg is not None
+        await self._tg.start(self._host_policy, policy)
+        self._policies[id(policy)] = policy
+        step = getattr(policy, "step", None)
+        label = getattr(policy, "weight_version", None)
+        self._gates[id(policy)] = PolicyGate(
+            step if isinstance(step, int) else 0, label if isinstance(label, str) else None
+        )
 
     def gate(self, policy: Policy | str) -> PolicyGate:
         """The dispatch gate of a hosted policy (by object or name): its weight ``step``
@@ -530,6 +556,11 @@ class Runtime:
     ) -> RunHandle:
         """Start a run; returns at once with its :class:`RunHandle`.
 
+        Without ``policy``, the workload's named policy is built and hosted; a model policy
+        (``openai``, ``sglang``, ``vllm``, ``hf``) named again with the same options (see
+        :attr:`Workload.shared_policy_key`) is the same object, so runs share its pool or
+        loaded model and ``update_policy`` finds it by name.
+
         ``only`` keeps just the planned episodes it accepts (e.g. the ``(task, sample)``
         pairs a resumed evaluation still needs).
 
@@ -552,14 +583,9 @@ class Runtime:
             jobs = (job for job in plan if only(job))
         self.scheduler.pool_for(plugin)
         if policy is None:
-            policy = make_policy(
-                workload.policy,
-                plugin,
-                seed=workload.seed,
-                options=workload.policy_options or None,
-                concurrency=self.config.max_concurrent_episodes,
-            )
-        await self._ensure_policy(policy)
+            policy = await self._named_policy(workload, plugin)
+        else:
+            await self._ensure_policy(policy)
         handle = RunHandle(run_id, workload, policy, planned)
         self._handles.append(handle)
         rollout = Rollout.of(workload, self._gates[id(policy)])

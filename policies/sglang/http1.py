@@ -201,6 +201,13 @@ class _Connection(asyncio.Protocol):
         self.origin.lost(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.complete or not self.uses:
+            # Bytes nobody asked for (after a complete answer, or before any request):
+            # the connection cannot be trusted for another request.
+            self.keep = False
+            if self.transport is not None:
+                self.transport.abort()
+            return
         self._got_bytes = True
         if self.head is None:
             buf = self._buf
@@ -256,6 +263,8 @@ class _Connection(asyncio.Protocol):
         mode = self._mode
         if mode == 0:
             if len(data) >= self._left:
+                if len(data) > self._left:
+                    self.keep = False  # more than the answer: not reusable
                 self.body += data[: self._left]
                 self._left = 0
                 self.complete = True

@@ -185,13 +185,6 @@ def _limits_line(s: dict[str, Any]) -> str:
     return f"  bound by: {bound} (cap {waits[bound]['cap']}); waited (episode-s): {waited}"
 
 
-def _policy_key(workload: Workload) -> str:
-    """Workloads naming the same model policy with the same options share one object."""
-    if not workload.policy_options:
-        return workload.policy
-    return workload.policy + json.dumps(workload.policy_options, sort_keys=True)
-
-
 def _policies(
     args: argparse.Namespace,
     registry: Registry,
@@ -199,7 +192,8 @@ def _policies(
     concurrency: int | None = None,
 ) -> list[Policy]:
     """Check every workload before anything starts; build each workload's policy (model
-    policies: one object per :func:`_policy_key`, shared by the workloads naming it)."""
+    policies: one object per :attr:`Workload.shared_policy_key`, shared by the workloads
+    naming it)."""
     shared: dict[str, Policy] = {}
     policies: list[Policy] = []
     for workload in workloads:
@@ -208,10 +202,10 @@ def _policies(
             split_of(plugin.spec, workload.tasks)
         plan_jobs("check", workload, plugin)
         flags.check_policy_name(workload.policy)
-        if workload.policy not in MODEL_POLICIES:
+        key = workload.shared_policy_key
+        if key is None:
             policies.append(make_policy(workload.policy, plugin, seed=workload.seed))
             continue
-        key = _policy_key(workload)
         if key not in shared:
             options = flags.policy_options(args, workload.policy, workload.policy_options)
             try:
@@ -236,8 +230,8 @@ def _check_servers(args: argparse.Namespace, workloads: list[Workload]) -> None:
     the URL that does not)."""
     seen: set[str] = set()
     for workload in workloads:
-        key = _policy_key(workload)
-        if workload.policy in MODEL_POLICIES and key not in seen:
+        key = workload.shared_policy_key
+        if key is not None and key not in seen:
             seen.add(key)
             options = flags.policy_options(args, workload.policy, workload.policy_options)
             check_servers(workload.policy, options)

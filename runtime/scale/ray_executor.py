@@ -276,9 +276,8 @@ class _Worker:
     def _policy(self, work: Workload, plugin: EnvPlugin) -> Policy:
         """The workload's policy on this worker: built on its first chunk, then shared by
         the others (one model client or ``hf`` model per worker, batching all its calls)."""
-        key = msgspec.json.encode(
-            [work.env, work.policy, work.seed, sorted(work.policy_options.items())]
-        ).decode()
+        # Model policies: shared as the Runtime shares them; oracle/random: per env.
+        key = work.shared_policy_key or f"{work.policy} {work.env} seed={work.seed}"
         policy = self._policies.get(key)
         if policy is None:
             policy = make_policy(

@@ -1174,3 +1174,24 @@ async def test_pool_close_fails_requests_in_progress() -> None:
             with contextlib.suppress(BaseException):
                 await pending
             await pool.close()
+
+
+async def test_bytes_beyond_the_answer_retire_the_connection() -> None:
+    """A server that writes more than its answer (bytes after a Content-Length body, or an
+    answer nobody asked for): the answer is read as framed, and the next request goes out
+    on a new connection, not one with stray bytes waiting in it."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while (req := await read_request(reader)) is not None:
+            writer.write(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+            await writer.drain()
+            assert req.line.startswith(b"GET")
+
+    async with Scripted(handle) as srv:
+        pool = new_pool()
+        try:
+            for _ in range(3):
+                assert await get_body(pool, srv.url + "/") == (200, b"ok")
+        finally:
+            await pool.close()
+        assert srv.accepted == 3

@@ -464,7 +464,7 @@ class PromptIds:
 
 
 _ZEROS_N = 4096
-_ZEROS_F = array("d", bytes(8 * _ZEROS_N))
+_ZEROS_F = array("f", bytes(4 * _ZEROS_N))
 _ZEROS_B = array("B", bytes(_ZEROS_N))
 
 
@@ -491,7 +491,7 @@ class TokenLedger:
         # of episodes' ledgers of thousands of ids each made every young-generation
         # collection walk millions of list slots).
         self._ids: array[int] = array("i")
-        self._logprobs: array[float] = array("d")
+        self._logprobs: array[float] = array("f")  # float32, as TokenData stores them
         self._mask: array[int] = array("B")
         # The ids as JSON without the brackets (``1,2,3``), grown with them: a turn's prompt
         # is sent without encoding the whole history again.
@@ -509,7 +509,8 @@ class TokenLedger:
 
     @property
     def logprobs(self) -> list[float]:
-        """One logprob per id: the model's on generated ids, 0.0 elsewhere (a copy)."""
+        """One logprob per id: the model's on generated ids, 0.0 elsewhere (a copy; float32
+        precision, as :meth:`token_data` stores them)."""
         return self._logprobs.tolist()
 
     @property
@@ -528,7 +529,7 @@ class TokenLedger:
     def _extend_prompt(self, ids: Sequence[int]) -> None:
         n = len(ids)
         self._extend_ids(ids)
-        self._logprobs.extend(_ZEROS_F[:n] if n <= _ZEROS_N else array("d", bytes(8 * n)))
+        self._logprobs.extend(_ZEROS_F[:n] if n <= _ZEROS_N else array("f", bytes(4 * n)))
         self._mask.extend(_ZEROS_B[:n] if n <= _ZEROS_N else array("B", bytes(n)))
 
     def prompt_for(self, messages: Sequence[Message]) -> list[int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 import math
 import struct
+import sys
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -153,9 +155,21 @@ class Trajectory(msgspec.Struct, kw_only=True):
 # -- packing TokenData's arrays (little-endian, whatever the host) ----------------------
 
 
+_LITTLE = sys.byteorder == "little"
+
+
 def _packed(typecode: str, values: Sequence[Any]) -> bytes:
-    # struct packs little-endian whatever the host, and is ~2x faster than array + tobytes
-    # at a thousand values (measured: 32 vs 64 us for 1,100 ids).
+    # A typed array of the same type is copied as it is (on a little-endian host): ~1 µs
+    # for 2,000 values, where struct.pack(*values) makes a Python object of each (~30 µs).
+    # For a list, struct packs little-endian whatever the host, ~2x faster than building
+    # an array first (measured: 32 vs 64 µs for 1,100 ids).
+    if (
+        _LITTLE
+        and isinstance(values, array)
+        and values.typecode == typecode
+        and values.itemsize == 4
+    ):
+        return values.tobytes()
     return struct.pack(f"<{len(values)}{typecode}", *values)
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from time import monotonic
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -72,12 +71,11 @@ class Response:
     the answer is complete. Use it inside ``async with pool.request(...)`` (or call
     :meth:`release`)."""
 
-    __slots__ = ("_conn", "_head", "_pool", "_released", "status")
+    __slots__ = ("_conn", "_head", "_released", "status")
 
     def __init__(self, conn: _Connection, status: int, head: bytes) -> None:
         self._conn = conn
         self._head = head
-        self._pool: _Origin | None = None
         self._released = False
         self.status = status
 
@@ -132,8 +130,7 @@ class Response:
         self._released = True
         conn = self._conn
         conn.finish()
-        if self._pool is not None:
-            self._pool.give_back(conn)
+        conn.origin.give_back(conn)
 
 
 class _Connection(asyncio.Protocol):
@@ -399,7 +396,7 @@ class _Origin:
     async def acquire(self, deadline: float) -> _Connection:
         idle = self.idle
         keep_s = self.pool.keepalive_s
-        now = monotonic()
+        now = self.loop.time()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < keep_s:
@@ -471,7 +468,7 @@ class _Origin:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
-        conn.idle_since = monotonic()
+        conn.idle_since = self.loop.time()
         self.idle.append(conn)
 
     def lost(self, conn: _Connection) -> None:
@@ -620,9 +617,7 @@ class Pool:
             origin.give_back(conn)
             raise
         status, head = conn.head
-        resp = Response(conn, status, head)
-        resp._pool = origin
-        return resp
+        return Response(conn, status, head)
 
     def _route(self, url: str) -> tuple[_Origin, bytes]:
         scheme_end = url.find("://")

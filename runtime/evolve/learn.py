@@ -36,6 +36,7 @@ __all__ = [
     "LearnStopped",
     "copy_tokenizer",
     "finetune",
+    "load_base",
     "write_checkpoint",
 ]
 
@@ -88,6 +89,19 @@ def write_checkpoint(model: Any, base: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
+def load_base(base: Path, settings: TrainSettings) -> Any:
+    """The model folder ``base`` loaded for training in float32, with torch's CPU threads set
+    (``settings.threads``, else the CPUs up to 8) and transformers' progress bars off (the
+    CLI shows one line per step instead). Shared by both trainers."""
+    import torch
+    import transformers
+
+    hf_logging: Any = transformers.utils.logging
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(settings.threads or min(os.cpu_count() or 1, 8))
+    return transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+
+
 def _steps(examples: Sequence[Example], batch_tokens: int) -> list[list[Example]]:
     steps: list[list[Example]] = [[]]
     size = 0
@@ -115,14 +129,10 @@ def finetune(
     ends it early with :class:`LearnStopped`.
     """
     import torch
-    import transformers
 
-    hf_logging: Any = transformers.utils.logging
-    hf_logging.disable_progress_bar()  # the CLI shows one line per step instead
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
-    torch.set_num_threads(settings.threads or min(os.cpu_count() or 1, 8))
-    model: Any = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    model = load_base(base, settings)
     model.train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay

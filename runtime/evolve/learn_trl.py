@@ -17,7 +17,6 @@ CPU-heavy: call it from a worker thread or process, never on an event loop.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 from gymux.evolve.config import TrainSettings
 from gymux.evolve.data import Example
-from gymux.evolve.learn import LearnResult, LearnStopped, write_checkpoint
+from gymux.evolve.learn import LearnResult, LearnStopped, load_base, write_checkpoint
 
 __all__ = ["finetune_trl"]
 
@@ -55,12 +54,10 @@ def finetune_trl(
     from trl.trainer.sft_trainer import SFTTrainer
 
     hf_logging: Any = transformers.utils.logging
-    hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
     started = time.perf_counter()
-    torch.set_num_threads(settings.threads or min(os.cpu_count() or 1, 8))
-    model: Any = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    model = load_base(base, settings)
     tokenizer: Any = transformers.AutoTokenizer.from_pretrained(str(base))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

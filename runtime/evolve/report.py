@@ -14,6 +14,7 @@ OUT/eval/1`` compares two of them with intervals.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,37 +104,42 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
+def _model_table(
+    title: str,
+    summary: dict[str, Any],
+    envs: list[str],
+    cell: Callable[[dict[str, Any], str], str],
+) -> list[str]:
+    """A section with one row per evaluated model and one ``cell(row, env)`` per env."""
+    lines = [f"## {title}", "", "| model | " + " | ".join(envs) + " |"]
+    lines.append("|---|" + "---|" * len(envs))
+    for row in summary["evals"]:
+        lines.append(f"| {row['model']} | " + " | ".join(cell(row, env) for env in envs) + " |")
+    lines.append("")
+    return lines
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     envs = _envs(summary)
     lines = [f"# gymux evolve: {summary['base_model']}", ""]
     if summary["evals"]:
-        lines += ["## Eval split: success rate (mean score)", ""]
-        lines.append("| model | " + " | ".join(envs) + " |")
-        lines.append("|---|" + "---|" * len(envs))
-        for row in summary["evals"]:
-            cells = []
-            for env in envs:
-                m = row["envs"].get(env)
-                cells.append(
-                    "-" if m is None else f"{_pct(m['success_rate'])} ({m['mean_score']:.3f})"
-                )
-            lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
-        lines.append("")
+
+        def success(row: dict[str, Any], env: str) -> str:
+            m = row["envs"].get(env)
+            return "-" if m is None else f"{_pct(m['success_rate'])} ({m['mean_score']:.3f})"
+
+        lines += _model_table("Eval split: success rate (mean score)", summary, envs, success)
     if any("valid_actions" in row for row in summary["evals"]):
-        lines += ["## Eval split: turns whose output parsed into an action", ""]
-        lines.append("| model | " + " | ".join(envs) + " |")
-        lines.append("|---|" + "---|" * len(envs))
-        for row in summary["evals"]:
-            cells = []
-            for env in envs:
-                c = row.get("valid_actions", {}).get(env)
-                cells.append(
-                    "-"
-                    if not c or not c["turns"]
-                    else f"{_pct(c['valid'] / c['turns'])} ({c['valid']}/{c['turns']})"
-                )
-            lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
-        lines.append("")
+
+        def valid(row: dict[str, Any], env: str) -> str:
+            c = row.get("valid_actions", {}).get(env)
+            if not c or not c["turns"]:
+                return "-"
+            return f"{_pct(c['valid'] / c['turns'])} ({c['valid']}/{c['turns']})"
+
+        lines += _model_table(
+            "Eval split: turns whose output parsed into an action", summary, envs, valid
+        )
     if summary["iterations"]:
         lines += ["## Explore and filter", "", "| iteration | explored | kept | kept per env |"]
         lines.append("|---|---|---|---|")

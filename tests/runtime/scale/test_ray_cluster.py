@@ -8,11 +8,7 @@ the tests then check what each scenario left behind.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,51 +22,24 @@ from gymux.eval.run import read_store
 from gymux.scheduler import plan_jobs
 from gymux.trajectory import Trajectory
 
-from doubles.procs import clean_env
+from doubles.netns import run_in_namespaces
 
 # The cluster's start-up and the four scenarios take about a minute on 2 idle cores.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 SCENARIO = Path(__file__).with_name("cluster_scenario.py")
 RUN_ID = "ray-test"
-#: A network namespace with only ``lo``, and a pid namespace whose end kills every process
-#: the scenario leaves behind.
-UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount-proc"]
-
-
-def _can_run() -> str | None:
-    if importlib.util.find_spec("ray") is None:
-        return "ray is not installed (extra 'ray')"
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "needs unshare and ip (util-linux, iproute2)"
-    if os.geteuid() != 0:
-        return "needs root for a network namespace"
-    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        return f"cannot create namespaces here: {probe.stderr.strip()[:200]}"
-    return None
 
 
 @pytest.fixture(scope="module")
 def cluster_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = _can_run()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: the Ray cluster tests must run, but {reason}")
-        pytest.skip(reason)
     out = tmp_path_factory.mktemp("ray")
-    proc = subprocess.run(
-        [*UNSHARE, sys.executable, str(SCENARIO), str(out), RUN_ID],
-        capture_output=True,
-        text=True,
-        timeout=450,
-        env=clean_env(),
+    run_in_namespaces(
+        [sys.executable, str(SCENARIO), str(out), RUN_ID],
+        out,
+        what="cluster scenario",
+        modules={"ray": "ray is not installed (extra 'ray')"},
     )
-    if proc.returncode != 0:
-        logs = "".join(
-            f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(out.glob("*.log"))
-        )
-        pytest.fail(f"cluster scenario failed ({proc.returncode}):\n{proc.stderr[-6000:]}{logs}")
     return out
 
 

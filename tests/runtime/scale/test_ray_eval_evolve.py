@@ -13,10 +13,8 @@ cluster.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +23,6 @@ from typing import Any
 import pytest
 
 ADDRESS = "127.0.0.1:6379"
-UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount-proc"]
 
 SUITE = """name = "ray-small"
 split = "test"
@@ -248,28 +245,11 @@ from gymux.eval.suite import load_suite  # noqa: E402
 from gymux.evolve.pipeline import JOURNAL, Journal  # noqa: E402
 from gymux.trajectory import Trajectory  # noqa: E402
 
+from doubles.netns import run_in_namespaces  # noqa: E402
 from doubles.procs import REPO_ROOT, clean_env  # noqa: E402
 
 # The cluster's start-up and the three commands take about 1-2 minutes on 2 loaded cores.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
-
-
-def _can_run() -> str | None:
-    if importlib.util.find_spec("ray") is None:
-        return "ray is not installed (extra 'ray')"
-    if (
-        importlib.util.find_spec("torch") is None
-        or importlib.util.find_spec("transformers") is None
-    ):
-        return "the evolve scenario needs torch and transformers (extra 'hf')"
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "needs unshare and ip (util-linux, iproute2)"
-    if os.geteuid() != 0:
-        return "needs root for a network namespace"
-    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        return f"cannot create namespaces here: {probe.stderr.strip()[:200]}"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -283,25 +263,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Path:
-    reason = _can_run()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: the Ray cluster tests must run, but {reason}")
-        pytest.skip(reason)
     out = tmp_path_factory.mktemp("ray-eval")
-    proc = subprocess.run(
-        [*UNSHARE, sys.executable, __file__, str(out), str(tiny)],
-        capture_output=True,
-        text=True,
-        timeout=450,
-        env=clean_env(),
+    run_in_namespaces(
+        [sys.executable, __file__, str(out), str(tiny)],
+        out,
+        what="scenario",
+        modules={
+            "ray": "ray is not installed (extra 'ray')",
+            "torch": "the evolve scenario needs torch and transformers (extra 'hf')",
+            "transformers": "the evolve scenario needs torch and transformers (extra 'hf')",
+        },
         cwd=REPO_ROOT,
     )
-    if proc.returncode != 0:
-        logs = "".join(
-            f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(out.glob("*.log"))
-        )
-        pytest.fail(f"scenario failed ({proc.returncode}):\n{proc.stderr[-6000:]}{logs}")
     return out
 
 

@@ -11,11 +11,12 @@ No downloads; about 0.2 s.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from doubles.sglang_double import build_tiny_tokenizer
 
-__all__ = ["make_tiny_hf_model"]
+__all__ = ["make_tiny_hf_model", "tiny_evolve_config"]
 
 
 def make_tiny_hf_model(
@@ -56,3 +57,34 @@ def make_tiny_hf_model(
             model.model.embed_tokens.weight[eos] *= eos_bias
     model.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def tiny_evolve_config(model: Path, *, iterations: int = 1, seed: int = 0) -> str:
+    """A ``gymux evolve`` config that runs in seconds on the tiny model (maze only, a few
+    tasks per stage, two learn steps): the embedded and the Ray evolve tests share it."""
+    return f"""base_model = {json.dumps(str(model))}
+iterations = {iterations}
+concurrency = 4
+seed = {seed}
+
+[[envs]]
+id = "maze"
+
+[expert]
+tasks = 3
+
+[explore]
+tasks = 2
+
+[eval]
+tasks = 1
+
+[train]
+max_steps = 2
+batch_tokens = 1024
+threads = 1
+
+[policy]
+max_new_tokens = 8
+threads = 1
+"""

@@ -29,7 +29,7 @@ from doubles.trajectories import make_trajectory
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from doubles.tiny_hf_model import make_tiny_hf_model
+from doubles.tiny_hf_model import make_tiny_hf_model, tiny_evolve_config
 
 
 @pytest.fixture(scope="module")
@@ -144,34 +144,7 @@ def test_token_data_is_trained_as_stored(tiny: Path) -> None:
 
 
 def _config(path: Path, model: Path, *, iterations: int = 1, seed: int = 0) -> Path:
-    path.write_text(
-        f"""base_model = {json.dumps(str(model))}
-iterations = {iterations}
-concurrency = 4
-seed = {seed}
-
-[[envs]]
-id = "maze"
-
-[expert]
-tasks = 3
-
-[explore]
-tasks = 2
-
-[eval]
-tasks = 1
-
-[train]
-max_steps = 2
-batch_tokens = 1024
-threads = 1
-
-[policy]
-max_new_tokens = 8
-threads = 1
-"""
-    )
+    path.write_text(tiny_evolve_config(model, iterations=iterations, seed=seed))
     return path
 
 

@@ -97,35 +97,6 @@ def server_eval_args(url: str, out: Path) -> list[str]:
     ]
 
 
-def evolve_config(model: Path) -> str:
-    return f"""base_model = {json.dumps(str(model))}
-iterations = 1
-concurrency = 4
-seed = 0
-
-[[envs]]
-id = "maze"
-
-[expert]
-tasks = 3
-
-[explore]
-tasks = 2
-
-[eval]
-tasks = 1
-
-[train]
-max_steps = 2
-batch_tokens = 1024
-threads = 1
-
-[policy]
-max_new_tokens = 8
-threads = 1
-"""
-
-
 # --- the scenario (inside the namespaces) ---------------------------------------------------
 
 
@@ -169,13 +140,16 @@ def _scenario(out: Path, model: Path) -> None:
     from gymux.scale import RayExecutor
 
     sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[2]))  # tests/, for doubles
     from cluster_scenario import NODE_ENV, Cluster
+
+    from doubles.tiny_hf_model import tiny_evolve_config
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     os.environ.update(NODE_ENV)
     suite_path = out / "suite.toml"
     suite_path.write_text(SUITE)
-    (out / "evolve.toml").write_text(evolve_config(model))
+    (out / "evolve.toml").write_text(tiny_evolve_config(model))
     (out / "server-suite.toml").write_text(SERVER_SUITE)
     cluster = Cluster(out)
     timings: dict[str, float] = {}
@@ -247,6 +221,7 @@ from gymux.trajectory import Trajectory  # noqa: E402
 
 from doubles.netns import run_in_namespaces  # noqa: E402
 from doubles.procs import REPO_ROOT, clean_env  # noqa: E402
+from doubles.tiny_hf_model import tiny_evolve_config  # noqa: E402
 
 # The cluster's start-up and the three commands take about 1-2 minutes on 2 loaded cores.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
@@ -380,7 +355,7 @@ def test_evolve_on_ray_matches_the_embedded_structure(
     # Workers: expert 3 (3 tasks), eval-bc 1, explore-1 2, eval-1 1.
     assert doc["actors"] >= 4
     config = tmp_path / "evolve.toml"
-    config.write_text(evolve_config(tiny))
+    config.write_text(tiny_evolve_config(tiny))
     assert main(["evolve", "--config", str(config), "--out", str(tmp_path / "embedded")]) == 0
     on_ray = scenario / "evolve"
     here = tmp_path / "embedded"

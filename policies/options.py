@@ -44,6 +44,8 @@ _NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 _Count = Annotated[int, msgspec.Meta(ge=0)]
 _AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 _Name = Annotated[str, msgspec.Meta(min_length=1)]
+#: A model server's URL: ``http://`` or ``https://`` and a host.
+_ServerURL = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+")]
 
 #: How :class:`~gymux.policies.sglang.SGLangPolicy` dispatches turns (see its module doc).
 Strategy = Literal["single", "batch", "batch_stream"]
@@ -86,7 +88,7 @@ class ServerOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     """The options the token-exact server policies (SGLang, vLLM) share."""
 
     #: Server URLs (an episode stays on the one it started on while it is healthy).
-    urls: Annotated[list[_Name], msgspec.Meta(min_length=1)]
+    urls: Annotated[list[_ServerURL], msgspec.Meta(min_length=1)]
     #: Local model folder the tokenizer is loaded from (``tokenizer.json``,
     #: ``tokenizer_config.json``, the chat template); not needed when a tokenizer object is
     #: passed.
@@ -130,7 +132,7 @@ class SGLangOptions(ServerOptions, kw_only=True, frozen=True, forbid_unknown_fie
     max_inflight_batches: _AtLeastOne = 64
     #: The SGLang workers behind a router given in ``urls`` (aborts go to each of them:
     #: SGLang's router does not forward ``/abort_request``).
-    worker_urls: list[_Name] | None = None
+    worker_urls: list[_ServerURL] | None = None
     #: How long ``async with policy`` waits for a server to become ready (SGLang answers
     #: ``/health`` with 503 while it loads, for minutes).
     startup_timeout_s: _Positive = 300.0

@@ -8,8 +8,9 @@ This client keeps one :class:`asyncio.Protocol` per pooled connection and per re
 future, a deadline timer and a :class:`Response`; the request goes out as one write and the
 answer is parsed in ``data_received``.
 
-What it does: ``GET`` and ``POST`` over plain HTTP/1.1 (no TLS: model servers on a cluster
-network or loopback), answers framed by ``Content-Length``, ``Transfer-Encoding: chunked``
+What it does: ``GET`` and ``POST`` over HTTP/1.1, plain or over TLS (``https://``: the
+system's trusted certificates unless the pool is given a ``tls`` context), answers framed
+by ``Content-Length``, ``Transfer-Encoding: chunked``
 or the end of the connection, streamed reading of the body (for server-sent events), a
 per-origin limit of open connections with waiting, idle connections kept for
 ``keepalive_s``, one deadline per request covering the wait for a connection, the
@@ -28,6 +29,7 @@ go away), and that connection is never reused.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -376,12 +378,24 @@ class _Origin:
     """The connections to one ``scheme://host:port``: idle ones, how many are open, and the
     requests waiting for one."""
 
-    __slots__ = ("busy", "head_tail", "host", "idle", "loop", "open", "pool", "port", "waiters")
+    __slots__ = (
+        "busy",
+        "head_tail",
+        "host",
+        "idle",
+        "loop",
+        "open",
+        "pool",
+        "port",
+        "tls",
+        "waiters",
+    )
 
-    def __init__(self, pool: Pool, host: str, port: int) -> None:
+    def __init__(self, pool: Pool, host: str, port: int, tls: ssl.SSLContext | None) -> None:
         self.pool = pool
         self.host = host
         self.port = port
+        self.tls = tls
         #: What follows the request's path in its head, up to the end of the Host line.
         name = f"[{host}]" if ":" in host else host  # an IPv6 literal
         self.head_tail = b" HTTP/1.1\r\nHost: %s:%d\r\n" % (name.encode(), port)
@@ -435,7 +449,9 @@ class _Origin:
         limit = min(self.pool.connect_timeout_s, max(deadline - self.loop.time(), 0.0))
         try:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _Connection(self), self.host, self.port),
+                self.loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port, ssl=self.tls
+                ),
                 limit,
             )
         except TimeoutError:
@@ -554,8 +570,9 @@ class Pool:
     ``connections_per_host`` bounds the open connections per origin (requests beyond it
     wait for one); ``request_timeout_s`` bounds each request from its start to the end of
     its answer; ``connect_timeout_s`` bounds each connect; an idle connection is kept for
-    ``keepalive_s`` (0: a new connection per request). Open it inside a running event
-    loop; :meth:`close` closes every connection.
+    ``keepalive_s`` (0: a new connection per request); ``tls`` is the TLS context of
+    ``https://`` origins (default: the system's trust store). Open it inside a running
+    event loop; :meth:`close` closes every connection.
     """
 
     def __init__(
@@ -565,6 +582,7 @@ class Pool:
         request_timeout_s: float,
         connect_timeout_s: float,
         keepalive_s: float = 60.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if connections_per_host < 1:
             raise ValueError("connections_per_host must be at least 1")
@@ -572,6 +590,7 @@ class Pool:
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s
+        self.tls = tls
         self.closed = False
         self._origins: dict[str, _Origin] = {}
 
@@ -627,9 +646,13 @@ class Pool:
         origin = self._origins.get(base)
         if origin is None:
             parts = urlsplit(base)
-            if parts.scheme != "http" or not parts.hostname:
-                raise ValueError(f"not an http:// URL: {url!r}")
-            origin = self._origins[base] = _Origin(self, parts.hostname, parts.port or 80)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an http:// or https:// URL: {url!r}")
+            tls = None
+            if parts.scheme == "https":
+                tls = self.tls or ssl.create_default_context()
+            port = parts.port or (443 if tls else 80)
+            origin = self._origins[base] = _Origin(self, parts.hostname, port, tls)
         return origin, path
 
     async def close(self) -> None:

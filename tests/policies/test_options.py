@@ -52,6 +52,10 @@ def test_make_policy_openai_invalid_option_names_the_field(options, field):
         ({"strategy": "bogus"}, "strategy"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"retries": -1}, "retries"),
+        # Server URLs are http:// or https:// with a host (the HTTP client speaks nothing else).
+        ({"urls": ["ftp://127.0.0.1:9"]}, "urls"),
+        ({"urls": ["127.0.0.1:9"]}, "urls"),
+        ({"worker_urls": ["http://"]}, "worker_urls"),
     ],
 )
 def test_make_policy_sglang_invalid_option_names_the_field(options, field):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 import pytest
@@ -1195,3 +1197,51 @@ async def test_bytes_beyond_the_answer_retire_the_connection() -> None:
         finally:
             await pool.close()
         assert srv.accepted == 3
+
+
+async def test_https_round_trip_with_a_given_tls_context(tmp_path: Path) -> None:
+    """``https://`` origins speak TLS: a keep-alive POST and GET against a local TLS server
+    whose self-signed certificate (made by ``openssl`` here) the pool's ``tls`` context
+    trusts; without that context the system's trust store refuses it (retryable, as any
+    failed connect)."""
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_cert = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    make_cert += ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"]
+    make_cert += ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(make_cert, check=True, capture_output=True)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    accepted = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while (req := await read_request(reader)) is not None:
+                writer.write(answer(req.body or b"got"))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_tls)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    trusting = ssl.create_default_context(cafile=str(cert))
+    pool = Pool(connections_per_host=2, request_timeout_s=10, connect_timeout_s=5, tls=trusting)
+    default = new_pool()
+    try:
+        async with pool.request("POST", url + "/x", b'{"a": 1}') as resp:
+            assert (resp.status, await resp.read()) == (200, b'{"a": 1}')
+        assert await get_body(pool, url + "/") == (200, b"got")
+        assert accepted == 1  # kept alive over TLS
+        with pytest.raises(transport.Retryable, match="CERTIFICATE_VERIFY_FAILED") as raised:
+            await transport.post_read(default, url, "/x", {}, label="t")
+        assert raised.value.refused
+    finally:
+        await pool.close()
+        await default.close()
+        server.close()
+        await server.wait_closed()

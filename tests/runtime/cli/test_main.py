@@ -203,3 +203,13 @@ def test_a_bug_is_not_reported_as_bad_input(
     with pytest.raises(type(exc)) as raised:
         inproc(["envs"])
     assert raised.value is exc
+
+
+@pytest.mark.parametrize("policy", ["sglang", "vllm"])
+def test_a_server_url_that_is_not_http_is_one_line_and_exit_2(
+    inproc: Cli, policy: str, tmp_path: Any
+) -> None:
+    args = ["run", "--env", "maze", "--policy", policy, "--server", "ftp://127.0.0.1:9"]
+    args += ["--tokenizer", str(tmp_path), "--tasks", "0", "--out", str(tmp_path / "o")]
+    result = inproc(args)
+    result.assert_usage_error("$.urls[0]")

@@ -39,6 +39,7 @@ Usage::
     python bench/rollout.py --json out.json
     python bench/rollout.py --only single --scenarios scale --profile DIR  # + cProfile
     python bench/rollout.py --before DIR   # + each client with an older tree's gymux
+    python bench/rollout.py --only single --scenarios scale --before DIR --repeat 3
 """
 
 from __future__ import annotations
@@ -472,6 +473,14 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median client CPU per turn, with every run's figure beside it."""
+    ordered = sorted(runs, key=lambda r: float(r["cpu_us_per_turn"]))
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["cpu_us_per_turn_runs"] = [r["cpu_us_per_turn"] for r in runs]
+    return row
+
+
 def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
     base = {r["scenario"]: r for r in rows if r["client"] == "naive"}
     out = []
@@ -533,6 +542,14 @@ def main() -> None:
         "tree: pip install --no-deps --target PATH <tree>), shown as CLIENT@before",
     )
     p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each row N times (taking turns with --before) and show the run of median "
+        "client CPU: on a shared or virtual machine one window's CPU per turn varies by 20%%",
+    )
+    p.add_argument(
         "--loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
@@ -587,16 +604,30 @@ def main() -> None:
         tok = build_tiny_tokenizer(Path(tmp) / "tok")
         for scenario in scenarios:
             for client in clients:
-                t = time.perf_counter()
-                rows.append(_run_one(client, scenario, tok, args))
-                print(f"  {client} {scenario}: done in {time.perf_counter() - t:.0f} s", flush=True)
-                if args.before and client != "naive":  # naive's pool is today's code
-                    row = _run_one(client, scenario, tok, args, pythonpath=args.before)
-                    row["client"] = f"{client}@before"
-                    rows.append(row)
-                    print(f"  {client}@before {scenario}: done", flush=True)
+                runs: list[dict[str, Any]] = []
+                before: list[dict[str, Any]] = []
+                for _ in range(args.repeat):  # taking turns with the older tree, if any
+                    t = time.perf_counter()
+                    runs.append(_run_one(client, scenario, tok, args))
+                    print(
+                        f"  {client} {scenario}: done in {time.perf_counter() - t:.0f} s",
+                        flush=True,
+                    )
+                    if args.before and client != "naive":  # naive's pool is today's code
+                        row = _run_one(client, scenario, tok, args, pythonpath=args.before)
+                        row["client"] = f"{client}@before"
+                        before.append(row)
+                        print(f"  {client}@before {scenario}: done", flush=True)
+                rows.append(_median_row(runs))
+                if before:
+                    rows.append(_median_row(before))
     print()
     print(_table(rows))
+    if args.repeat > 1:
+        print(f"\nrows: the run of median client CPU of {args.repeat}; every run's us/turn:")
+        for r in rows:
+            runs_us = " ".join(f"{x:.0f}" for x in r["cpu_us_per_turn_runs"])
+            print(f"  {r['client']:<15}{r['scenario']:<12}{runs_us}")
     print()
     print("\n".join(_verdicts(rows)))
     if args.json:

@@ -22,6 +22,11 @@ instruction, the same for every episode of an env, is tokenized once; a new epis
 tokenizes its own observation. The ids are the same as tokenizing the whole text at once
 (the cut points are chosen and checked so that this holds; see :class:`PieceEncoder`).
 
+Each cached piece keeps its ids as a typed array and as JSON (:class:`Piece`), and a ledger
+refers to the pieces of its turn-0 prompt instead of copying them: thousands of episodes of
+one env share one copy of its instruction's ids, and a prompt's JSON is written from the
+pieces' JSON (:meth:`PromptIds.json_parts`) without converting ids again.
+
 The whole history is never re-tokenized, so ``ids``, ``logprobs`` (0.0 on tokens the model
 did not generate) and ``loss_mask`` (1 exactly on generated tokens) line up with what the
 server received and returned. :meth:`TokenLedger.token_data` exports them as
@@ -47,7 +52,7 @@ import re
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,7 +66,9 @@ from gymux.trajectory import TokenData, pack_float32, pack_int32, pack_uint8
 __all__ = [
     "ChatTokenizer",
     "EpisodeLedgers",
+    "Piece",
     "PieceEncoder",
+    "PromptIds",
     "TokenLedger",
     "context_limit_response",
     "load_tokenizer",
@@ -130,6 +137,24 @@ def _find_chat_template(folder: Path, config: dict[str, Any]) -> str:
     return template
 
 
+_JSON = msgspec.json.Encoder()
+
+
+class Piece:
+    """The ids of a piece of text, as a typed array and as JSON without the brackets
+    (``1,2,3``); immutable once made, shared by every prompt that contains the piece."""
+
+    __slots__ = ("ids", "json", "n")
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self.ids: array[int] = array("i", ids)
+        self.json: bytes = _JSON.encode(ids)[1:-1] if ids else b""
+        self.n = len(self.ids)
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class PieceEncoder:
     """Tokenizes chat-template text piece by piece, caching each piece's ids by its text.
 
@@ -165,7 +190,7 @@ class PieceEncoder:
             if self.boundaries
             else None
         )
-        self._cache: OrderedDict[tuple[str | None, str], tuple[int, ...]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str | None, str], Piece] = OrderedDict()
         self._lock = threading.Lock()  # a tokenizer may be used from worker threads too
         #: Pieces found in the cache, pieces tokenized, whole texts tokenized at once.
         self.hits = 0
@@ -177,37 +202,45 @@ class PieceEncoder:
 
     def encode(self, text: str) -> list[int]:
         """The ids of ``text``, exactly ``tokenizer.encode(text, add_special_tokens=False)``."""
+        out: list[int] = []
+        for piece in self.encode_pieces(text):
+            out.extend(piece.ids)
+        return out
+
+    def encode_pieces(self, text: str) -> list[Piece]:
+        """The ids of ``text`` (as :meth:`encode`) as the cached :class:`Piece` objects of its
+        pieces, in order (one new piece when the text is tokenized whole)."""
         cut = self._cut
         if cut is None:
             self.whole += 1
-            return self._plain(text)
-        out: list[int] = []
+            return [Piece(self._plain(text))]
+        out: list[Piece] = []
         lead: str | None = None
         start = 0
         for match in cut.finditer(text):
             end = match.end()
             token = match.group()
-            ids = self._piece(lead, text[start:end], token)
-            if ids is None:
-                return self._give_up(text)
-            out.extend(ids)
+            piece = self._piece(lead, text[start:end], token)
+            if piece is None:
+                return [self._give_up(text)]
+            out.append(piece)
             lead, start = token, end
         if start < len(text):
-            ids = self._piece(lead, text[start:], None)
-            if ids is None:
-                return self._give_up(text)
-            out.extend(ids)
+            piece = self._piece(lead, text[start:], None)
+            if piece is None:
+                return [self._give_up(text)]
+            out.append(piece)
         return out
 
-    def _piece(self, lead: str | None, piece: str, last: str | None) -> tuple[int, ...] | None:
+    def _piece(self, lead: str | None, piece: str, last: str | None) -> Piece | None:
         key = (lead, piece)
         cache = self._cache
         with self._lock:
-            ids = cache.get(key)
-            if ids is not None:
+            found = cache.get(key)
+            if found is not None:
                 cache.move_to_end(key)
                 self.hits += 1
-                return ids
+                return found
             self.misses += 1
         if lead is None:
             got = self._plain(piece)
@@ -218,14 +251,14 @@ class PieceEncoder:
             del got[0]
         if last is not None and (not got or got[-1] != self.boundaries[last]):
             return None
-        ids = tuple(got)
+        made = Piece(got)
         with self._lock:
-            cache[key] = ids
+            cache[key] = made
             if len(cache) > self.capacity:
                 cache.popitem(last=False)
-        return ids
+        return made
 
-    def _give_up(self, text: str) -> list[int]:
+    def _give_up(self, text: str) -> Piece:
         _log.warning(
             "tokenizer_pieces_disabled",
             reason="a piece's ids did not end at its cut token; tokenizing whole texts",
@@ -235,7 +268,7 @@ class PieceEncoder:
         with self._lock:
             self._cache.clear()
         self.whole += 1
-        return self._plain(text)
+        return Piece(self._plain(text))
 
 
 def _boundary_tokens(tokenizer: Any, special_texts: Sequence[str]) -> dict[str, int]:
@@ -397,6 +430,10 @@ class ChatTokenizer:
         shares with earlier prompts (an env's instruction) taken from a cache."""
         return self.pieces.encode(text)
 
+    def encode_prompt_pieces(self, text: str) -> list[Piece]:
+        """:meth:`encode_prompt` as the shared :class:`Piece` objects of the text."""
+        return self.pieces.encode_pieces(text)
+
     def _template_specials(self) -> list[str]:
         """The added tokens the chat template writes (in a rendering of every role)."""
         probe = [Message(role="user", content="hi"), Message(role="assistant", content="ok")]
@@ -435,28 +472,56 @@ def load_tokenizer(
     return source if isinstance(source, ChatTokenizer) else ChatTokenizer.from_dir(source)
 
 
-_JSON = msgspec.json.Encoder()
+def _open_array(parts: Iterable[bytes]) -> list[bytes]:
+    """``[b"[", part, b",", part...]``: a JSON array of ``parts`` without its ``]``."""
+    out = [b"["]
+    for part in parts:
+        out += (part, b",")
+    if len(out) > 1:
+        out.pop()
+    return out
 
 
 class PromptIds:
-    """A prompt's token ids as JSON (:class:`msgspec.Raw`, which msgspec writes as it is into
-    a request body) and their count (``len``).
+    """A prompt's token ids as JSON fragments and their count (``len``).
 
     What a server policy holds while its request is in flight: thousands of in-flight
     prompts as lists of ints made every young garbage collection walk millions of list
-    slots; a JSON byte string is not walked.
+    slots; bytes are not walked. The fragments are the shared turn-0 pieces of the episode's
+    ledger (an env's instruction, one copy for all its episodes) and a snapshot of the rest:
+    :meth:`json_parts` lets a request body be written with one copy of them.
     """
 
-    __slots__ = ("json", "n")
+    __slots__ = ("_frags", "n")
 
-    def __init__(self, ids: Sequence[int], *, json: bytes | None = None) -> None:
-        """``ids``, or (``json=``) their JSON already encoded and ``ids`` any sequence of the
-        same length."""
-        self.json = msgspec.Raw(_JSON.encode(ids) if json is None else json)
+    def __init__(self, ids: Sequence[int]) -> None:
+        self._frags: tuple[bytes, ...] = (_JSON.encode(ids),)
         self.n = len(ids)
+
+    @classmethod
+    def of_parts(cls, parts: Sequence[bytes], n: int) -> PromptIds:
+        """``n`` ids given as the JSON of consecutive runs of them, each without brackets
+        and none empty (``[b"1,2", b"3"]``)."""
+        return cls._of_fragments((*_open_array(parts), b"]"), n)
+
+    @classmethod
+    def _of_fragments(cls, frags: tuple[bytes, ...], n: int) -> PromptIds:
+        self = cls.__new__(cls)
+        self._frags = frags
+        self.n = n
+        return self
 
     def __len__(self) -> int:
         return self.n
+
+    def json_parts(self) -> tuple[bytes, ...]:
+        """Bytes whose concatenation is the ids' JSON array (``[1,2,3]``)."""
+        return self._frags
+
+    @property
+    def json(self) -> msgspec.Raw:
+        """The ids' JSON array (as :class:`msgspec.Raw`, which msgspec writes as it is)."""
+        return msgspec.Raw(b"".join(self.json_parts()))
 
     def ids(self) -> list[int]:
         """The ids again (decoded from the JSON)."""
@@ -468,15 +533,29 @@ _ZEROS_F = array("f", bytes(4 * _ZEROS_N))
 _ZEROS_B = array("B", bytes(_ZEROS_N))
 
 
+def _zeros_f(n: int) -> array[float]:
+    return _ZEROS_F[:n] if n <= _ZEROS_N else array("f", bytes(4 * n))
+
+
+def _zeros_b(n: int) -> array[int]:
+    return _ZEROS_B[:n] if n <= _ZEROS_N else array("B", bytes(n))
+
+
 class TokenLedger:
     """The token-exact record of one episode (see the module docstring).
 
     Use :meth:`prompt_for` before each server call (it appends the new observation and
     returns the prompt ids), then :meth:`append_generated` with what the server returned.
+
+    The turn-0 prompt is kept as the tokenizer's shared :class:`Piece` objects (``head``);
+    what follows it (generated ids, later observations) in the ledger's own typed arrays.
     """
 
     __slots__ = (
         "_consumed",
+        "_head",
+        "_head_frags",
+        "_head_n",
         "_ids",
         "_json",
         "_last_generated",
@@ -487,36 +566,48 @@ class TokenLedger:
 
     def __init__(self, tokenizer: ChatTokenizer) -> None:
         self.tokenizer = tokenizer
+        self._head: tuple[Piece, ...] | None = None  # None: turn 0 not rendered yet
+        self._head_n = 0
+        self._head_frags: tuple[bytes, ...] = (b"[",)  # "[", the head's JSON, commas
         # Typed arrays, not lists: the garbage collector does not traverse them (thousands
         # of episodes' ledgers of thousands of ids each made every young-generation
-        # collection walk millions of list slots).
+        # collection walk millions of list slots). They hold what follows the head.
         self._ids: array[int] = array("i")
         self._logprobs: array[float] = array("f")  # float32, as TokenData stores them
         self._mask: array[int] = array("B")
-        # The ids as JSON without the brackets (``1,2,3``), grown with them: a turn's prompt
-        # is sent without encoding the whole history again.
+        # The same ids as JSON without the brackets (``1,2,3``), grown with them: a turn's
+        # prompt is sent without encoding the whole history again.
         self._json = bytearray()
-        self._consumed = 0  # messages already in ``ids``
-        self._last_generated: list[int] | None = None
+        self._consumed = 0  # messages already in the ledger
+        # The last turn's output ids, as far as the next turn needs them (its last id), or
+        # None before an output came.
+        self._last_generated: Sequence[int] | None = None
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._head_n + len(self._ids)
+
+    def _all(self, tail: array[Any], head: Callable[[Piece], array[Any]]) -> array[Any]:
+        out = array(tail.typecode)
+        for piece in self._head or ():
+            out.extend(head(piece))
+        out.extend(tail)
+        return out
 
     @property
     def ids(self) -> list[int]:
         """The episode's token ids so far (a copy)."""
-        return self._ids.tolist()
+        return self._all(self._ids, lambda p: p.ids).tolist()
 
     @property
     def logprobs(self) -> list[float]:
         """One logprob per id: the model's on generated ids, 0.0 elsewhere (a copy; float32
         precision, as :meth:`token_data` stores them)."""
-        return self._logprobs.tolist()
+        return self._all(self._logprobs, lambda p: _zeros_f(p.n)).tolist()
 
     @property
     def loss_mask(self) -> list[int]:
         """1 on generated ids, 0 elsewhere (a copy)."""
-        return self._mask.tolist()
+        return self._all(self._mask, lambda p: _zeros_b(p.n)).tolist()
 
     def _extend_ids(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -529,17 +620,27 @@ class TokenLedger:
     def _extend_prompt(self, ids: Sequence[int]) -> None:
         n = len(ids)
         self._extend_ids(ids)
-        self._logprobs.extend(_ZEROS_F[:n] if n <= _ZEROS_N else array("f", bytes(4 * n)))
-        self._mask.extend(_ZEROS_B[:n] if n <= _ZEROS_N else array("B", bytes(n)))
+        self._logprobs.extend(_zeros_f(n))
+        self._mask.extend(_zeros_b(n))
 
     def prompt_for(self, messages: Sequence[Message]) -> list[int]:
         """:meth:`advance` to ``messages``, then the full prompt ids."""
         self.advance(messages)
-        return self._ids.tolist()
+        return self.ids
 
     def prompt_ids(self) -> PromptIds:
-        """The prompt so far as :class:`PromptIds` (its JSON kept up to date as ids come)."""
-        return PromptIds(self._ids, json=b"".join((b"[", self._json, b"]")))
+        """The prompt so far as :class:`PromptIds` (the head's shared JSON, and a snapshot of
+        the rest's, kept up to date as ids come)."""
+        head = self._head_frags
+        if self._json:
+            frags = (
+                (*head, b",", bytes(self._json), b"]")
+                if len(head) > 1
+                else (b"[", bytes(self._json), b"]")
+            )
+        else:
+            frags = (*head, b"]")
+        return PromptIds._of_fragments(frags, len(self))
 
     def advance(self, messages: Sequence[Message]) -> None:
         """Bring the ledger up to ``messages`` (then :meth:`prompt_ids` or :attr:`ids`).
@@ -548,9 +649,11 @@ class TokenLedger:
         expect the messages seen so far, then the assistant message this ledger generated,
         then one or more new user messages, each appended as its own turn.
         """
-        if not self._ids:
+        if self._head is None:
             text = self.tokenizer.render(messages, add_generation_prompt=True)
-            self._extend_prompt(self.tokenizer.encode_prompt(text))
+            self._head = tuple(self.tokenizer.encode_prompt_pieces(text))
+            self._head_n = sum(piece.n for piece in self._head)
+            self._head_frags = tuple(_open_array(p.json for p in self._head if p.n))
             self._consumed = len(messages)
             return
         new = list(messages[self._consumed :])
@@ -559,7 +662,7 @@ class TokenLedger:
                 f"token ledger out of step: expected the model's answer then new observations "
                 f"after message {self._consumed}, got roles {[m.role for m in new]}"
             )
-        after: list[int] = self._last_generated
+        after: Sequence[int] = self._last_generated
         for message in new[1:]:
             if message.role != "user":
                 raise PolicyError(f"token ledger: unexpected {message.role!r} message mid-episode")
@@ -575,18 +678,18 @@ class TokenLedger:
         if logprobs is not None and len(logprobs) != len(ids):
             raise PolicyError(f"{len(ids)} output ids but {len(logprobs)} logprobs")
         self._extend_ids(ids)
-        self._logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
+        self._logprobs.extend(logprobs if logprobs is not None else _zeros_f(len(ids)))
         self._mask.extend(array("B", b"\x01" * len(ids)))
-        self._last_generated = list(ids)
+        self._last_generated = (ids[-1],) if ids else ()
 
     def fits(self, max_new_tokens: int, context_length: int) -> bool:
-        return len(self._ids) + max_new_tokens <= context_length
+        return len(self) + max_new_tokens <= context_length
 
     def token_data(self) -> TokenData:
         return TokenData(
-            ids=pack_int32(self._ids),
-            loss_mask=pack_uint8(self._mask),
-            logprobs=pack_float32(self._logprobs),
+            ids=pack_int32(self._all(self._ids, lambda p: p.ids)),
+            loss_mask=pack_uint8(self._all(self._mask, lambda p: _zeros_b(p.n))),
+            logprobs=pack_float32(self._all(self._logprobs, lambda p: _zeros_f(p.n))),
             tokenizer=self.tokenizer.name,
         )
 

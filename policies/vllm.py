@@ -358,15 +358,15 @@ class VLLMPolicy(BasePolicy):
                 return context_limit_response(len(prompt))
             raise
 
-    def _body(self, model: str, prompt_json: bytes | msgspec.Raw) -> bytes:
-        """:func:`completion_body` as JSON, from the prompt's JSON and the fields encoded
-        once at construction."""
-        return b"".join(
+    def _body(self, model: str, prompt_json: Sequence[bytes]) -> transport.Parts:
+        """:func:`completion_body` as JSON fragments, from the prompt's JSON fragments
+        (:meth:`PromptIds.json_parts`) and the fields encoded once at construction."""
+        return transport.Parts(
             (
                 b'{"model":',
                 _ENCODER.encode(model),
                 b',"prompt":',
-                prompt_json,
+                *prompt_json,
                 b",",
                 self._body_tail,
             )
@@ -381,7 +381,7 @@ class VLLMPolicy(BasePolicy):
         if model is None:  # a server that was down at start and has come back
             await self._read_models(server)
             model = self._models[server.url]
-        body = self._body(model, prompt.json)
+        body = self._body(model, prompt.json_parts())
         tokens = len(prompt) + self.max_new_tokens
         await server.budget.acquire(1, tokens)
         try:

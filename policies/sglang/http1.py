@@ -35,10 +35,17 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-__all__ = ["ConnectFailed", "ConnectTimeout", "Disconnected", "Pool", "Response"]
+__all__ = ["ConnectFailed", "ConnectTimeout", "Disconnected", "Parts", "Pool", "Response"]
 
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 64 * 1024
+
+
+class Parts(tuple[bytes, ...]):
+    """A request body given as fragments, sent as their concatenation: the request is
+    written with one copy of them (a prompt's shared pieces are not joined first)."""
+
+    __slots__ = ()
 
 
 class ConnectTimeout(TimeoutError):
@@ -550,7 +557,7 @@ class _Request:
 
     __slots__ = ("_args", "_pool", "_resp")
 
-    def __init__(self, pool: Pool, args: tuple[str, str, bytes | None, bytes]) -> None:
+    def __init__(self, pool: Pool, args: tuple[str, str, bytes | Parts | None, bytes]) -> None:
         self._pool = pool
         self._args = args
         self._resp: Response | None = None
@@ -595,14 +602,14 @@ class Pool:
         self._origins: dict[str, _Origin] = {}
 
     def request(
-        self, method: str, url: str, body: bytes | None = None, *, headers: bytes = b""
+        self, method: str, url: str, body: bytes | Parts | None = None, *, headers: bytes = b""
     ) -> _Request:
         """``async with pool.request("POST", url, body) as resp``: ``headers`` are extra
         header lines, each ending with ``\\r\\n`` (a body is sent as JSON)."""
         return _Request(self, (method, url, body, headers))
 
     async def send(
-        self, method: str, url: str, body: bytes | None = None, headers: bytes = b""
+        self, method: str, url: str, body: bytes | Parts | None = None, headers: bytes = b""
     ) -> Response:
         """Send a request and return once its status and headers arrived; the caller must
         read the body or call :meth:`Response.release`."""
@@ -612,22 +619,22 @@ class Pool:
         loop = origin.loop
         deadline = loop.time() + self.request_timeout_s
         conn = await origin.acquire(deadline)
+        start = (method.encode(), b" ", path, origin.head_tail)
         if body is None:
-            data = b"".join((method.encode(), b" ", path, origin.head_tail, headers, b"\r\n"))
+            data = b"".join((*start, headers, b"\r\n"))
         else:
+            size = len(body) if isinstance(body, bytes) else sum(map(len, body))
             data = b"".join(
                 (
-                    method.encode(),
-                    b" ",
-                    path,
-                    origin.head_tail,
+                    *start,
                     b"Content-Type: application/json\r\n",
                     headers,
-                    b"Content-Length: %d\r\n\r\n" % len(body),
-                    body,
+                    b"Content-Length: %d\r\n\r\n" % size,
+                    *((body,) if isinstance(body, bytes) else body),
                 )
             )
         conn.send(data, deadline)
+        del data, body  # not held while the answer is awaited (thousands in flight)
         try:
             while conn.head is None:
                 await conn.wait()

@@ -113,7 +113,7 @@ import itertools
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import msgspec
@@ -137,6 +137,7 @@ from gymux.policies.sglang.wire import (
     decode_server_info,
     error_message,
     generate_body,
+    generate_body_parts,
     is_context_error,
 )
 from gymux.policies.tokens import (
@@ -156,6 +157,7 @@ _Result = PolicyResponse | BaseException
 _Item = tuple[PolicyRequest, PromptIds]
 #: The abort status SGLang gives a request it retracted or could not queue: retry it.
 _RETRY_STATUS = 503
+_ENCODER = msgspec.json.Encoder()
 
 
 #: The old name of :class:`gymux.policies.options.SGLangOptions` (the client's options).
@@ -550,12 +552,20 @@ class SGLangPolicy(BatchingPolicy):
         # Both batch strategies stream: only a stream tells each item's outcome (a
         # non-streamed batch is answered 503 as a whole when one item is retracted).
         batched = stream = self.strategy != "single"
-        body = generate_body(
-            [ids.json for _, ids in items] if batched else items[0][1].json,
-            rids if batched else rids[0],
-            self._batch_sampling if self.strategy == "batch" else self.sampling,
-            stream=stream,
-        )
+        body: dict[str, Any] | transport.Parts
+        if batched:
+            body = generate_body(
+                [ids.json for _, ids in items],
+                rids,
+                self._batch_sampling if self.strategy == "batch" else self.sampling,
+                stream=stream,
+            )
+        else:  # written as fragments: the prompt's shared pieces are copied once, by http1
+            body = transport.Parts(
+                generate_body_parts(
+                    items[0][1].json_parts(), rids[0], _ENCODER.encode(self.sampling), stream=False
+                )
+            )
         await server.budget.acquire(len(items), tokens)
         for (request, _), rid in zip(items, rids, strict=True):
             self._inflight[request.episode_id] = (server, rid)
@@ -705,9 +715,10 @@ class SGLangPolicy(BatchingPolicy):
                     f"{where}: unexpected answer shape: output_token_logprobs do not match "
                     "output_ids"
                 )
-            logprobs = [e.logprob for e in entries if e.logprob is not None]
-            if len(logprobs) != len(entries):
+            got = [e.logprob for e in entries]
+            if None in got:
                 return PolicyError(f"{where}: unexpected answer shape: a null output logprob")
+            logprobs = cast(list[float], got)
         text = answer.text if answer.text is not None else self.tokenizer.decode(ids)
         try:
             self._ledgers.record(request.episode_id, ids, logprobs)

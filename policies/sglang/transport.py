@@ -28,6 +28,7 @@ from gymux.policies.sglang.http1 import (
     ConnectFailed,
     ConnectTimeout,
     Disconnected,
+    Parts,
     Pool,
     Response,
 )
@@ -35,6 +36,7 @@ from gymux.policies.sglang.http1 import (
 __all__ = [
     "EventStream",
     "HTTPStatusError",
+    "Parts",
     "Pool",
     "Response",
     "Retryable",
@@ -82,9 +84,10 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def json_bytes(body: Any) -> bytes:
-    """``body`` as JSON, as :func:`post` sends it (bytes are taken as already encoded)."""
-    return body if isinstance(body, bytes) else msgspec.json.encode(body)
+def json_bytes(body: Any) -> bytes | Parts:
+    """``body`` as JSON, as :func:`post` sends it (bytes, or :class:`Parts` of bytes, are
+    taken as already encoded)."""
+    return body if isinstance(body, bytes | Parts) else msgspec.json.encode(body)
 
 
 def open_session(

@@ -21,6 +21,7 @@ e.g. the context-length checks), ``{"error": "<text>"}`` for the schema gate (HT
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -47,6 +48,7 @@ __all__ = [
     "decode_server_info",
     "error_message",
     "generate_body",
+    "generate_body_parts",
     "is_context_error",
 ]
 
@@ -63,8 +65,13 @@ class FinishReason(msgspec.Struct):
     err_type: str | None = None
 
 
-class TokenLogprob(msgspec.Struct, array_like=True):
-    """One ``[logprob, token_id, text]`` entry of ``output_token_logprobs``."""
+class TokenLogprob(msgspec.Struct, array_like=True, gc=False):
+    """One ``[logprob, token_id, text]`` entry of ``output_token_logprobs``.
+
+    Not tracked by the garbage collector (``gc=False``: it holds only numbers and a string,
+    so it cannot be part of a cycle): an answer brings one per generated token, and
+    thousands of tracked objects per turn made young collections run every few turns.
+    """
 
     #: ``null`` is allowed by SGLang's schema (never expected on output tokens).
     logprob: float | None
@@ -173,6 +180,24 @@ def generate_body(
     }
 
 
+def generate_body_parts(
+    input_ids: Sequence[bytes], rid: str, sampling: bytes, *, stream: bool
+) -> list[bytes]:
+    """:func:`generate_body` for one sequence, as JSON fragments whose concatenation is the
+    body: ``input_ids`` the fragments of its JSON array
+    (:meth:`gymux.policies.tokens.PromptIds.json_parts`), ``sampling`` its JSON."""
+    return [
+        b'{"input_ids":',
+        *input_ids,
+        b',"sampling_params":',
+        sampling,
+        b',"return_logprob":true,"rid":',
+        _ENCODER.encode(rid),
+        b',"stream":true}' if stream else b',"stream":false}',
+    ]
+
+
+_ENCODER = msgspec.json.Encoder()
 _ANSWER_DECODER = msgspec.json.Decoder(GenerateAnswer)
 _BATCH_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
 _ITEM_DECODER = msgspec.json.Decoder(msgspec.Raw)

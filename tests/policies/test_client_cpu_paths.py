@@ -12,7 +12,7 @@ import pytest
 
 from gymux.messages import Message
 from gymux.policies.sglang.routing import Router, Server
-from gymux.policies.tokens import ChatTokenizer, TokenLedger
+from gymux.policies.tokens import ChatTokenizer, PromptIds, TokenLedger
 from gymux.policies.vllm import VLLMPolicy, completion_body
 
 pytestmark = pytest.mark.anyio
@@ -39,12 +39,17 @@ def test_vllm_body_bytes_equal_completion_body(tok: ChatTokenizer) -> None:
         extra_body={"seed": 5},
     )
     prompt = [1, 2, 300, 4]
-    raw = policy._body("m", msgspec.json.encode(prompt))
+    raw = b"".join(policy._body("m", PromptIds(prompt).json_parts()))
     expected = completion_body("m", prompt, policy.sampling, {"seed": 5})
     assert msgspec.json.decode(raw) == expected
-    # Built once, reused: a second body with another prompt and model still matches.
-    raw2 = policy._body("other", msgspec.json.encode([9]))
+    # Built once, reused: a second body with another prompt and model still matches; a
+    # prompt in several fragments (a ledger's shared pieces and its own ids) too.
+    raw2 = b"".join(policy._body("other", PromptIds([9]).json_parts()))
     assert msgspec.json.decode(raw2) == completion_body("other", [9], policy.sampling, {"seed": 5})
+    split = PromptIds.of_parts([b"1,2", b"300", b"4"], 4)
+    assert b"".join(split.json_parts()) == b"[1,2,300,4]" == bytes(split.json)
+    raw3 = b"".join(policy._body("m", split.json_parts()))
+    assert msgspec.json.decode(raw3) == expected
 
 
 def test_ledger_keeps_its_ids_out_of_the_garbage_collector(tok: ChatTokenizer) -> None:

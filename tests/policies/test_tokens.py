@@ -179,6 +179,61 @@ def test_an_env_instruction_is_tokenized_once(tmp_path: Path) -> None:
     assert tok.pieces.misses - misses == 20
 
 
+def test_episodes_share_their_instruction_pieces_instead_of_copying_them(tmp_path: Path) -> None:
+    """Turn 0's cached pieces are referred to, not copied: the ledgers of two episodes hold
+    the same instruction piece object, their own arrays start empty, and everything read
+    from them (ids, mask, logprobs, prompt JSON, TokenData) is still the whole sequence."""
+    import msgspec
+
+    from gymux.stores.codec import pack_float32
+
+    tok = ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path / "tok"))
+    instruction = "Solve the maze. Answer with Thought and Action. " * 50
+    ledgers = []
+    for n in range(2):
+        msgs = [
+            Message(role="user", content=instruction),
+            Message(role="assistant", content="OK"),
+            Message(role="user", content=f"You are at ({n}, 7)."),
+        ]
+        ledger = TokenLedger(tok)
+        p0 = ledger.prompt_for(msgs)
+        assert p0 == tok.encode(tok.render(msgs, add_generation_prompt=True))
+        assert len(ledger._ids) == 0 and len(ledger) == len(p0)
+        ledgers.append((ledger, msgs, p0))
+    big = [[piece for piece in ledger._head if piece.n > 100] for ledger, _, _ in ledgers]
+    assert len(big[0]) == 1 and big[0][0] is big[1][0]  # one shared instruction piece
+    ledger, msgs, p0 = ledgers[1]
+    out = [*tok.encode("Thought: x\nAction: move up"), tok.eos_id]
+    ledger.append_generated(out, [-0.25] * len(out))
+    msgs = [*msgs, Message(role="assistant", content="x"), Message(role="user", content="Moved.")]
+    p1 = ledger.prompt_for(msgs)
+    assert p1[: len(p0)] == p0 and p1[len(p0) : len(p0) + len(out)] == out
+    prompt = ledger.prompt_ids()
+    assert msgspec.json.decode(b"".join(prompt.json_parts())) == p1 == prompt.ids()
+    assert len(prompt) == len(p1) == len(ledger)
+    mask = [0] * len(p0) + [1] * len(out) + [0] * (len(p1) - len(p0) - len(out))
+    logprobs = [0.0] * len(p0) + [-0.25] * len(out) + [0.0] * (len(p1) - len(p0) - len(out))
+    assert ledger.loss_mask == mask and ledger.logprobs == logprobs
+    data = ledger.token_data()
+    assert data.ids == pack_int32(p1) and data.loss_mask == pack_uint8(mask)
+    assert data.logprobs == pack_float32(logprobs)
+    # The other episode's ledger did not change.
+    first, _, first_p0 = ledgers[0]
+    assert first.ids == first_p0 and first.token_data().ids == pack_int32(first_p0)
+
+
+def test_piece_encoder_pieces_concatenate_to_the_whole_text_ids(tok: ChatTokenizer) -> None:
+    text = tok.render(first_messages(), add_generation_prompt=True)
+    pieces = tok.encode_prompt_pieces(text)
+    assert len(pieces) > 1
+    flat = [i for piece in pieces for i in piece.ids]
+    assert flat == tok.encode(text) == tok.encode_prompt(text)
+    for piece in pieces:
+        assert list(piece.ids) == (json.loads(b"[" + piece.json + b"]") if piece.n else [])
+    assert tok.encode_prompt_pieces(text)[0] is pieces[0]  # cached objects
+
+
 def _trained_tokenizer(
     folder: Path,
     *,

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from gymux.policies.sglang import transport
-from gymux.policies.sglang.http1 import ConnectTimeout, Disconnected, Pool
+from gymux.policies.sglang.http1 import ConnectTimeout, Disconnected, Parts, Pool
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -216,6 +216,75 @@ async def test_post_body_and_headers_arrive_intact_and_get_has_no_body() -> None
     assert "content-length" not in get.headers and "content-type" not in get.headers
     assert get.body == b""
     assert srv.accepted == 1
+
+
+async def test_a_body_in_parts_arrives_as_their_concatenation() -> None:
+    """``Parts`` (a prompt's shared pieces and the rest of a body) is written as one
+    request whose body is the fragments in order, with their total Content-Length; through
+    ``transport.post_read`` too, on the same keep-alive connection."""
+    parts = Parts((b'{"input_ids":[', b"1,2" * 3000, b",", b"", b"7]", b',"x":"\xc3\xa9"}'))
+    whole = b"".join(parts)
+    async with serve_keepalive(lambda req: answer(b"got %d" % len(req.body))) as srv:
+        pool = new_pool()
+        try:
+            async with pool.request("POST", srv.url + "/generate", parts) as resp:
+                assert await resp.read() == b"got %d" % len(whole)
+            got = await transport.post_read(pool, srv.url, "/generate", parts, label="t")
+            assert got == b"got %d" % len(whole)
+        finally:
+            await pool.close()
+    assert [r.body for r in srv.requests] == [whole, whole]
+    assert [r.headers["content-length"] for r in srv.requests] == [str(len(whole))] * 2
+    assert srv.accepted == 1
+
+
+async def test_requests_in_flight_do_not_hold_the_bytes_they_wrote() -> None:
+    """Once written, a request's bytes are not kept while its answer is awaited: with 40
+    requests of 200 KB in flight (the server has read them all and holds its answers), the
+    client holds far less than 40 x 200 KB (thousands of in-flight 2k-token prompts were
+    ~100 MB of request copies)."""
+    import tracemalloc
+
+    n, size = 40, 200_000
+    release = asyncio.Event()
+    all_in = asyncio.Event()
+    count = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, k: int) -> None:
+        while (req := await read_request(reader)) is not None:
+            assert len(req.body) == size
+            del req
+            count[0] += 1
+            if count[0] == n:
+                all_in.set()
+            await release.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    body = Parts((b"x" * size,))
+    async with Scripted(handle) as srv:
+        pool = new_pool(connections_per_host=n)
+        statuses: list[int] = []
+
+        async def one() -> None:
+            async with pool.request("POST", srv.url + "/generate", body) as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+        tracemalloc.start()
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(one)
+                with anyio.fail_after(PROMPT):
+                    await all_in.wait()
+                held, _ = tracemalloc.get_traced_memory()
+                release.set()
+        finally:
+            tracemalloc.stop()
+            await pool.close()
+    assert statuses == [200] * n
+    assert held < n * size / 4, f"{held} bytes traced with {n} requests in flight"
 
 
 # -- answer framing -----------------------------------------------------------------------

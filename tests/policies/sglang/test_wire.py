@@ -79,6 +79,23 @@ def test_generate_body():
     }
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_generate_body_parts_is_generate_body_for_one_sequence(stream: bool) -> None:
+    import msgspec
+
+    from gymux.policies.sglang.wire import generate_body_parts
+    from gymux.policies.tokens import PromptIds
+
+    sampling = {"max_new_tokens": 4, "temperature": 0.5, "stop_token_ids": [2]}
+    prompt = PromptIds.of_parts([b"1,2", b"3000"], 3)
+    parts = generate_body_parts(
+        prompt.json_parts(), 'r-1"x', msgspec.json.encode(sampling), stream=stream
+    )
+    assert msgspec.json.decode(b"".join(parts)) == generate_body(
+        [1, 2, 3000], 'r-1"x', sampling, stream=stream
+    )
+
+
 def test_error_bodies_and_context_refusals():
     from gymux.policies.sglang.wire import (
         StreamError,

@@ -9,7 +9,8 @@ Each measured client runs in a fresh subprocess, so its CPU time (``getrusage``)
 gymux side alone: the Runtime, the env, the policy client.
 
 The env (defined here) is cheap and never ends an episode: every episode plays
-``TURNS`` turns. Its instruction is about ``PROMPT_TOKENS`` tokens of the tiny tokenizer,
+``TURNS`` turns, each a real env step (any output parses as an action) whose observation is
+new text. Its instruction is about ``PROMPT_TOKENS`` tokens of the tiny tokenizer,
 so every turn's prompt is ~2k tokens (shown as ``prompt tok``).
 
 Two scenarios per client, each with a fresh double:
@@ -210,6 +211,13 @@ class _Endless:
         return None
 
 
+def _any_text(text: str) -> str:
+    """Any output is an action: the double's outputs are random tokens, and with the ReAct
+    parser every later turn would be a parse error whose observation is the same text (no
+    env step, and an observation the tokenizer's piece cache already holds)."""
+    return text.strip()[:40] or "wait"
+
+
 def _instruction(tok_dir: str) -> str:
     from gymux.policies.tokens import ChatTokenizer
 
@@ -229,7 +237,15 @@ def _registry(tok_dir: str, instances: int) -> Registry:
         example_actions=["move left"],
     )
     reg = Registry(entry_points_group=None)
-    reg.register(EnvPlugin(spec, _Endless, execution="async", max_instances=instances))  # type: ignore[arg-type]
+    reg.register(
+        EnvPlugin(
+            spec,
+            _Endless,  # type: ignore[arg-type]
+            execution="async",
+            max_instances=instances,
+            parse_action=_any_text,
+        )
+    )
     return reg
 
 

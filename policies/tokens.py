@@ -15,12 +15,14 @@ Training on trajectories needs exactly the tokens the model saw and produced. A
   output already ends with the closing's first token (it stopped on EOS), that token is not
   added again.
 
-Turn 0's text is tokenized piece by piece (:class:`PieceEncoder`): the text is cut right
+Prompt text is tokenized piece by piece (:class:`PieceEncoder`): the text is cut right
 after each of the template's special tokens (``<|im_end|>``, ``<|im_start|>``...), where the
 tokenizer itself splits it, and each piece's ids are cached by the piece's exact text. The
 instruction, the same for every episode of an env, is tokenized once; a new episode only
-tokenizes its own observation. The ids are the same as tokenizing the whole text at once
-(the cut points are chosen and checked so that this holds; see :class:`PieceEncoder`).
+tokenizes its own observation, and a later turn only the piece that holds its observation
+(the template's wrapper around it comes from the cache). The ids are the same as
+tokenizing the whole text at once (the cut points are chosen and checked so that this
+holds; see :class:`PieceEncoder`).
 
 Each cached piece keeps its ids as a typed array and as JSON (:class:`Piece`), and a ledger
 refers to the pieces of its turn-0 prompt instead of copying them: thousands of episodes of
@@ -455,7 +457,10 @@ class ChatTokenizer:
         closing = self._closing_ids
         if closing and after_generated and after_generated[-1] == closing[0]:
             closing = closing[1:]  # the model already emitted it (stopped on EOS)
-        return [*closing, *self.encode(self._user_prefix + content + self._user_suffix)]
+        # In pieces (see PieceEncoder): the template's fixed parts come from the cache and
+        # only the piece holding ``content`` is tokenized, one stretch of text instead of
+        # three (measured: ~20% of a rollout turn's client CPU, most of it in malloc).
+        return [*closing, *self.pieces.encode(self._user_prefix + content + self._user_suffix)]
 
 
 def load_tokenizer(

@@ -162,6 +162,23 @@ def test_pieces_equal_whole_text_chatml(tok: ChatTokenizer) -> None:
     assert tok.pieces.whole == 0
 
 
+def test_a_later_turn_tokenizes_only_the_piece_with_its_observation(tmp_path: Path) -> None:
+    """A later turn's ids are exactly the plain encoding of the template's next-turn text
+    (awkward observations too: special tokens, half tokens, unicode, blank), and once the
+    wrapper's pieces are cached, each new observation costs one piece tokenized."""
+    tok = ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path / "tok"))
+    wrapper = (tok._user_prefix, tok._user_suffix)
+    out = tok.encode("Thought: x\nAction: move up")
+    for content in AWKWARD:
+        got = tok.user_turn_suffix(content, after_generated=out)
+        assert got == [*tok._closing_ids, *tok.encode(wrapper[0] + content + wrapper[1])]
+    assert tok.pieces.whole == 0
+    misses = tok.pieces.misses
+    for n in range(10):
+        tok.user_turn_suffix(f"You moved to ({n}, 3).", after_generated=out)
+    assert tok.pieces.misses - misses == 10
+
+
 def test_an_env_instruction_is_tokenized_once(tmp_path: Path) -> None:
     tok = ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path / "tok"))
     instruction = "Solve the maze. Answer with Thought and Action. " * 50

@@ -54,7 +54,7 @@ import re
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -477,7 +477,7 @@ def load_tokenizer(
     return source if isinstance(source, ChatTokenizer) else ChatTokenizer.from_dir(source)
 
 
-def _open_array(parts: Iterable[bytes]) -> list[bytes]:
+def _open_array(parts: Sequence[bytes]) -> list[bytes]:
     """``[b"[", part, b",", part...]``: a JSON array of ``parts`` without its ``]``."""
     out = [b"["]
     for part in parts:
@@ -507,12 +507,8 @@ class PromptIds:
     def of_parts(cls, parts: Sequence[bytes], n: int) -> PromptIds:
         """``n`` ids given as the JSON of consecutive runs of them, each without brackets
         and none empty (``[b"1,2", b"3"]``)."""
-        return cls._of_fragments((*_open_array(parts), b"]"), n)
-
-    @classmethod
-    def _of_fragments(cls, frags: tuple[bytes, ...], n: int) -> PromptIds:
         self = cls.__new__(cls)
-        self._frags = frags
+        self._frags = (*_open_array(parts), b"]")
         self.n = n
         return self
 
@@ -559,7 +555,7 @@ class TokenLedger:
     __slots__ = (
         "_consumed",
         "_head",
-        "_head_frags",
+        "_head_json",
         "_head_n",
         "_ids",
         "_json",
@@ -573,7 +569,7 @@ class TokenLedger:
         self.tokenizer = tokenizer
         self._head: tuple[Piece, ...] | None = None  # None: turn 0 not rendered yet
         self._head_n = 0
-        self._head_frags: tuple[bytes, ...] = (b"[",)  # "[", the head's JSON, commas
+        self._head_json: tuple[bytes, ...] = ()  # the head's pieces' JSON (none empty)
         # Typed arrays, not lists: the garbage collector does not traverse them (thousands
         # of episodes' ledgers of thousands of ids each made every young-generation
         # collection walk millions of list slots). They hold what follows the head.
@@ -591,28 +587,33 @@ class TokenLedger:
     def __len__(self) -> int:
         return self._head_n + len(self._ids)
 
-    def _all(self, tail: array[Any], head: Callable[[Piece], array[Any]]) -> array[Any]:
-        out = array(tail.typecode)
+    def _head_ids(self) -> array[int]:
+        out = array("i")
         for piece in self._head or ():
-            out.extend(head(piece))
+            out.extend(piece.ids)
+        return out
+
+    @staticmethod
+    def _joined(head: array[Any], tail: array[Any]) -> array[Any]:
+        out = array(tail.typecode, head)
         out.extend(tail)
         return out
 
     @property
     def ids(self) -> list[int]:
         """The episode's token ids so far (a copy)."""
-        return self._all(self._ids, lambda p: p.ids).tolist()
+        return self._joined(self._head_ids(), self._ids).tolist()
 
     @property
     def logprobs(self) -> list[float]:
         """One logprob per id: the model's on generated ids, 0.0 elsewhere (a copy; float32
         precision, as :meth:`token_data` stores them)."""
-        return self._all(self._logprobs, lambda p: _zeros_f(p.n)).tolist()
+        return self._joined(_zeros_f(self._head_n), self._logprobs).tolist()
 
     @property
     def loss_mask(self) -> list[int]:
         """1 on generated ids, 0 elsewhere (a copy)."""
-        return self._all(self._mask, lambda p: _zeros_b(p.n)).tolist()
+        return self._joined(_zeros_b(self._head_n), self._mask).tolist()
 
     def _extend_ids(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -636,16 +637,8 @@ class TokenLedger:
     def prompt_ids(self) -> PromptIds:
         """The prompt so far as :class:`PromptIds` (the head's shared JSON, and a snapshot of
         the rest's, kept up to date as ids come)."""
-        head = self._head_frags
-        if self._json:
-            frags = (
-                (*head, b",", bytes(self._json), b"]")
-                if len(head) > 1
-                else (b"[", bytes(self._json), b"]")
-            )
-        else:
-            frags = (*head, b"]")
-        return PromptIds._of_fragments(frags, len(self))
+        tail = (bytes(self._json),) if self._json else ()
+        return PromptIds.of_parts((*self._head_json, *tail), len(self))
 
     def advance(self, messages: Sequence[Message]) -> None:
         """Bring the ledger up to ``messages`` (then :meth:`prompt_ids` or :attr:`ids`).
@@ -658,7 +651,7 @@ class TokenLedger:
             text = self.tokenizer.render(messages, add_generation_prompt=True)
             self._head = tuple(self.tokenizer.encode_prompt_pieces(text))
             self._head_n = sum(piece.n for piece in self._head)
-            self._head_frags = tuple(_open_array(p.json for p in self._head if p.n))
+            self._head_json = tuple(piece.json for piece in self._head if piece.n)
             self._consumed = len(messages)
             return
         new = list(messages[self._consumed :])
@@ -692,9 +685,9 @@ class TokenLedger:
 
     def token_data(self) -> TokenData:
         return TokenData(
-            ids=pack_int32(self._all(self._ids, lambda p: p.ids)),
-            loss_mask=pack_uint8(self._all(self._mask, lambda p: _zeros_b(p.n))),
-            logprobs=pack_float32(self._all(self._logprobs, lambda p: _zeros_f(p.n))),
+            ids=pack_int32(self._joined(self._head_ids(), self._ids)),
+            loss_mask=pack_uint8(self._joined(_zeros_b(self._head_n), self._mask)),
+            logprobs=pack_float32(self._joined(_zeros_f(self._head_n), self._logprobs)),
             tokenizer=self.tokenizer.name,
         )
 

@@ -620,21 +620,21 @@ class Pool:
         deadline = loop.time() + self.request_timeout_s
         conn = await origin.acquire(deadline)
         start = (method.encode(), b" ", path, origin.head_tail)
+        parts = () if body is None else (body,) if isinstance(body, bytes) else body
         if body is None:
             data = b"".join((*start, headers, b"\r\n"))
         else:
-            size = len(body) if isinstance(body, bytes) else sum(map(len, body))
             data = b"".join(
                 (
                     *start,
                     b"Content-Type: application/json\r\n",
                     headers,
-                    b"Content-Length: %d\r\n\r\n" % size,
-                    *((body,) if isinstance(body, bytes) else body),
+                    b"Content-Length: %d\r\n\r\n" % sum(map(len, parts)),
+                    *parts,
                 )
             )
         conn.send(data, deadline)
-        del data, body  # not held while the answer is awaited (thousands in flight)
+        del data, body, parts  # not held while the answer is awaited (thousands in flight)
         try:
             while conn.head is None:
                 await conn.wait()

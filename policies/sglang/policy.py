@@ -157,7 +157,6 @@ _Result = PolicyResponse | BaseException
 _Item = tuple[PolicyRequest, PromptIds]
 #: The abort status SGLang gives a request it retracted or could not queue: retry it.
 _RETRY_STATUS = 503
-_ENCODER = msgspec.json.Encoder()
 
 
 #: The old name of :class:`gymux.policies.options.SGLangOptions` (the client's options).
@@ -562,9 +561,7 @@ class SGLangPolicy(BatchingPolicy):
             )
         else:  # written as fragments: the prompt's shared pieces are copied once, by http1
             body = transport.Parts(
-                generate_body_parts(
-                    items[0][1].json_parts(), rids[0], _ENCODER.encode(self.sampling), stream=False
-                )
+                generate_body_parts(items[0][1].json_parts(), rids[0], self.sampling, stream=False)
             )
         await server.budget.acquire(len(items), tokens)
         for (request, _), rid in zip(items, rids, strict=True):

@@ -162,6 +162,9 @@ class ServerInfo(msgspec.Struct):
     incremental_streaming_output: bool = False
 
 
+_ENCODER = msgspec.json.Encoder()
+
+
 def generate_body(
     input_ids: list[int] | list[list[int]] | msgspec.Raw | list[msgspec.Raw],
     rid: str | list[str],
@@ -181,23 +184,22 @@ def generate_body(
 
 
 def generate_body_parts(
-    input_ids: Sequence[bytes], rid: str, sampling: bytes, *, stream: bool
+    input_ids: Sequence[bytes], rid: str, sampling: dict[str, Any], *, stream: bool
 ) -> list[bytes]:
     """:func:`generate_body` for one sequence, as JSON fragments whose concatenation is the
     body: ``input_ids`` the fragments of its JSON array
-    (:meth:`gymux.policies.tokens.PromptIds.json_parts`), ``sampling`` its JSON."""
+    (:meth:`gymux.policies.tokens.PromptIds.json_parts`)."""
     return [
         b'{"input_ids":',
         *input_ids,
         b',"sampling_params":',
-        sampling,
+        _ENCODER.encode(sampling),
         b',"return_logprob":true,"rid":',
         _ENCODER.encode(rid),
         b',"stream":true}' if stream else b',"stream":false}',
     ]
 
 
-_ENCODER = msgspec.json.Encoder()
 _ANSWER_DECODER = msgspec.json.Decoder(GenerateAnswer)
 _BATCH_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
 _ITEM_DECODER = msgspec.json.Decoder(msgspec.Raw)

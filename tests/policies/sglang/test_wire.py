@@ -88,9 +88,7 @@ def test_generate_body_parts_is_generate_body_for_one_sequence(stream: bool) -> 
 
     sampling = {"max_new_tokens": 4, "temperature": 0.5, "stop_token_ids": [2]}
     prompt = PromptIds.of_parts([b"1,2", b"3000"], 3)
-    parts = generate_body_parts(
-        prompt.json_parts(), 'r-1"x', msgspec.json.encode(sampling), stream=stream
-    )
+    parts = generate_body_parts(prompt.json_parts(), 'r-1"x', sampling, stream=stream)
     assert msgspec.json.decode(b"".join(parts)) == generate_body(
         [1, 2, 3000], 'r-1"x', sampling, stream=stream
     )

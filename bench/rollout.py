@@ -578,6 +578,8 @@ def main() -> None:
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--tok", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, got {args.repeat}")
     if args.warmup is None:
         args.warmup = 12.0 if args.quick else 20.0
     if args.window is None:

@@ -164,8 +164,6 @@ class PolicyGate:
             drained.set()
 
 
-#: The longest a watchdog sleeps between two scans, whatever the timeouts.
-WATCHDOG_TICK_S = 1.0
 _NEVER = float("inf")
 
 
@@ -174,21 +172,30 @@ class Watchdog:
 
     Instead of a timer per policy call and env step (``anyio.move_on_after``), an episode
     stores the deadline of the call it is in (and what it is) and runs under one cancel
-    scope without a deadline; the watchdog scans the episodes it watches every tick
-    (``min(WATCHDOG_TICK_S, shortest timeout / 16)``, or sooner when a deadline is near)
-    and cancels the scope of any episode past its call's or its own deadline, which the
-    episode then ends as ``timeout``. A limit is thus enforced late by at most one tick.
+    scope without a deadline; the watchdog cancels the scope of any episode past its call's
+    or its own deadline, which the episode then ends as ``timeout``.
+
+    It scans only when a deadline can be due: after a scan at time ``t`` it sleeps until
+    the earliest deadline it saw, or until ``t`` plus the shortest limit (``min_limit_s``:
+    a deadline set later is at least that far away), whichever comes first. A deadline
+    armed sooner than that (a limit shorter than the config's) wakes it at once. So a
+    limit is enforced on time, and thousands of episodes waiting on a slow server cost no
+    scan at all until one of them could be late.
     """
 
-    __slots__ = ("_contexts", "tick_s")
+    __slots__ = ("_contexts", "_nudge", "_wake_at", "min_limit_s", "scans")
 
     def __init__(self, config: RuntimeConfig) -> None:
         limits = [config.policy_timeout_s, config.step_timeout_s]
         if config.episode_timeout_s is not None:
             limits.append(config.episode_timeout_s)
-        shortest = min(limits)
-        self.tick_s = max(0.001, min(WATCHDOG_TICK_S, shortest / 16))
+        #: The shortest limit of the config: the longest the watchdog sleeps.
+        self.min_limit_s = min(limits)
+        #: Scans so far (each looks at every watched episode once).
+        self.scans = 0
         self._contexts: set[_Context] = set()
+        self._wake_at = -_NEVER  # when the sleeping scan loop wakes next (-inf: awake)
+        self._nudge: anyio.Event | None = None
 
     @property
     def watched(self) -> int:
@@ -198,17 +205,32 @@ class Watchdog:
         """Scan until cancelled (run it in the task group of the episodes it watches)."""
         while True:
             now = _clock()
-            wake = now + self.tick_s
+            wake = now + self.min_limit_s
+            self.scans += 1
             for ctx in list(self._contexts):
                 deadline = ctx.deadline if ctx.deadline < ctx.ends else ctx.ends
                 if deadline <= now:
                     ctx.expire(now)
                 elif deadline < wake:
                     wake = deadline
-            await anyio.sleep(max(0.0, wake - _clock()))
+            nudge = self._nudge = anyio.Event()
+            self._wake_at = wake
+            try:
+                with anyio.move_on_after(max(0.0, wake - _clock())):
+                    await nudge.wait()
+            finally:
+                self._wake_at = -_NEVER
+                self._nudge = None
+
+    def _due(self, deadline: float) -> None:
+        """A deadline was set: wake the scan loop if it would sleep past it."""
+        if deadline < self._wake_at and self._nudge is not None:
+            self._wake_at = -_NEVER
+            self._nudge.set()
 
     def _add(self, ctx: _Context) -> None:
         self._contexts.add(ctx)
+        self._due(ctx.ends)
 
     def _discard(self, ctx: _Context) -> None:
         self._contexts.discard(ctx)
@@ -244,6 +266,7 @@ class _Context:
         "policy",
         "pool",
         "scope",
+        "watchdog",
         "what",
     )
 
@@ -277,12 +300,16 @@ class _Context:
         self.limit_s = 0.0
         self.ends = _NEVER
         self.expired: str | None = None
+        self.watchdog: Watchdog | None = None
 
     def arm(self, what: str, limit_s: float) -> None:
         """The next ``limit_s`` seconds are ``what``'s (a policy call, an env call)."""
         self.what = what
         self.limit_s = limit_s
-        self.deadline = _clock() + limit_s
+        deadline = self.deadline = _clock() + limit_s
+        watchdog = self.watchdog
+        if watchdog is not None and deadline < watchdog._wake_at:
+            watchdog._due(deadline)
 
     def expire(self, now: float) -> None:
         """Called by the watchdog: a deadline has passed; cancel the episode's scope."""
@@ -363,6 +390,7 @@ async def run_episode(
     try:
         with anyio.CancelScope() as scope:
             ctx.scope = scope
+            ctx.watchdog = watchdog
             watchdog._add(ctx)
             try:
                 await _run_attempts(ctx, traj)

@@ -1,6 +1,7 @@
-"""The coarse deadline watchdog (``gymux.episode.Watchdog``): one task enforces every
-episode's policy, env and episode time limits by cancelling the episode's scope, which the
-episode ends as ``timeout`` with the same messages as a per-call timer would."""
+"""The deadline watchdog (``gymux.episode.Watchdog``): one task enforces every episode's
+policy, env and episode time limits by cancelling the episode's scope, which the episode
+ends as ``timeout`` with the same messages as a per-call timer would. It scans only when a
+deadline can be due."""
 
 from __future__ import annotations
 
@@ -288,7 +289,7 @@ async def test_no_episode_limit_still_enforces_the_call_limits():
     plugin = E.plugin(E.AsyncProbe)
     pool = EnvPool(plugin, 2, close_timeout_s=3.0)
     cfg = config(episode_timeout_s=None)
-    assert Watchdog(cfg).tick_s == pytest.approx(TINY_S / 16)
+    assert Watchdog(cfg).min_limit_s == pytest.approx(TINY_S)
 
     async def record(t: Trajectory) -> None:
         return None
@@ -356,3 +357,52 @@ async def test_a_later_run_takes_the_scanning_over_when_the_first_ends():
     assert traj.error == f"policy call exceeded {TINY_S}s"
     assert scheduler._watchers == 0
     await scheduler.aclose()
+
+
+async def test_turns_far_from_any_deadline_cost_no_scan():
+    """Hundreds of turns armed and cleared with limits far away: the watchdog scanned once
+    (when it started), not once per tick; before, it woke at least once a second and
+    looked at every watched episode each time."""
+    plugin = E.plugin(E.AsyncProbe, max_instances=16)
+    reg = Registry(entry_points_group=None)
+    reg.register(plugin)
+    cfg = E.runtime_config((300.0, 300.0, 3600.0, 3.0), max_concurrent_episodes=16)
+    async with Runtime(cfg, registry=reg) as rt:
+        result = await rt.run(
+            Workload(env="probe", tasks=list(range(8)), samples=4, max_turns=5),
+            policy=SimplePolicyGo(),
+        )
+        watchdog = rt.scheduler.watchdog
+    turns = sum(len(t.turns) for t in result.trajectories)
+    assert len(result.trajectories) == 32 and turns >= 32 * 2
+    assert watchdog.min_limit_s == 300.0
+    assert watchdog.scans == 1
+
+
+async def test_a_deadline_sooner_than_the_shortest_limit_wakes_the_watchdog():
+    """A call armed with a limit shorter than any of the config's (the watchdog would
+    otherwise sleep for the config's shortest, 300 s) still ends on time."""
+    from gymux.episode import _Context
+
+    cfg = E.runtime_config((300.0, 300.0, 3600.0, 3.0))
+    watchdog = Watchdog(cfg)
+    plugin = E.plugin(E.AsyncProbe)
+    pool = EnvPool(plugin, 1, close_timeout_s=3.0)
+    ctx = _Context(job(), plugin, pool, SimplePolicyGo(), EventBus(), cfg, PolicyGate())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watchdog.run)
+        await anyio.wait_all_tasks_blocked()
+        assert watchdog.scans == 1  # asleep, for up to 300 s
+        with anyio.fail_after(60):  # a bound for a loaded machine, not a speed target
+            with anyio.CancelScope() as scope:
+                ctx.scope = scope
+                ctx.watchdog = watchdog
+                watchdog._add(ctx)
+                ctx.arm("policy call", 0.05)
+                await anyio.sleep_forever()
+        watchdog._discard(ctx)
+        tg.cancel_scope.cancel()
+    assert scope.cancelled_caught
+    assert ctx.expired == "policy call exceeded 0.05s"
+    assert watchdog.scans >= 2
+    await pool.aclose()

@@ -139,6 +139,7 @@ class RunHandle:
         self._done = anyio.Event()
         self._error: BaseException | None = None
         self._scope = anyio.CancelScope()
+        self._sampler: anyio.CancelScope | None = None  # the limit sampler's, while it runs
 
     @property
     def done(self) -> bool:
@@ -160,6 +161,8 @@ class RunHandle:
     def _finish(self, error: BaseException | None = None) -> None:
         self._error = error
         self._done.set()
+        if self._sampler is not None:
+            self._sampler.cancel()
         self._notify()
 
     async def wait(self) -> RunResult:
@@ -614,14 +617,20 @@ class Runtime:
         return waiting
 
     async def _sample_limits(self, handle: RunHandle, plugin: Any) -> None:
-        """While ``handle`` runs, sample which limits its episodes wait for."""
+        """While ``handle`` runs, sample which limits its episodes wait for (a plain sleep
+        between samples; the run's end cancels it, and the last sample covers the rest)."""
         last = time.perf_counter()
-        while not handle.done:
-            with anyio.move_on_after(LIMIT_SAMPLE_S):
-                await handle._done.wait()
-            now = time.perf_counter()
-            handle.metrics.sample_limits(now - last, self._waiting(handle, plugin))
-            last = now
+        with anyio.CancelScope() as scope:
+            handle._sampler = scope
+            if handle.done:
+                scope.cancel()
+            while True:
+                await anyio.sleep(LIMIT_SAMPLE_S)
+                now = time.perf_counter()
+                handle.metrics.sample_limits(now - last, self._waiting(handle, plugin))
+                last = now
+        now = time.perf_counter()
+        handle.metrics.sample_limits(now - last, self._waiting(handle, plugin))
 
     async def run(self, workload: Workload, *, policy: Policy | None = None) -> RunResult:
         """Submit ``workload`` and wait for its result."""

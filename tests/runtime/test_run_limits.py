@@ -190,6 +190,26 @@ async def test_nothing_is_named_when_nothing_waited() -> None:
     assert summary.bound_by is None
 
 
+@pytest.mark.anyio
+async def test_the_limit_sampler_ends_with_its_run() -> None:
+    """The sampler sleeps between samples and the run's end cancels it: no task of it is
+    left once the run is over, while the runtime stays open."""
+    registry = Registry(entry_points_group=None)
+    registry.register(E.plugin(E.AsyncProbe, max_instances=4))
+    async with Runtime(RuntimeConfig(max_concurrent_episodes=4), registry=registry) as rt:
+        handle = await rt.submit(
+            Workload(env="probe", tasks=list(E.HEALTHY[:1]), samples=4), policy=_Slow()
+        )
+        assert f"limits of {handle.run_id}" in {t.name for t in anyio.get_running_tasks()}
+        result = await handle.wait()
+        with anyio.fail_after(30):  # a bound for a loaded machine, not a speed target
+            while f"limits of {handle.run_id}" in {t.name for t in anyio.get_running_tasks()}:
+                await anyio.wait_all_tasks_blocked()
+                await anyio.sleep(0.01)
+        assert handle._sampler is not None and handle._sampler.cancel_called
+    assert result.summary.episodes == 4
+
+
 # -- env instance caps follow an explicit --concurrency ----------------------------------------
 
 

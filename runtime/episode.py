@@ -230,6 +230,7 @@ class Watchdog:
 
     def _add(self, ctx: _Context) -> None:
         self._contexts.add(ctx)
+        ctx.watchdog = self  # its later deadlines wake this watchdog when sooner than due
         self._due(ctx.ends)
 
     def _discard(self, ctx: _Context) -> None:
@@ -306,10 +307,9 @@ class _Context:
         """The next ``limit_s`` seconds are ``what``'s (a policy call, an env call)."""
         self.what = what
         self.limit_s = limit_s
-        deadline = self.deadline = _clock() + limit_s
-        watchdog = self.watchdog
-        if watchdog is not None and deadline < watchdog._wake_at:
-            watchdog._due(deadline)
+        self.deadline = _clock() + limit_s
+        if self.watchdog is not None:
+            self.watchdog._due(self.deadline)
 
     def expire(self, now: float) -> None:
         """Called by the watchdog: a deadline has passed; cancel the episode's scope."""
@@ -390,7 +390,6 @@ async def run_episode(
     try:
         with anyio.CancelScope() as scope:
             ctx.scope = scope
-            ctx.watchdog = watchdog
             watchdog._add(ctx)
             try:
                 await _run_attempts(ctx, traj)

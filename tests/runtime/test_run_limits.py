@@ -205,7 +205,6 @@ async def test_the_limit_sampler_ends_with_its_run() -> None:
         with anyio.fail_after(30):  # a bound for a loaded machine, not a speed target
             while f"limits of {handle.run_id}" in {t.name for t in anyio.get_running_tasks()}:
                 await anyio.wait_all_tasks_blocked()
-                await anyio.sleep(0.01)
         assert handle._sampler is not None and handle._sampler.cancel_called
     assert result.summary.episodes == 4
 

@@ -396,8 +396,8 @@ async def test_a_deadline_sooner_than_the_shortest_limit_wakes_the_watchdog():
         with anyio.fail_after(60):  # a bound for a loaded machine, not a speed target
             with anyio.CancelScope() as scope:
                 ctx.scope = scope
-                ctx.watchdog = watchdog
                 watchdog._add(ctx)
+                assert ctx.watchdog is watchdog
                 ctx.arm("policy call", 0.05)
                 await anyio.sleep_forever()
         watchdog._discard(ctx)

@@ -29,6 +29,11 @@ Two scenarios per client, each with a fresh double:
   cancels the surplus), and the latency is from then to the double receiving the abort of a
   surplus member's in-flight request (p50/p99 over the window; target < 100 ms).
 
+Where the window falls matters: all episodes start at once, the first wave's 4,096
+episodes end together some 30-45 s in (every turn then also ends one episode and starts
+another), and a young GC pass comes every ~20 s. ``--curve S`` prints, for each client, its
+CPU per turn (user, system, GC) in every S seconds since it started.
+
 Clients: ``naive`` is the BASELINE (``single`` strategy over a fresh TCP connection per
 request and per abort, no keep-alive pool); ``single`` (the default strategy) and
 ``batch_stream`` are the real client as configured in production.
@@ -41,6 +46,7 @@ Usage::
     python bench/rollout.py --only single --scenarios scale --profile DIR  # + cProfile
     python bench/rollout.py --before DIR   # + each client with an older tree's gymux
     python bench/rollout.py --only single --scenarios scale --before DIR --repeat 3
+    python bench/rollout.py --only single --scenarios scale --curve 2.5  # + CPU over time
 """
 
 from __future__ import annotations
@@ -321,6 +327,31 @@ def _group_of(episode_id: str, size: int) -> tuple[str, int]:
     return task, int(sample) // size
 
 
+async def _sample_curve(
+    policy: _BenchPolicy, gc_clock: GCClock, every_s: float, out: list[dict[str, float]]
+) -> None:
+    """Every ``every_s`` seconds from the start: the client's CPU per turn (user, system,
+    GC) in that interval, turns counted as requests sent."""
+    t0 = time.perf_counter()
+    last = None
+    while True:
+        await anyio.sleep(every_s)
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        now = (ru.ru_utime, ru.ru_stime, sum(gc_clock.cpu_s), policy.http_requests)
+        if last is not None and now[3] > last[3]:
+            n = now[3] - last[3]
+            out.append(
+                {
+                    "t": round(time.perf_counter() - t0, 1),
+                    "turns": n,
+                    "user_us": round(1e6 * (now[0] - last[0]) / n),
+                    "sys_us": round(1e6 * (now[1] - last[1]) / n),
+                    "gc_us": round(1e6 * (now[2] - last[2]) / n),
+                }
+            )
+        last = now
+
+
 async def _client(args: argparse.Namespace) -> None:
     oversample = args.scenario == "oversample"
     k = OVERSAMPLE if oversample else 0
@@ -351,12 +382,16 @@ async def _client(args: argparse.Namespace) -> None:
     )
     reg = _registry(args.tok, concurrent)
     gc_clock = GCClock()
+    curve: list[dict[str, float]] = []
     async with (
         policy,
         aiohttp.ClientSession() as ctl,
         Runtime(config, registry=reg, sinks=[_NullSink()]) as rt,
+        anyio.create_task_group() as tg,
     ):
         await rt.submit(workload, policy=policy)
+        if args.curve:
+            tg.start_soon(_sample_curve, policy, gc_clock, args.curve, curve)
         await anyio.sleep(args.warmup)
         async with ctl.post(args.url + "/_double/reset") as r:
             await r.read()
@@ -397,6 +432,8 @@ async def _client(args: argparse.Namespace) -> None:
             "load_avg_1m": os.getloadavg()[0],
             **gc_clock.since(gc0, policy.turns),
         }
+        if curve:
+            out["curve"] = curve
         if oversample:
             size = GROUP + k
             ends: dict[tuple[str, int], list[float]] = {}
@@ -449,6 +486,8 @@ def _run_one(
         cmd = [sys.executable, __file__, "--client", client, "--scenario", scenario]
         cmd += ["--url", url, "--tok", str(tok)]
         cmd += ["--warmup", str(args.warmup), "--window", str(args.window), "--loop", args.loop]
+        if args.curve:
+            cmd += ["--curve", str(args.curve)]
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             cmd += ["--profile", str(args.profile / f"{client}-{scenario}.prof")]
@@ -571,6 +610,13 @@ def main() -> None:
         default="asyncio",
         help="the clients' event loop (uvloop: pip install uvloop)",
     )
+    p.add_argument(
+        "--curve",
+        type=float,
+        metavar="S",
+        help="also show each client's CPU per turn (user, system, GC) every S seconds "
+        "from its start",
+    )
     p.add_argument("--client-pythonpath", help=argparse.SUPPRESS)
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--client", choices=CLIENTS, help=argparse.SUPPRESS)
@@ -646,6 +692,14 @@ def main() -> None:
         for r in rows:
             runs_us = " ".join(f"{x:.0f}" for x in r["cpu_us_per_turn_runs"])
             print(f"  {r['client']:<15}{r['scenario']:<12}{runs_us}")
+    for r in rows:
+        if r.get("curve"):
+            print(f"\n{r['client']} {r['scenario']}: CPU per turn over time (us: user + sys, gc)")
+            for c in r["curve"]:
+                print(
+                    f"  t={c['t']:6.1f} s  {c['turns']:6d} turns  {c['user_us']:5d} + "
+                    f"{c['sys_us']:4d}  gc {c['gc_us']:4d}"
+                )
     print()
     print("\n".join(_verdicts(rows)))
     if args.json:

@@ -738,8 +738,12 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease, begun: float) -> 
             abort=abort,
             weight_versions=_versions(call, gate, response),
         )
+        # Not held through the next turn's policy call: with thousands of episodes
+        # waiting on the policy, what each one holds is what the collector walks.
+        text = response.text
+        del response, call
         try:
-            action = parse(response.text)
+            action = parse(text)
         except ActionParseError as exc:
             traj.invalid_actions += 1
             turn.parse_error = str(exc)
@@ -776,5 +780,6 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease, begun: float) -> 
             return FinishReason.DONE
         obs_text = result.observation.text
         admissible = result.observation.admissible_actions
+        del result
         messages.append(Message(role="user", content=obs_text))
     return FinishReason.MAX_TURNS

@@ -29,6 +29,7 @@ go away), and that connection is never reused.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -348,7 +349,7 @@ class _Connection(asyncio.Protocol):
         self.body.clear()
         self._buf.clear()
         loop = self.origin.loop
-        self._timer = loop.call_at(deadline, self._expire)
+        self._timer = loop.call_at(deadline, self._expire, context=self.origin.timer_context)
         self.transport.write(data)
 
     async def wait(self) -> None:
@@ -394,6 +395,7 @@ class _Origin:
         "open",
         "pool",
         "port",
+        "timer_context",
         "tls",
         "waiters",
     )
@@ -407,6 +409,11 @@ class _Origin:
         name = f"[{host}]" if ":" in host else host  # an IPv6 literal
         self.head_tail = b" HTTP/1.1\r\nHost: %s:%d\r\n" % (name.encode(), port)
         self.loop = asyncio.get_running_loop()
+        #: The context its requests' deadline timers run in (their callback reads no
+        #: context variable): one per origin, not a copy of the caller's per request. Not
+        #: shared across origins: an origin lives on one loop, and two threads must not
+        #: enter one context at once.
+        self.timer_context = contextvars.Context()
         self.idle: list[_Connection] = []
         self.busy: set[_Connection] = set()  # connections with a request in progress
         #: Connection slots taken: open connections, connects in progress, and slots handed

@@ -386,11 +386,7 @@ class SGLangPolicy(BatchingPolicy):
         prepared = self._prepare(request)
         if isinstance(prepared, PolicyResponse):
             return prepared
-        results = await self._send(request.episode_id, [(request, prepared)])
-        result = results[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        return await self._act_one(self._session, request, prepared)
 
     async def act_batch(
         self, requests: Sequence[PolicyRequest], on_result: OnResult | None = None
@@ -499,6 +495,88 @@ class SGLangPolicy(BatchingPolicy):
                 )
             pending = retry
         return [r if r is not None else PolicyError("no answer") for r in results]
+
+    async def _act_one(
+        self, session: transport.Pool, request: PolicyRequest, ids: PromptIds
+    ) -> PolicyResponse:
+        """The ``single`` strategy's turn: what :meth:`_send` (through :meth:`Router.call`)
+        and :meth:`_send_once` do for a batch, for one item, without their per-batch lists
+        and closures. With thousands of turns in flight, whatever a turn's call holds while
+        it waits is alive when the collector runs, and the collector walks all of it."""
+        router = self._router
+        episode_id = request.episode_id
+        tokens = len(ids) + self.max_new_tokens
+        attempt = resent = 0
+        stale_retried = False
+        while True:
+            server = router.server_for(episode_id)
+            rid = self._rid(episode_id)
+            body = transport.Parts(
+                generate_body_parts(ids.json_parts(), rid, self.sampling, stream=False)
+            )
+            await server.budget.acquire(1, tokens)
+            self._inflight[episode_id] = (server, rid)
+            delay = 0.0
+            try:
+                self.http_requests += 1
+                raw = await transport.post_read(
+                    session, server.url, "/generate", body, label=_LABEL
+                )
+                answers = decode_answers(raw, where=f"{_LABEL} {server.url}")
+                if len(answers) != 1:
+                    raise PolicyError(
+                        f"{_LABEL} {server.url}: batch of 1 got {len(answers)} answers"
+                    )
+                answer = answers[0]
+                result = (
+                    answer
+                    if isinstance(answer, PolicyError)
+                    else self._to_response(server, request, answer)
+                )
+            except transport.Retryable as exc:
+                attempt, stale_retried, delay = router.after_failure(
+                    server, exc, attempt, stale_retried
+                )
+                result = None
+            except transport.HTTPStatusError as exc:
+                if exc.status == 400 and is_context_error(error_message(exc.body)):
+                    return context_limit_response(len(ids))
+                raise
+            except TimeoutError:
+                self._abort_later(server, [rid])
+                raise PolicyError(
+                    f"{_LABEL} {server.url}: no answer within {self.request_timeout_s}s"
+                ) from None
+            except anyio.get_cancelled_exc_class():
+                # The request may be generating already (headers come with the answer).
+                self._abort_later(server, [rid])
+                raise
+            except OSError as exc:
+                raise PolicyError(
+                    f"{_LABEL} {server.url}: connection failed mid-answer: "
+                    f"{transport.describe(exc)}"
+                ) from None
+            finally:
+                self._inflight.pop(episode_id, None)
+                await server.budget.release(1, tokens)
+            if isinstance(result, _Retry):
+                # Aborted with status 503 in the answer: resent (bounded as in _send), and
+                # the connection-level retries start again, as a new Router.call would.
+                resent += 1
+                if resent > router.retries:
+                    raise PolicyError(
+                        f"{_LABEL}: giving up after {resent} attempts: {result.reason}"
+                    )
+                self.items_resent += 1
+                router.retried += 1
+                attempt, stale_retried = 0, False
+                delay = backoff_delay(resent, router.backoff_s, router.backoff_max_s)
+            elif isinstance(result, BaseException):
+                raise result
+            elif result is not None:
+                return result
+            if delay:
+                await anyio.sleep(delay)
 
     async def _resolve_context(
         self,

@@ -181,20 +181,31 @@ class Router:
             try:
                 return await once(server)
             except Retryable as exc:
-                server.last_error = str(exc)
-                if exc.stale and not stale_retried:
-                    stale_retried = True
-                    self.stale_retries += 1
-                    continue
-                if exc.refused:
-                    self._set_health(server, False)
-                attempt += 1
-                if attempt > self.retries:
-                    raise PolicyError(
-                        f"{self.label}: giving up after {attempt} attempts: {exc}"
-                    ) from None
-                self.retried += 1
-                await anyio.sleep(backoff_delay(attempt, self.backoff_s, self.backoff_max_s))
+                attempt, stale_retried, delay = self.after_failure(
+                    server, exc, attempt, stale_retried
+                )
+            if delay:
+                await anyio.sleep(delay)
+
+    def after_failure(
+        self, server: Server, exc: Retryable, attempt: int, stale_retried: bool
+    ) -> tuple[int, bool, float]:
+        """What :meth:`call` does when ``once`` raised ``exc`` after ``attempt`` failed
+        attempts (``stale_retried``: the free stale-connection retry was used): ``(attempt,
+        stale_retried, delay)`` for the next try, ``delay`` 0 for at once; raises
+        :class:`PolicyError` when the retries are spent. For callers that run the retry
+        loop themselves (the SGLang policy's one-turn path)."""
+        server.last_error = str(exc)
+        if exc.stale and not stale_retried:
+            self.stale_retries += 1
+            return attempt, True, 0.0
+        if exc.refused:
+            self._set_health(server, False)
+        attempt += 1
+        if attempt > self.retries:
+            raise PolicyError(f"{self.label}: giving up after {attempt} attempts: {exc}") from None
+        self.retried += 1
+        return attempt, stale_retried, backoff_delay(attempt, self.backoff_s, self.backoff_max_s)
 
     # -- health -------------------------------------------------------------------------
 

@@ -219,16 +219,32 @@ async def test_abort_ends_only_the_cancelled_episode(tok: ChatTokenizer, api: Mo
         await d.stop()
 
 
-async def start_router(worker: str) -> tuple[web.AppRunner, str, list[str]]:
-    """A stand-in for SGLang's router: forwards everything but ``/abort_request``."""
+async def start_router(
+    worker: str, script: list[str] | None = None
+) -> tuple[web.AppRunner, str, list[str]]:
+    """A stand-in for SGLang's router: forwards everything but ``/abort_request``.
+
+    ``script``: what the next ``/generate`` requests get instead of the worker's answer,
+    one entry each, consumed in order: ``"abort503"``, an HTTP 200 answer aborted with
+    ``status_code`` 503; ``"http503"``, HTTP 503; ``"forward"``, the worker's answer."""
     dropped: list[str] = []
     session = aiohttp.ClientSession()
+    script = script if script is not None else []
 
     async def forward(request: web.Request) -> web.StreamResponse:
         if request.path == "/abort_request":
             dropped.append((await request.json())["rid"])
             return web.Response()
         body = await request.read()
+        step = script.pop(0) if request.path == "/generate" and script else "forward"
+        if step == "http503":
+            return web.json_response(
+                {"object": "error", "message": "busy", "code": 503}, status=503
+            )
+        if step == "abort503":
+            finish = {"type": "abort", "message": "queue full", "status_code": 503}
+            meta = {"id": json.loads(body)["rid"], "finish_reason": finish, "prompt_tokens": 0}
+            return web.json_response({"text": "", "output_ids": [], "meta_info": meta})
         async with session.request(request.method, worker + request.path, data=body) as r:
             return web.Response(status=r.status, body=await r.read(), headers={
                 "Content-Type": r.headers.get("Content-Type", "application/json")})  # fmt: skip
@@ -404,6 +420,40 @@ async def test_retraction_of_a_single_request_is_retried(
         resp = await p.act(req("ep"))
     assert resp.finish_reason == "stop" and p.retried == 1
     assert double.stats.request_items == [1, 1]
+
+
+async def test_retractions_of_a_single_request_are_bounded(
+    tok: ChatTokenizer, double: SGLangDouble
+) -> None:
+    # SGLang answers a retracted non-streamed request with HTTP 503: retried as such.
+    async with SGLangPolicy(double.url, tokenizer=tok, backoff_s=0.01, retries=2) as p:
+        double.fail_next("retract", 10)
+        with pytest.raises(PolicyError, match=r"giving up after 3 attempts: .*HTTP 503"):
+            await p.act(req("ep"))
+        assert p.retried == 2 and double.stats.request_items == [1, 1, 1]
+        # The failed turn holds nothing: no request in flight, the server's room given back.
+        assert p.servers[0].budget.requests == 0 and p.servers[0].budget.tokens == 0
+
+
+async def test_an_answer_aborted_with_503_is_resent(tok: ChatTokenizer, api: ModuleType) -> None:
+    # Not what SGLang 0.5.23 answers a single request (it raises HTTP 503), but a server
+    # may: the turn is resent with a fresh rid, bounded by ``retries``, and each resend gets
+    # the connection-level retries afresh.
+    d = await started(tok, schema=api)
+    script = ["http503", "abort503", "http503", "forward"]
+    runner, url, _ = await start_router(d.url, script)
+    try:
+        async with SGLangPolicy(url, tokenizer=tok, backoff_s=0.01, retries=1) as p:
+            resp = await p.act(req("ep"))
+            assert resp.finish_reason == "stop" and script == []
+            assert p.items_resent == 1 and p.retried == 3
+            script.extend(["abort503"] * 3)
+            with pytest.raises(PolicyError, match=r"giving up after 2 attempts: .*status 503"):
+                await p.act(req("ep2"))
+            assert p.items_resent == 2 and p.servers[0].budget.requests == 0
+    finally:
+        await runner.cleanup()
+        await d.stop()
 
 
 # -- 4. a server still loading ------------------------------------------------------------

@@ -483,16 +483,13 @@ class SGLangPolicy(BatchingPolicy):
                     results[i] = res
             if retry:
                 resent += 1
-                if resent > self._router.retries:
-                    err = PolicyError(f"{_LABEL}: giving up after {resent} attempts: {reason}")
+                try:
+                    delay = self._resend_delay(resent, len(retry), reason)
+                except PolicyError as err:
                     for i in retry:
                         results[i] = err
                     break
-                self.items_resent += len(retry)
-                self._router.retried += 1
-                await anyio.sleep(
-                    backoff_delay(resent, self._router.backoff_s, self._router.backoff_max_s)
-                )
+                await anyio.sleep(delay)
             pending = retry
         return [r if r is not None else PolicyError("no answer") for r in results]
 
@@ -522,17 +519,7 @@ class SGLangPolicy(BatchingPolicy):
                 raw = await transport.post_read(
                     session, server.url, "/generate", body, label=_LABEL
                 )
-                answers = decode_answers(raw, where=f"{_LABEL} {server.url}")
-                if len(answers) != 1:
-                    raise PolicyError(
-                        f"{_LABEL} {server.url}: batch of 1 got {len(answers)} answers"
-                    )
-                answer = answers[0]
-                result = (
-                    answer
-                    if isinstance(answer, PolicyError)
-                    else self._to_response(server, request, answer)
-                )
+                result = self._read_answers(server, raw, [(request, ids)])[0]
             except transport.Retryable as exc:
                 attempt, stale_retried, delay = router.after_failure(
                     server, exc, attempt, stale_retried
@@ -542,20 +529,12 @@ class SGLangPolicy(BatchingPolicy):
                 if exc.status == 400 and is_context_error(error_message(exc.body)):
                     return context_limit_response(len(ids))
                 raise
-            except TimeoutError:
-                self._abort_later(server, [rid])
-                raise PolicyError(
-                    f"{_LABEL} {server.url}: no answer within {self.request_timeout_s}s"
-                ) from None
             except anyio.get_cancelled_exc_class():
                 # The request may be generating already (headers come with the answer).
                 self._abort_later(server, [rid])
                 raise
-            except OSError as exc:
-                raise PolicyError(
-                    f"{_LABEL} {server.url}: connection failed mid-answer: "
-                    f"{transport.describe(exc)}"
-                ) from None
+            except OSError as exc:  # TimeoutError included
+                raise self._unanswered(server, [rid], exc) from None
             finally:
                 self._inflight.pop(episode_id, None)
                 await server.budget.release(1, tokens)
@@ -563,20 +542,34 @@ class SGLangPolicy(BatchingPolicy):
                 # Aborted with status 503 in the answer: resent (bounded as in _send), and
                 # the connection-level retries start again, as a new Router.call would.
                 resent += 1
-                if resent > router.retries:
-                    raise PolicyError(
-                        f"{_LABEL}: giving up after {resent} attempts: {result.reason}"
-                    )
-                self.items_resent += 1
-                router.retried += 1
+                delay = self._resend_delay(resent, 1, result.reason)
                 attempt, stale_retried = 0, False
-                delay = backoff_delay(resent, router.backoff_s, router.backoff_max_s)
             elif isinstance(result, BaseException):
                 raise result
             elif result is not None:
                 return result
             if delay:
                 await anyio.sleep(delay)
+
+    def _resend_delay(self, resent: int, items: int, reason: str) -> float:
+        """``items`` aborted with status 503 are resent for the ``resent``-th time: the
+        backoff before it; :class:`PolicyError` once the retries are spent."""
+        router = self._router
+        if resent > router.retries:
+            raise PolicyError(f"{_LABEL}: giving up after {resent} attempts: {reason}")
+        self.items_resent += items
+        router.retried += 1
+        return backoff_delay(resent, router.backoff_s, router.backoff_max_s)
+
+    def _unanswered(self, server: Server, rids: list[str], exc: OSError) -> PolicyError:
+        """The error of a request that got no complete answer: its deadline passed (its
+        rids are aborted: they may still be generating) or the connection failed."""
+        if isinstance(exc, TimeoutError):
+            self._abort_later(server, rids)
+            return PolicyError(f"{_LABEL} {server.url}: no answer within {self.request_timeout_s}s")
+        return PolicyError(
+            f"{_LABEL} {server.url}: connection failed mid-answer: {transport.describe(exc)}"
+        )
 
     async def _resolve_context(
         self,
@@ -665,19 +658,12 @@ class SGLangPolicy(BatchingPolicy):
             raise
         except (transport.Retryable, PolicyError, _ContextRefused):
             raise
-        except TimeoutError:
-            self._abort_later(server, rids)
-            err = PolicyError(f"{_LABEL} {server.url}: no answer within {self.request_timeout_s}s")
-            return [err] * len(items)
         except anyio.get_cancelled_exc_class():
             # The request may be generating already (headers come with the answer).
             self._abort_later(server, rids)
             raise
-        except OSError as exc:
-            err = PolicyError(
-                f"{_LABEL} {server.url}: connection failed mid-answer: {transport.describe(exc)}"
-            )
-            return [err] * len(items)
+        except OSError as exc:  # TimeoutError included
+            return [self._unanswered(server, rids, exc)] * len(items)
         finally:
             for request, _ in items:
                 self._inflight.pop(request.episode_id, None)

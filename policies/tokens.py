@@ -4,9 +4,13 @@ Training on trajectories needs exactly the tokens the model saw and produced. A
 :class:`TokenLedger` (one per episode) builds the prompt as token ids:
 
 * **Turn 0**: the tokenizer's chat template (``tokenizer_config.json`` ``chat_template``, a
-  Jinja2 template rendered the way ``transformers`` renders it) is applied once to the first
+  Jinja2 template rendered the way ``transformers`` renders it) is applied to the first
   messages (instruction, ``"OK"``, first observation) with ``add_generation_prompt``, and the
-  text is tokenized.
+  text is tokenized. Episodes of one env differ only in the first observation, so the
+  template is rendered once per distinct start (the messages before the last), with a probe
+  for the last message, and checked against a real rendering; each episode then splices its
+  observation into that text (:meth:`ChatTokenizer.prompt_pieces`). A template that does not
+  carry the probe verbatim (one that trims or rewrites content) is rendered every time.
 * **Every later turn**: the ids the server generated are appended as they are (never
   re-tokenized), then each new observation is appended as its own user turn. The per-turn
   wrapper comes from the template itself (:meth:`ChatTokenizer.user_turn_suffix`): the text
@@ -79,6 +83,8 @@ __all__ = [
 
 _P = TypeVar("_P")
 _PROBE = "\x00GYMUX-PROBE\x00"
+_UNSEEN = object()
+_HEADS = 256  # distinct turn-0 starts kept by ChatTokenizer.prompt_pieces (then cleared)
 _log = structlog.get_logger("gymux.policies.tokens")
 
 
@@ -212,27 +218,51 @@ class PieceEncoder:
     def encode_pieces(self, text: str) -> list[Piece]:
         """The ids of ``text`` (as :meth:`encode`) as the cached :class:`Piece` objects of its
         pieces, in order (one new piece when the text is tokenized whole)."""
-        cut = self._cut
-        if cut is None:
+        if self._cut is None:
             self.whole += 1
             return [Piece(self._plain(text))]
+        got = self.pieces_after(None, text)
+        return got if got is not None else [self._give_up(text)]
+
+    def pieces_after(self, lead: str | None, text: str) -> list[Piece] | None:
+        """The pieces of ``text`` as it stands in a longer text right after the cut token
+        ``lead`` (``None``: at its start); ``None`` when a piece fails its check or the
+        encoder no longer cuts (the caller then tokenizes the whole text)."""
+        cut = self._cut
+        if cut is None:
+            return None
         out: list[Piece] = []
-        lead: str | None = None
         start = 0
         for match in cut.finditer(text):
             end = match.end()
             token = match.group()
             piece = self._piece(lead, text[start:end], token)
             if piece is None:
-                return [self._give_up(text)]
+                return None
             out.append(piece)
             lead, start = token, end
         if start < len(text):
             piece = self._piece(lead, text[start:], None)
             if piece is None:
-                return [self._give_up(text)]
+                return None
             out.append(piece)
         return out
+
+    def split_head(self, text: str) -> tuple[list[Piece], str | None, str] | None:
+        """``text`` (the start of longer texts) as the pieces up to its last cut, that cut's
+        token and the text after it: what every text that starts with ``text`` shares.
+        ``None`` when a piece fails its check or the encoder no longer cuts."""
+        cut = self._cut
+        if cut is None:
+            return None
+        matches = list(cut.finditer(text))
+        if not matches:
+            return [], None, text
+        last = matches[-1]
+        pieces = self.pieces_after(None, text[: last.end()])
+        if pieces is None:
+            return None
+        return pieces, last.group(), text[last.end() :]
 
     def _piece(self, lead: str | None, piece: str, last: str | None) -> Piece | None:
         key = (lead, piece)
@@ -356,6 +386,8 @@ class ChatTokenizer:
         self._closing_ids = tuple(self.encode(self._closing_text)) if self._closing_text else ()
         #: Tokenizes turn 0's prompts, piece by piece with a cache (:class:`PieceEncoder`).
         self.pieces = PieceEncoder(tokenizer, self._template_specials())
+        # prompt_pieces: per distinct start of a turn-0 prompt, its fixed part (or None).
+        self._heads: dict[tuple[tuple[str, str], ...], Any] = {}
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ChatTokenizer:
@@ -435,6 +467,57 @@ class ChatTokenizer:
     def encode_prompt_pieces(self, text: str) -> list[Piece]:
         """:meth:`encode_prompt` as the shared :class:`Piece` objects of the text."""
         return self.pieces.encode_pieces(text)
+
+    def prompt_pieces(self, messages: Sequence[Message]) -> list[Piece]:
+        """Turn 0's prompt: ``messages`` rendered with the generation prompt, as the cached
+        :class:`Piece` objects of its ids (the same as :meth:`encode_prompt_pieces` of
+        :meth:`render`).
+
+        Episodes of one env share everything but their first observation, the last message.
+        The template is rendered once per distinct start (the messages before the last) with
+        a probe as the last message; the text around the probe and the pieces of its fixed
+        part are kept, and a later prompt with that start tokenizes only the piece that holds
+        its observation. A start whose rendering does not carry the probe verbatim (a
+        template that trims or rewrites the content) is rendered in full every time.
+        """
+        if not messages or messages[-1].role != "user":
+            return self.encode_prompt_pieces(self.render(messages, add_generation_prompt=True))
+        key = tuple((m.role, m.content) for m in messages[:-1])
+        head = self._heads.get(key, _UNSEEN)
+        if head is _UNSEEN:
+            head = self._head_for(messages)
+            if len(self._heads) >= _HEADS:
+                self._heads.clear()
+            self._heads[key] = head
+        content = messages[-1].content
+        if head is not None:
+            pieces, lead, before, after = head
+            tail = self.pieces.pieces_after(lead, before + content + after)
+            if tail is not None:
+                return [*pieces, *tail]
+        return self.encode_prompt_pieces(self.render(messages, add_generation_prompt=True))
+
+    def _head_for(
+        self, messages: Sequence[Message]
+    ) -> tuple[tuple[Piece, ...], str | None, str, str] | None:
+        """What :meth:`prompt_pieces` keeps for the start ``messages[:-1]``: the pieces up to
+        the rendering's last cut before the last message, that cut's token, and the text
+        before and after the last message's content; ``None`` when the template does not
+        carry the content verbatim."""
+        probe = f" \n{_PROBE}\t "  # surrounding whitespace: a template that trims shows it
+        start = [*messages[:-1], Message(role="user", content=probe)]
+        text = self.render(start, add_generation_prompt=True)
+        if text.count(probe) != 1:
+            return None
+        before, after = text.split(probe)
+        real = self.render(messages, add_generation_prompt=True)
+        if real != before + messages[-1].content + after:
+            return None
+        split = self.pieces.split_head(before)
+        if split is None:
+            return None
+        pieces, lead, rest = split
+        return tuple(pieces), lead, rest, after
 
     def _template_specials(self) -> list[str]:
         """The added tokens the chat template writes (in a rendering of every role)."""
@@ -648,8 +731,7 @@ class TokenLedger:
         then one or more new user messages, each appended as its own turn.
         """
         if self._head is None:
-            text = self.tokenizer.render(messages, add_generation_prompt=True)
-            self._head = tuple(self.tokenizer.encode_prompt_pieces(text))
+            self._head = tuple(self.tokenizer.prompt_pieces(messages))
             self._head_n = sum(piece.n for piece in self._head)
             self._head_json = tuple(piece.json for piece in self._head if piece.n)
             self._consumed = len(messages)

@@ -150,7 +150,10 @@ def _assert_pieces_exact(tok: ChatTokenizer, episodes: int = 300, envs: int = 6)
         if rng.random() < 0.2:
             messages.insert(0, Message(role="system", content=rng.choice(AWKWARD)))
         text = tok.render(messages, add_generation_prompt=True)
-        assert tok.encode_prompt(text) == tok.encode(text), (i, text)
+        whole = tok.encode(text)
+        assert tok.encode_prompt(text) == whole, (i, text)
+        # Turn 0 from the per-start cache (ChatTokenizer.prompt_pieces) too.
+        assert [t for piece in tok.prompt_pieces(messages) for t in piece.ids] == whole, (i, text)
     for text in AWKWARD:
         assert tok.encode_prompt(text) == tok.encode(text)
 
@@ -160,6 +163,58 @@ def test_pieces_equal_whole_text_chatml(tok: ChatTokenizer) -> None:
     _assert_pieces_exact(tok)
     assert tok.pieces.hits > tok.pieces.misses  # the instructions came from the cache
     assert tok.pieces.whole == 0
+
+
+def test_turn_zero_renders_the_template_once_per_start(tmp_path: Path) -> None:
+    """Episodes that share their first messages (an env's instruction and "OK") render the
+    template once for that start; each later episode tokenizes only the piece with its
+    observation, and its ids equal the whole rendering's, awkward observations included."""
+    tok = ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path / "tok"))
+    renders = 0
+    render = tok.render
+
+    def counting(messages: Any, *, add_generation_prompt: bool) -> str:
+        nonlocal renders
+        renders += 1
+        return render(messages, add_generation_prompt=add_generation_prompt)
+
+    tok.render = counting  # type: ignore[method-assign]
+    instruction = "Solve the maze. Answer with Thought and Action. " * 50
+    start = [Message(role="user", content=instruction), Message(role="assistant", content="OK")]
+    tok.prompt_pieces([*start, Message(role="user", content="warm-up")])
+    renders = 0
+    for n, content in enumerate(AWKWARD):
+        messages = [*start, Message(role="user", content=f"{content} at ({n}, 7).")]
+        ids = [t for piece in tok.prompt_pieces(messages) for t in piece.ids]
+        assert ids == tok.encode(render(messages, add_generation_prompt=True))
+    misses = tok.pieces.misses
+    for n in range(10):
+        tok.prompt_pieces([*start, Message(role="user", content=f"You are at ({n}, 3).")])
+    assert tok.pieces.misses - misses == 10  # one new piece each: the observation's
+    assert renders == 0
+    other = [Message(role="user", content="Another env."), Message(role="assistant", content="OK")]
+    tok.prompt_pieces([*other, Message(role="user", content="x")])
+    assert renders == 2  # a new start: the probe rendering and the check against a real one
+
+
+def test_turn_zero_of_a_template_that_rewrites_content_is_rendered_every_time(
+    tmp_path: Path,
+) -> None:
+    """A template that trims the content (as Llama 3's does) would not carry an
+    observation verbatim: such a start is rendered in full for every prompt."""
+    tok = _trained_tokenizer(
+        tmp_path,
+        specials=LLAMA3_SPECIALS,
+        template=LLAMA3_TEMPLATE,
+        eos="<|eot_id|>",
+        bos="<|begin_of_text|>",
+    )
+    start = [Message(role="user", content="Solve it."), Message(role="assistant", content="OK")]
+    for content in ("  padded  ", "plain", "\ntrailing\n"):
+        messages = [*start, Message(role="user", content=content)]
+        text = tok.render(messages, add_generation_prompt=True)
+        assert [t for piece in tok.prompt_pieces(messages) for t in piece.ids] == tok.encode(text)
+    assert list(tok._heads.values()) == [None]
 
 
 def test_a_later_turn_tokenizes_only_the_piece_with_its_observation(tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ closing everything on shutdown."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import structlog
@@ -58,19 +56,10 @@ class EnvPool:
     def idle(self) -> int:
         return len(self._idle)
 
-    @asynccontextmanager
-    async def lease(self, *, create_timeout_s: float) -> AsyncIterator[Lease]:
-        """Borrow an instance for one episode; creating one if under the cap."""
-        env = await self._acquire(create_timeout_s)
-        lease = Lease(env)
-        try:
-            yield lease
-        except BaseException:
-            lease.broken = True
-            raise
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._release(lease)
+    def lease(self, *, create_timeout_s: float) -> _Leasing:
+        """``async with pool.lease(...) as lease``: borrow an instance for one episode,
+        creating one if under the cap. Leaving with an exception marks it ``broken``."""
+        return _Leasing(self, create_timeout_s)
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -118,7 +107,8 @@ class EnvPool:
 
     async def _release(self, lease: Lease) -> None:
         if lease.broken or self._closed:
-            await self._close_one(lease.env)
+            with anyio.CancelScope(shield=True):
+                await self._close_one(lease.env)
             self._live -= 1
         else:
             self._idle.append(lease.env)
@@ -146,3 +136,33 @@ class EnvPool:
                 for env in idle:
                     tg.start_soon(self._close_one, env)
             self._live -= len(idle)
+
+
+class _Leasing:
+    """What :meth:`EnvPool.lease` returns. A class rather than a generator-based context
+    manager: every episode takes one, and a healthy instance goes back without awaiting
+    anything (only closing a broken one awaits, shielded)."""
+
+    __slots__ = ("_lease", "_pool", "_timeout_s")
+
+    def __init__(self, pool: EnvPool, create_timeout_s: float) -> None:
+        self._pool = pool
+        self._timeout_s = create_timeout_s
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        self._lease = Lease(await self._pool._acquire(self._timeout_s))
+        return self._lease
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        if exc_type is not None:
+            lease.broken = True
+        pool = self._pool
+        if lease.broken or pool._closed:
+            await pool._release(lease)
+        else:
+            pool._idle.append(lease.env)
+            pool._wake_one()

@@ -202,7 +202,6 @@ def generate_body_parts(
 
 _ANSWER_DECODER = msgspec.json.Decoder(GenerateAnswer)
 _BATCH_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
-_ITEM_DECODER = msgspec.json.Decoder(msgspec.Raw)
 _MODEL_INFO_DECODER = msgspec.json.Decoder(ModelInfo)
 _MODEL_LIST_DECODER = msgspec.json.Decoder(ModelList)
 _SERVER_INFO_DECODER = msgspec.json.Decoder(ServerInfo)
@@ -233,7 +232,12 @@ def decode_answers(raw: bytes, *, where: str) -> list[GenerateAnswer | PolicyErr
     becomes a :class:`PolicyError` in its place; a body that is not JSON raises one."""
     batch = raw.lstrip()[:1] == b"["
     try:
-        items = _BATCH_DECODER.decode(raw) if batch else [_ITEM_DECODER.decode(raw)]
+        if not batch:  # one pass: decoded straight into its type
+            try:
+                return [_ANSWER_DECODER.decode(raw)]
+            except msgspec.ValidationError as exc:
+                return [PolicyError(f"{where}: unexpected answer shape: {exc}")]
+        items = _BATCH_DECODER.decode(raw)
     except msgspec.DecodeError:
         raise PolicyError(
             f"{where}: malformed JSON in /generate answer ({len(raw)} bytes)"

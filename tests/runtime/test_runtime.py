@@ -467,6 +467,28 @@ async def test_pool_waiters_are_served_in_order_and_a_cancelled_waiter_passes_it
     assert pool.live == 0 and E.Stats.live == 0
 
 
+async def test_a_lease_left_by_an_error_or_a_cancel_closes_its_instance():
+    from gymux.pool import EnvPool
+
+    pool = EnvPool(E.plugin(E.AsyncProbe), cap=2)
+    async with pool.lease(create_timeout_s=5) as lease:
+        first = lease.env
+    async with pool.lease(create_timeout_s=5) as lease:
+        assert lease.env is first  # returned clean: reused
+    with pytest.raises(ValueError):
+        async with pool.lease(create_timeout_s=5) as lease:
+            raise ValueError("env broke")
+    assert pool.created == 1 and pool.closed_count == 1 and pool.live == 0
+    with anyio.CancelScope() as scope:
+        async with pool.lease(create_timeout_s=5) as lease:
+            scope.cancel()
+            await anyio.sleep(1)  # cancelled here; the close below runs shielded
+    assert scope.cancelled_caught
+    assert pool.created == 2 and pool.closed_count == 2 and pool.live == 0 and pool.idle == 0
+    await pool.aclose()
+    assert E.Stats.live == 0
+
+
 async def test_token_record_from_the_policy_lands_on_the_trajectory_and_retries_discard_it():
     from gymux.stores.codec import pack_float32, pack_int32, pack_uint8
     from gymux.trajectory import TokenData

@@ -361,6 +361,47 @@ async def test_chunked_answer_one_byte_per_write() -> None:
     assert srv.accepted == 1
 
 
+@pytest.mark.parametrize("split", ["one byte per write", "head alone", "mid body", "whole"])
+async def test_content_length_answer_split_across_reads(split: str) -> None:
+    """The pool reads every connection into one shared buffer: a Content-Length answer
+    parses the same however its bytes fall into reads (head split byte by byte, head and
+    body apart, the body cut in two, all in one), including bodies larger than the buffer,
+    and answers on one connection do not bleed into each other."""
+    bodies = [b"x" * 10, bytes(range(256)) * 1200, b"{}"]  # 307,200 bytes > the buffer
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        i = 0
+        while await read_request(reader) is not None:
+            data = answer(bodies[i % len(bodies)])
+            head = data.index(b"\r\n\r\n") + 4
+            if split == "one byte per write":
+                cuts = [*range(1, head + 1), head + 5, len(data)]
+            elif split == "head alone":
+                cuts = [head, len(data)]
+            elif split == "mid body":
+                cuts = [head + (len(data) - head) // 2, len(data)]
+            else:
+                cuts = [len(data)]
+            start = 0
+            for cut in cuts:
+                if cut > start:
+                    writer.write(data[start:cut])
+                    await writer.drain()
+                    await asyncio.sleep(0)
+                start = cut
+            i += 1
+
+    async with Scripted(handle) as srv:
+        pool = new_pool()
+        try:
+            for round_ in range(2):
+                for body in bodies:
+                    assert await get_body(pool, srv.url + "/") == (200, body), (split, round_)
+        finally:
+            await pool.close()
+    assert srv.accepted == 1
+
+
 async def test_answer_framed_by_connection_close_is_read_to_eof_and_not_reused() -> None:
     """An answer with neither Content-Length nor chunked encoding runs to the end of the
     connection (its body arrives in pieces); the connection is not reused."""

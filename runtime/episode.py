@@ -254,6 +254,7 @@ def _describe(exc: BaseException) -> str:
 class _Context:
     __slots__ = (
         "bus",
+        "calls",
         "config",
         "deadline",
         "ends",
@@ -296,6 +297,8 @@ class _Context:
         #: of the call in progress (``inf`` between calls), what that call is and its
         #: limit, the episode's own deadline, and why the watchdog cancelled the scope.
         self.scope: anyio.CancelScope | None = None
+        #: The scope the episode's turns run in: a weight update's abort cancels it.
+        self.calls: anyio.CancelScope | None = None
         self.deadline = _NEVER
         self.what = ""
         self.limit_s = 0.0
@@ -620,53 +623,95 @@ async def _env_call(
     )
 
 
-async def _call_policy(
-    ctx: _Context, request: PolicyRequest, since: float
-) -> tuple[PolicyResponse, _Call, float, float, str | None]:
-    """One turn's policy call through the gate: ``(response, call, queue_s, policy_s,
-    abort)``. Waits while the gate is paused (``queue_s``, from ``since``); a call the gate
-    aborts is redone once it opens (its time counts as ``policy_s``; ``abort`` says why)."""
+class _Progress:
+    """Where an episode's turns are: the turn, its request and its policy call's timing so
+    far. A weight update that aborts the call cancels the cancel scope the turns run in
+    (one scope per episode, not one per call: with thousands of episodes a scope per call
+    was ~10% of a turn's CPU); :func:`_loop` then goes on in a new scope from here."""
+
+    __slots__ = (
+        "abort",
+        "admissible",
+        "answer",
+        "index",
+        "lease_s",
+        "obs_text",
+        "policy_s",
+        "queue_s",
+        "request",
+        "reset_s",
+        "since",
+    )
+
+    def __init__(self, obs_text: str, admissible: list[str] | None, since: float) -> None:
+        self.index = 0
+        self.request: PolicyRequest | None = None  # the current turn's, once built
+        #: A call answered after the gate had aborted it (kept, as if not aborted).
+        self.answer: tuple[PolicyResponse, _Call] | None = None
+        self.obs_text = obs_text
+        self.admissible = admissible
+        self.since = since  # where the current call's queue time counts from
+        self.queue_s = 0.0
+        self.policy_s = 0.0
+        self.abort: str | None = None
+        self.lease_s = 0.0  # the first turn's wait for an env instance
+        self.reset_s = 0.0  # and its reset
+
+    def next_turn(self, since: float) -> None:
+        self.index += 1
+        self.request = None
+        self.since = since
+        self.queue_s = self.policy_s = 0.0
+        self.abort = None
+
+
+async def _call_policy(ctx: _Context, p: _Progress) -> tuple[PolicyResponse, _Call] | None:
+    """The current turn's policy call through the gate; ``None``: the gate aborted it (the
+    turns' scope is cancelled) and the caller must leave that scope before awaiting anything
+    else (the call is redone, or its late answer used, in the next scope).
+
+    Waits while the gate is paused (``p.queue_s``, from ``p.since``); an aborted call's time
+    counts as ``p.policy_s`` and its reason as ``p.abort``."""
     gate = ctx.gate
-    limit_s = ctx.config.policy_timeout_s
-    queue_s = policy_s = 0.0
-    abort: str | None = None
-    while True:
-        if gate._resumed is not None:
-            await gate._opened()
-        sent = _clock()
-        queue_s += sent - since
-        call = gate._enter()
-        result: object = None
-        # The watchdog enforces the limit (it cancels the episode's scope); this scope,
-        # without a deadline, is only for the gate to abort the call.
-        ctx.arm("policy call", limit_s)
-        try:
-            with anyio.CancelScope() as scope:
-                call.scope = scope
-                try:
-                    result = await ctx.policy.act(request)
-                except anyio.get_cancelled_exc_class():
-                    raise
-                except Exception as exc:
-                    if call.abort is None:
-                        raise _End(
-                            FinishReason.POLICY_ERROR, f"policy call failed: {_describe(exc)}"
-                        ) from None
-        finally:
-            ctx.deadline = _NEVER
-            gate._leave(call)
-        since = _clock()
-        policy_s += since - sent
-        if call.abort is not None and (scope.cancelled_caught or result is None):
-            abort = call.abort
-            continue
-        if not isinstance(result, PolicyResponse):
-            raise _End(
-                FinishReason.POLICY_ERROR,
-                f"protocol violation: policy call returned {type(result).__name__}, "
-                "not PolicyResponse",
-            )
-        return result, call, queue_s, policy_s, abort
+    request = p.request
+    assert request is not None
+    if gate._resumed is not None:
+        await gate._opened()
+    sent = _clock()
+    p.queue_s += sent - p.since
+    call = gate._enter()
+    call.scope = ctx.calls
+    result: object = None
+    # The watchdog enforces the limit (it cancels the episode's scope).
+    ctx.arm("policy call", ctx.config.policy_timeout_s)
+    try:
+        result = await ctx.policy.act(request)
+    except anyio.get_cancelled_exc_class():
+        if call.abort is not None:  # the gate's: the turns' scope catches it
+            p.since = _clock()
+            p.policy_s += p.since - sent
+            p.abort = call.abort
+        raise
+    except Exception as exc:
+        if call.abort is None:
+            raise _End(FinishReason.POLICY_ERROR, f"policy call failed: {_describe(exc)}") from None
+    finally:
+        ctx.deadline = _NEVER
+        gate._leave(call)
+    p.since = _clock()
+    p.policy_s += p.since - sent
+    if call.abort is not None:
+        if result is None:  # failed once aborted: redone
+            p.abort = call.abort
+        elif isinstance(result, PolicyResponse):
+            p.answer = (result, call)  # answered before the abort landed: kept
+        return None
+    if not isinstance(result, PolicyResponse):
+        raise _End(
+            FinishReason.POLICY_ERROR,
+            f"protocol violation: policy call returned {type(result).__name__}, not PolicyResponse",
+        )
+    return result, call
 
 
 def _versions(
@@ -686,37 +731,58 @@ def _versions(
 
 
 async def _loop(ctx: _Context, traj: Trajectory, lease: Lease, begun: float) -> FinishReason:
-    job = ctx.job
-    spec = ctx.plugin.spec
-    parse = ctx.plugin.parse_action
-    bus = ctx.bus
-    gate = ctx.gate
-
     t = _clock()
     task = Task(id=ctx.job.task_id, split=ctx.job.split)
     observation = await _env_call(ctx, lambda: lease.env.reset(task), Observation, "env reset")
     mark = ctx.mark = _clock()
-    # The first turn carries the wait for an env instance (queue) and the reset (env).
-    lease_s = t - begun
-    reset_s = mark - t
     messages = traj.messages
-    messages.append(Message(role="user", content=spec.instruction))
+    messages.append(Message(role="user", content=ctx.plugin.spec.instruction))
     messages.append(Message(role="assistant", content="OK"))
     messages.append(Message(role="user", content=observation.text))
-    obs_text = observation.text
-    admissible = observation.admissible_actions
+    p = _Progress(observation.text, observation.admissible_actions, mark)
+    # The first turn carries the wait for an env instance (queue) and the reset (env).
+    p.lease_s = t - begun
+    p.reset_s = mark - t
+    while True:
+        reason: FinishReason | None = None
+        with anyio.CancelScope() as scope:
+            ctx.calls = scope
+            reason = await _turns(ctx, traj, lease, p)
+        ctx.calls = None
+        if reason is not None:
+            return reason
+        # The gate aborted a policy call (and cancelled this scope): on in a new scope.
 
-    for index in range(job.max_turns):
-        request = PolicyRequest(
-            episode_id=job.episode_id,
-            env_id=job.env_id,
-            task_id=job.task_id,
-            turn=index,
-            messages=list(messages),
-            admissible_actions=admissible,
-            sample=job.sample,
-        )
-        response, call, queue_s, policy_s, abort = await _call_policy(ctx, request, mark)
+
+async def _turns(
+    ctx: _Context, traj: Trajectory, lease: Lease, p: _Progress
+) -> FinishReason | None:
+    """The turns from ``p`` on; ``None`` when a weight update aborted a policy call."""
+    job = ctx.job
+    parse = ctx.plugin.parse_action
+    bus = ctx.bus
+    gate = ctx.gate
+    messages = traj.messages
+
+    while p.index < job.max_turns:
+        index = p.index
+        if p.answer is not None:
+            (response, call), p.answer = p.answer, None
+        else:
+            if p.request is None:
+                p.request = PolicyRequest(
+                    episode_id=job.episode_id,
+                    env_id=job.env_id,
+                    task_id=job.task_id,
+                    turn=index,
+                    messages=list(messages),
+                    admissible_actions=p.admissible,
+                    sample=job.sample,
+                )
+            got = await _call_policy(ctx, p)
+            if got is None:
+                return None
+            response, call = got
         answered = _clock()
         if ctx.oldest is None or call.step < ctx.oldest:
             ctx.oldest = call.step
@@ -725,17 +791,17 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease, begun: float) -> 
         messages.append(Message(role="assistant", content=response.text, loss=True))
         turn = Turn(
             index=index,
-            observation=obs_text,
+            observation=p.obs_text,
             raw_output=response.text,
             action=None,
-            policy_s=policy_s,
-            env_s=reset_s if index == 0 else 0.0,
-            queue_s=queue_s + lease_s if index == 0 else queue_s,
+            policy_s=p.policy_s,
+            env_s=p.reset_s if index == 0 else 0.0,
+            queue_s=p.queue_s + p.lease_s if index == 0 else p.queue_s,
             prompt_tokens=response.prompt_tokens,
             completion_tokens=response.completion_tokens,
             policy_finish=response.finish_reason,
             weight_version=response.weight_version or call.label,
-            abort=abort,
+            abort=p.abort,
             weight_versions=_versions(call, gate, response),
         )
         # Not held through the next turn's policy call: with thousands of episodes
@@ -748,10 +814,11 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease, begun: float) -> 
             traj.invalid_actions += 1
             turn.parse_error = str(exc)
             traj.turns.append(turn)
-            obs_text = f"Invalid action: {exc}"
-            messages.append(Message(role="user", content=obs_text))
+            p.obs_text = f"Invalid action: {exc}"
+            messages.append(Message(role="user", content=p.obs_text))
             mark = ctx.mark = _clock()
             turn.env_s += mark - answered
+            p.next_turn(mark)
             bus.publish(
                 TurnFinished(
                     run_id=job.run_id, episode_id=job.episode_id, env_id=job.env_id, turn=turn
@@ -778,8 +845,9 @@ async def _loop(ctx: _Context, traj: Trajectory, lease: Lease, begun: float) -> 
         )
         if result.done:
             return FinishReason.DONE
-        obs_text = result.observation.text
-        admissible = result.observation.admissible_actions
+        p.obs_text = result.observation.text
+        p.admissible = result.observation.admissible_actions
         del result
-        messages.append(Message(role="user", content=obs_text))
+        messages.append(Message(role="user", content=p.obs_text))
+        p.next_turn(mark)
     return FinishReason.MAX_TURNS

@@ -5,8 +5,10 @@ and one small JSON answer, thousands of them in flight. aiohttp builds a dozen o
 request (request and response objects, header multidicts, a timer context, traces) that
 cost CPU on every turn and that the garbage collector walks while the request is in flight.
 This client keeps one :class:`asyncio.Protocol` per pooled connection and per request a
-future, a deadline timer and a :class:`Response`; the request goes out as one write and the
-answer is parsed in ``data_received``.
+future and a :class:`Response`; the request goes out as one write and the answer is parsed
+in ``data_received``. Deadlines are watched per origin by one timer, not one per request
+(with thousands of requests in flight, each timer was a push into and a removal from the
+event loop's heap, compared in Python).
 
 What it does: ``GET`` and ``POST`` over HTTP/1.1, plain or over TLS (``https://``: the
 system's trusted certificates unless the pool is given a ``tls`` context), answers framed
@@ -40,6 +42,9 @@ __all__ = ["ConnectFailed", "ConnectTimeout", "Disconnected", "Parts", "Pool", "
 
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 64 * 1024
+_NEVER = float("inf")
+#: The least time between two deadline checks of an origin (how late a deadline may fire).
+_WATCH_GRAIN_S = 0.005
 
 
 class Parts(tuple[bytes, ...]):
@@ -152,7 +157,6 @@ class _Connection(asyncio.Protocol):
         "_got_bytes",
         "_left",
         "_mode",
-        "_timer",
         "_waiter",
         "body",
         "closed",
@@ -183,7 +187,6 @@ class _Connection(asyncio.Protocol):
         self._chunk_left = -1  # chunked: bytes left in the chunk (+2 for its CRLF); -1: size line
         self._got_bytes = False
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -331,7 +334,6 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _expire(self) -> None:
-        self._timer = None
         if self.complete:
             return  # the answer is all here, only not read yet
         self.fail(TimeoutError("no complete answer within the request's deadline"))
@@ -348,8 +350,7 @@ class _Connection(asyncio.Protocol):
         self._chunk_left = -1
         self.body.clear()
         self._buf.clear()
-        loop = self.origin.loop
-        self._timer = loop.call_at(deadline, self._expire, context=self.origin.timer_context)
+        self.origin.watch(self, deadline)
         self.transport.write(data)
 
     async def wait(self) -> None:
@@ -370,12 +371,9 @@ class _Connection(asyncio.Protocol):
             raise self.error
 
     def finish(self) -> None:
-        """The request is over: stop its timer; close the connection unless the answer
-        was read completely and the server keeps it alive."""
-        timer = self._timer
-        if timer is not None:
-            timer.cancel()
-            self._timer = None
+        """The request is over: stop watching its deadline; close the connection unless
+        the answer was read completely and the server keeps it alive."""
+        self.origin.inflight.pop(self, None)
         if not (self.complete and self.keep and self.error is None) and not self.closed:
             self.keep = False
             if self.transport is not None:
@@ -387,10 +385,13 @@ class _Origin:
     requests waiting for one."""
 
     __slots__ = (
+        "_watch",
+        "_watch_at",
         "busy",
         "head_tail",
         "host",
         "idle",
+        "inflight",
         "loop",
         "open",
         "pool",
@@ -409,17 +410,49 @@ class _Origin:
         name = f"[{host}]" if ":" in host else host  # an IPv6 literal
         self.head_tail = b" HTTP/1.1\r\nHost: %s:%d\r\n" % (name.encode(), port)
         self.loop = asyncio.get_running_loop()
-        #: The context its requests' deadline timers run in (their callback reads no
-        #: context variable): one per origin, not a copy of the caller's per request. Not
-        #: shared across origins: an origin lives on one loop, and two threads must not
-        #: enter one context at once.
+        #: The context its timers run in (their callbacks read no context variable): one
+        #: per origin, not a copy of the caller's per call. Not shared across origins: an
+        #: origin lives on one loop, and two threads must not enter one context at once.
         self.timer_context = contextvars.Context()
+        #: The connections with a request in flight, and its deadline (see :meth:`watch`).
+        self.inflight: dict[_Connection, float] = {}
+        self._watch: asyncio.TimerHandle | None = None
+        self._watch_at = _NEVER
         self.idle: list[_Connection] = []
         self.busy: set[_Connection] = set()  # connections with a request in progress
         #: Connection slots taken: open connections, connects in progress, and slots handed
         #: to a waiting request that has not connected yet.
         self.open = 0
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+
+    def watch(self, conn: _Connection, deadline: float) -> None:
+        """``conn``'s request must be answered by ``deadline`` (until :meth:`_Connection.finish`).
+
+        One timer per origin, due at the earliest deadline in flight: when it fires it
+        expires every request past its deadline and is set again for the earliest left, at
+        least ``_WATCH_GRAIN_S`` later, so a deadline is enforced at most that late. Requests
+        answered meanwhile cost a dict entry each, set and removed, and no timer.
+        """
+        self.inflight[conn] = deadline
+        if deadline < self._watch_at:
+            self._arm(deadline)
+
+    def _arm(self, at: float) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch_at = at
+        self._watch = self.loop.call_at(at, self._check, context=self.timer_context)
+
+    def _check(self) -> None:
+        self._watch = None
+        self._watch_at = _NEVER
+        now = self.loop.time()
+        inflight = self.inflight
+        for conn in [c for c, deadline in inflight.items() if deadline <= now]:
+            del inflight[conn]
+            conn._expire()
+        if inflight:
+            self._arm(max(min(inflight.values()), now + _WATCH_GRAIN_S))
 
     async def acquire(self, deadline: float) -> _Connection:
         idle = self.idle
@@ -524,11 +557,15 @@ class _Origin:
         self.open -= 1
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch, self._watch_at = None, _NEVER
         for conn in list(self.idle):
             self._drop(conn)
         self.idle.clear()
         for conn in list(self.busy):
             conn.fail(ConnectionError("the connection pool is closed"))
+        self.inflight.clear()
         for waiter in self.waiters:
             if not waiter.done():
                 waiter.set_exception(ConnectionError("the connection pool is closed"))

@@ -234,6 +234,50 @@ async def test_a_gate_abort_redoes_the_call_and_is_not_a_timeout():
     await pool.aclose()
 
 
+async def test_an_abort_that_lands_after_the_answer_keeps_it_and_spares_the_env_step():
+    """The gate aborts a call whose answer is already in (the abort lands before the episode
+    awaits again): the answer is kept, the turn is not marked, nothing is redone, and the
+    env step that follows (which awaits) is not cancelled by the abort."""
+    steps: list[str] = []
+
+    class AwaitingStep(E.AsyncProbe):
+        async def step(self, action: str):  # type: ignore[no-untyped-def]
+            await anyio.sleep(0)
+            steps.append(action)
+            return await super().step(action)
+
+    plugin = E.plugin(AwaitingStep)
+    pool = EnvPool(plugin, 1, close_timeout_s=3.0)
+    gate = PolicyGate()
+    calls: list[int] = []
+
+    class AbortsItsOwnFirstCall(SimplePolicy):
+        async def act(self, request: PolicyRequest) -> PolicyResponse:
+            calls.append(request.turn)
+            if len(calls) == 1:
+                assert gate.abort_inflight("late") == 1  # this very call, still in flight
+            return PolicyResponse(text=react("go", "go"))
+
+    async def record(t: Trajectory) -> None:
+        return None
+
+    traj = await run_episode(
+        job(),
+        plugin=plugin,
+        pool=pool,
+        policy=AbortsItsOwnFirstCall(),
+        bus=EventBus(),
+        config=config(),
+        record=record,
+        gate=gate,
+    )
+    assert traj.finish_reason in (FinishReason.DONE, FinishReason.MAX_TURNS), traj.error
+    assert calls == list(range(len(traj.turns)))  # one call per turn: nothing redone
+    assert len(steps) == len(traj.turns) > 1
+    assert [t.abort for t in traj.turns] == [None] * len(traj.turns)
+    await pool.aclose()
+
+
 async def test_cancelling_a_run_with_hung_episodes_is_clean():
     plugin = E.plugin(E.AsyncProbe, max_instances=4)
     reg = Registry(entry_points_group=None)

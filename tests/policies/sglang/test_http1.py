@@ -797,6 +797,47 @@ async def test_request_deadline_raises_timeout_and_closes_the_connection() -> No
             await pool.close()
 
 
+async def test_deadlines_are_watched_per_origin_and_answered_requests_leave_nothing() -> None:
+    """Deadlines started at different times each expire (the origin's one timer is set
+    again for the next), requests answered meanwhile on the same origin succeed, and once
+    all are over nothing is left watched and no timer is pending."""
+    got_slow: asyncio.Queue[int] = asyncio.Queue()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while (req := await read_request(reader)) is not None:
+            if b"/slow" in req.line:
+                got_slow.put_nowait(n)
+                await until_eof(reader)  # never answered
+                return
+            writer.write(OK)
+            await writer.drain()
+
+    async with Scripted(handle) as srv:
+        pool = new_pool(request_timeout_s=0.3, connections_per_host=8)
+        outcomes: list[str] = []
+
+        async def slow() -> None:
+            try:
+                await get_body(pool, srv.url + "/slow")
+            except TimeoutError:
+                outcomes.append("timeout")
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):  # one after another: three different deadlines
+                    tg.start_soon(slow)
+                    await got_slow.get()
+                    assert await get_body(pool, srv.url + "/fast") == (200, b"ok")
+            assert outcomes == ["timeout"] * 3
+            (origin,) = pool._origins.values()
+            assert origin.inflight == {} and origin._watch is None
+            for _ in range(20):
+                assert await get_body(pool, srv.url + "/fast") == (200, b"ok")
+            assert origin.inflight == {}
+        finally:
+            await pool.close()
+
+
 async def test_deadline_mid_body_raises_timeout() -> None:
     """The deadline covers the whole answer: headers and part of a Content-Length body,
     then silence, raises ``TimeoutError`` from ``read()`` and closes the connection."""

@@ -783,6 +783,7 @@ async def _turns(
             if got is None:
                 return None
             response, call = got
+            del got  # (not held through the next call: see below)
         answered = _clock()
         if ctx.oldest is None or call.step < ctx.oldest:
             ctx.oldest = call.step

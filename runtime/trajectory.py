@@ -44,8 +44,13 @@ class FinishReason(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-class Turn(msgspec.Struct, kw_only=True):
-    """One policy call and the environment's answer to it."""
+class Turn(msgspec.Struct, kw_only=True, gc=False):
+    """One policy call and the environment's answer to it.
+
+    Not tracked by the garbage collector (``gc=False``): its fields are text, numbers and
+    tuples of them, so it cannot be part of a reference cycle, and with thousands of
+    episodes in flight their turns were a large share of what every young collection
+    walked."""
 
     index: int
     #: The observation the policy answered (the env's text, or a corrective message).

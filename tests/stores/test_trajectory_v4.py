@@ -257,3 +257,23 @@ def test_store_sink_write_group_is_one_group_record(tmp_path: Path) -> None:
     types = [r.type for r in store.reader().records()]
     assert types == [RecordType.TRAJECTORY, RecordType.GROUP]
     assert [t.episode_id for t in store.trajectories()] == ["solo", "g-0", "g-1", "g-2", "g-3"]
+
+
+def test_turns_are_not_tracked_by_the_collector_and_round_trip_as_before() -> None:
+    """``Turn`` is ``gc=False`` (thousands in flight, none can be in a cycle): not tracked,
+    whatever its optional fields hold, and encoded and decoded as any struct."""
+    import gc
+
+    turn = Turn(
+        index=2,
+        observation="obs",
+        raw_output="out",
+        action="go",
+        span=(3, 9),
+        weight_versions=[(0, "v1"), (4, "v2")],
+        abort="weight_update",
+    )
+    assert not gc.is_tracked(turn)
+    back = msgspec.json.decode(msgspec.json.encode(turn), type=Turn)
+    assert back == turn and not gc.is_tracked(back)
+    assert back.weight_versions == [(0, "v1"), (4, "v2")] and back.span == (3, 9)

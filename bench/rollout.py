@@ -85,7 +85,7 @@ from gymux.env_plugins import (  # noqa: E402
     splits_from,
 )
 from gymux.env_plugins.registry import Registry  # noqa: E402
-from gymux.messages import PolicyRequest, PolicyResponse  # noqa: E402
+from gymux.events import Event, TurnFinished  # noqa: E402
 from gymux.policies.sglang.client import SGLangPolicy  # noqa: E402
 from gymux.runtime import Runtime  # noqa: E402
 from gymux.trajectory import Trajectory  # noqa: E402
@@ -276,12 +276,18 @@ class _NullSink:
 
 
 class _BenchPolicy(SGLangPolicy):
-    """Counts turns and prompt tokens, maps rids to episodes, and notes when an episode's
-    last turn came back; ``naive``: no keep-alive pool (a fresh connection per request)."""
+    """The real policy plus what the benchmark measures: turns and prompt tokens in the
+    window and when each episode's last turn ended (from the runtime's ``TurnFinished``
+    events, :meth:`on_event`; nothing is added to the call path itself), and with
+    ``track_rids`` (``oversample``) which episode each request id belongs to. ``naive``: no
+    keep-alive pool (a fresh connection per request)."""
 
-    def __init__(self, *args: Any, fresh_connections: bool = False, **kw: Any) -> None:
+    def __init__(
+        self, *args: Any, fresh_connections: bool = False, track_rids: bool = False, **kw: Any
+    ) -> None:
         super().__init__(*args, **kw)
         self.fresh_connections = fresh_connections
+        self.track_rids = track_rids
         self.measuring = False
         self.turns = 0
         self.prompt_tokens = 0
@@ -296,17 +302,19 @@ class _BenchPolicy(SGLangPolicy):
 
     def _rid(self, episode_id: str) -> str:
         rid = super()._rid(episode_id)
-        self.rid_episode[rid] = episode_id
+        if self.track_rids:
+            self.rid_episode[rid] = episode_id
         return rid
 
-    async def act(self, request: PolicyRequest) -> PolicyResponse:
-        resp = await super().act(request)
-        if request.turn == TURNS - 1:
-            self.last_turn_at[request.episode_id] = time.monotonic()
+    def on_event(self, event: Event) -> None:
+        if not isinstance(event, TurnFinished):
+            return
+        turn = event.turn
+        if self.track_rids and turn.index == TURNS - 1:
+            self.last_turn_at[event.episode_id] = time.monotonic()
         if self.measuring:
             self.turns += 1
-            self.prompt_tokens += resp.prompt_tokens or 0
-        return resp
+            self.prompt_tokens += turn.prompt_tokens or 0
 
 
 def _cpu_s() -> float:
@@ -361,6 +369,7 @@ async def _client(args: argparse.Namespace) -> None:
         tokenizer=args.tok,
         strategy="single" if args.client == "naive" else args.client,
         fresh_connections=args.client == "naive",
+        track_rids=oversample,
         max_new_tokens=MAX_NEW_TOKENS,
         max_requests_per_server=concurrent,
         connections_per_server=concurrent,
@@ -389,6 +398,7 @@ async def _client(args: argparse.Namespace) -> None:
         Runtime(config, registry=reg, sinks=[_NullSink()]) as rt,
         anyio.create_task_group() as tg,
     ):
+        rt.subscribe(policy.on_event)
         await rt.submit(workload, policy=policy)
         if args.curve:
             tg.start_soon(_sample_curve, policy, gc_clock, args.curve, curve)

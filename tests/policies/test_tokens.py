@@ -202,13 +202,7 @@ def test_turn_zero_of_a_template_that_rewrites_content_is_rendered_every_time(
 ) -> None:
     """A template that trims the content (as Llama 3's does) would not carry an
     observation verbatim: such a start is rendered in full for every prompt."""
-    tok = _trained_tokenizer(
-        tmp_path,
-        specials=LLAMA3_SPECIALS,
-        template=LLAMA3_TEMPLATE,
-        eos="<|eot_id|>",
-        bos="<|begin_of_text|>",
-    )
+    tok = _llama3_tokenizer(tmp_path)
     start = [Message(role="user", content="Solve it."), Message(role="assistant", content="OK")]
     for content in ("  padded  ", "plain", "\ntrailing\n"):
         messages = [*start, Message(role="user", content=content)]
@@ -345,14 +339,19 @@ def _trained_tokenizer(
     return ChatTokenizer.from_dir(folder)
 
 
-def test_pieces_equal_whole_text_llama3_with_bos(tmp_path: Path) -> None:
-    tok = _trained_tokenizer(
+def _llama3_tokenizer(tmp_path: Path) -> ChatTokenizer:
+    """A trained tokenizer with Llama 3's special tokens and template (BOS, trimmed content)."""
+    return _trained_tokenizer(
         tmp_path,
         specials=LLAMA3_SPECIALS,
         template=LLAMA3_TEMPLATE,
         eos="<|eot_id|>",
         bos="<|begin_of_text|>",
     )
+
+
+def test_pieces_equal_whole_text_llama3_with_bos(tmp_path: Path) -> None:
+    tok = _llama3_tokenizer(tmp_path)
     assert set(tok.pieces.boundaries) == set(LLAMA3_SPECIALS)
     _assert_pieces_exact(tok)
 

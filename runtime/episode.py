@@ -688,8 +688,6 @@ async def _call_policy(ctx: _Context, p: _Progress) -> tuple[PolicyResponse, _Ca
         result = await ctx.policy.act(request)
     except anyio.get_cancelled_exc_class():
         if call.abort is not None:  # the gate's: the turns' scope catches it
-            p.since = _clock()
-            p.policy_s += p.since - sent
             p.abort = call.abort
         raise
     except Exception as exc:
@@ -698,8 +696,8 @@ async def _call_policy(ctx: _Context, p: _Progress) -> tuple[PolicyResponse, _Ca
     finally:
         ctx.deadline = _NEVER
         gate._leave(call)
-    p.since = _clock()
-    p.policy_s += p.since - sent
+        p.since = _clock()
+        p.policy_s += p.since - sent
     if call.abort is not None:
         if result is None:  # failed once aborted: redone
             p.abort = call.abort

@@ -140,8 +140,8 @@ class EnvPool:
 
 class _Leasing:
     """What :meth:`EnvPool.lease` returns. A class rather than a generator-based context
-    manager: every episode takes one, and a healthy instance goes back without awaiting
-    anything (only closing a broken one awaits, shielded)."""
+    manager: every episode takes one, and a healthy instance goes back without a cancel
+    scope (only closing a broken one awaits, shielded: :meth:`EnvPool._release`)."""
 
     __slots__ = ("_lease", "_pool", "_timeout_s")
 
@@ -160,9 +160,4 @@ class _Leasing:
             return
         if exc_type is not None:
             lease.broken = True
-        pool = self._pool
-        if lease.broken or pool._closed:
-            await pool._release(lease)
-        else:
-            pool._idle.append(lease.env)
-            pool._wake_one()
+        await self._pool._release(lease)

@@ -6,7 +6,9 @@ subprocess with the cost model of ``bench/policy.py`` (B decode slots, a per-tok
 a serialized frontend cost); this script subclasses it only to timestamp each
 ``/abort_request`` it receives (``time.monotonic``, the same clock in every process).
 Each measured client runs in a fresh subprocess, so its CPU time (``getrusage``) is the
-gymux side alone: the Runtime, the env, the policy client.
+gymux side alone: the Runtime, the env, the policy client. The run is submitted as a
+rollout service submits one, with ``keep_trajectories=False`` (its trajectories go to the
+sink, here one that drops them, not into the run handle's memory).
 
 The env (defined here) is cheap and never ends an episode: every episode plays
 ``TURNS`` turns, each a real env step (any output parses as an action) whose observation is
@@ -399,7 +401,7 @@ async def _client(args: argparse.Namespace) -> None:
         anyio.create_task_group() as tg,
     ):
         rt.subscribe(policy.on_event)
-        await rt.submit(workload, policy=policy)
+        await rt.submit(workload, policy=policy, keep_trajectories=False)
         if args.curve:
             tg.start_soon(_sample_curve, policy, gc_clock, args.curve, curve)
         await anyio.sleep(args.warmup)

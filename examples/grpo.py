@@ -226,7 +226,9 @@ class Rollouts:
             async with self._cond:
                 while self.written - self.taken >= self.ahead and not self.short:
                     await self._cond.wait()
-            self.handle = await self.rt.submit(self.workload(len(self.runs)), policy=self.policy)
+            self.handle = await self.rt.submit(
+                self.workload(len(self.runs)), policy=self.policy, keep_trajectories=False
+            )
             result = await self.handle.wait()
             async with self._cond:
                 self.runs.append(result.rollout)

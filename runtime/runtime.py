@@ -124,9 +124,20 @@ class UpdateReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RunHandle:
-    """A submitted run. Iterate it for trajectories as they finish; await :meth:`wait`."""
+    """A submitted run. Iterate it for trajectories as they finish; await :meth:`wait`.
 
-    def __init__(self, run_id: str, workload: Workload, policy: Policy, planned: int) -> None:
+    Unless submitted with ``keep_trajectories=False``, the handle keeps every finished
+    trajectory until it is dropped (:attr:`trajectories`, :meth:`result`)."""
+
+    def __init__(
+        self,
+        run_id: str,
+        workload: Workload,
+        policy: Policy,
+        planned: int,
+        *,
+        keep_trajectories: bool = True,
+    ) -> None:
         self.run_id = run_id
         self.workload = workload
         self.policy = policy
@@ -134,6 +145,7 @@ class RunHandle:
         self.metrics = Metrics()
         self.rollout = RolloutStats()
         self.trajectories: list[Trajectory] = []
+        self.keep_trajectories = keep_trajectories
         # Created only while an iterator waits, so finishing an episode costs no Event.
         self._changed: anyio.Event | None = None
         self._done = anyio.Event()
@@ -155,8 +167,9 @@ class RunHandle:
             changed.set()
 
     def _add(self, trajectory: Trajectory) -> None:
-        self.trajectories.append(trajectory)
-        self._notify()
+        if self.keep_trajectories:
+            self.trajectories.append(trajectory)
+            self._notify()
 
     def _finish(self, error: BaseException | None = None) -> None:
         self._error = error
@@ -184,6 +197,11 @@ class RunHandle:
         )
 
     async def __aiter__(self) -> AsyncIterator[Trajectory]:
+        if not self.keep_trajectories:
+            raise ConfigError(
+                f"run {self.run_id} was submitted with keep_trajectories=False: its "
+                "trajectories went to the sinks and EpisodeFinished events only"
+            )
         index = 0
         while True:
             while index < len(self.trajectories):
@@ -556,6 +574,7 @@ class Runtime:
         policy: Policy | None = None,
         run_id: str | None = None,
         only: Callable[[EpisodeJob], bool] | None = None,
+        keep_trajectories: bool = True,
     ) -> RunHandle:
         """Start a run; returns at once with its :class:`RunHandle`.
 
@@ -566,6 +585,12 @@ class Runtime:
 
         ``only`` keeps just the planned episodes it accepts (e.g. the ``(task, sample)``
         pairs a resumed evaluation still needs).
+
+        ``keep_trajectories=False``: the handle keeps no trajectories (its result's list
+        is empty and iterating it raises ``ConfigError``); they go to the sinks and the
+        ``EpisodeFinished`` events only. For long runs that stream into a store, such as RL
+        rollouts: kept, 100,000 episodes of 2k-token prompts hold some GB of memory, and a
+        heap that only grows makes every turn dearer (see docs/benchmarks.md).
 
         Raises ``PluginError`` for an unknown or broken env or one whose optional
         dependencies are not installed, ``KeyError`` for an unknown
@@ -589,7 +614,7 @@ class Runtime:
             policy = await self._named_policy(workload, plugin)
         else:
             await self._ensure_policy(policy)
-        handle = RunHandle(run_id, workload, policy, planned)
+        handle = RunHandle(run_id, workload, policy, planned, keep_trajectories=keep_trajectories)
         self._handles.append(handle)
         rollout = Rollout.of(workload, self._gates[id(policy)])
         rollout.stats = handle.rollout

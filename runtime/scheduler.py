@@ -396,7 +396,9 @@ class Scheduler:
         keep = rollout.keep or len(members)
         stats = rollout.stats
         kept: list[Trajectory] = []
-        scopes: list[anyio.CancelScope] = []
+        # Each member's task handle, by episode id: cancelling one cancels the task's own
+        # scope (anyio gives every task one), so a member needs no scope of its own.
+        handles: dict[str, anyio.TaskHandle[None]] = {}
         complete = anyio.Event()
 
         async def collect(trajectory: Trajectory) -> None:
@@ -409,17 +411,21 @@ class Scheduler:
             kept.append(trajectory)
             if len(kept) == keep:
                 complete.set()
-                for scope in scopes:
-                    scope.cancel()
+                # The surplus still running; not the member whose trajectory this is, and
+                # not those that have ended (cancelling a scope formats the current task's
+                # repr, ~15 us, once per member without this).
+                for episode_id, handle in list(handles.items()):
+                    if episode_id != trajectory.episode_id:
+                        handle.cancel()
 
-        async def member(job: EpisodeJob, scope: anyio.CancelScope) -> None:
+        async def member(job: EpisodeJob) -> None:
             self.running += 1
             try:
-                with scope:
-                    await self._checked(job, plugin, pool, policy, collect, rollout)
+                await self._checked(job, plugin, pool, policy, collect, rollout)
             finally:
                 self.running -= 1
                 self._slots.release()
+                handles.pop(job.episode_id, None)
 
         started = 0
         try:
@@ -430,10 +436,10 @@ class Scheduler:
                         if complete.is_set():
                             self._slots.release()
                             break
-                        scope = anyio.CancelScope()
-                        scopes.append(scope)
                         try:
-                            tg.start_soon(member, job, scope, name=job.episode_id)
+                            handles[job.episode_id] = tg.start_soon(
+                                member, job, name=job.episode_id
+                            )
                         except BaseException:
                             self._slots.release()
                             raise

@@ -257,8 +257,13 @@ class _Worker:
 
         unsubscribe = rt.subscribe(collect)
         try:
+            # The chunk's trajectories travel back in its events, not in the handle.
             handle = await rt.submit(
-                sub, policy=policy, run_id=run_id, only=None if keys is None else keep
+                sub,
+                policy=policy,
+                run_id=run_id,
+                only=None if keys is None else keep,
+                keep_trajectories=False,
             )
             self._handles.add(handle)
             try:
@@ -500,11 +505,13 @@ class RayRuntime:
         policy: Policy | None = None,
         run_id: str | None = None,
         only: Callable[[EpisodeJob], bool] | None = None,
+        keep_trajectories: bool = True,
     ) -> RunHandle:
         """Start a run on the cluster; returns at once with its :class:`RunHandle`.
 
         ``policy`` only names the run's policy (the workers build their own from the
-        workload); ``only`` keeps the planned episodes it accepts (not with groups).
+        workload); ``only`` keeps the planned episodes it accepts (not with groups);
+        ``keep_trajectories`` as :meth:`gymux.runtime.Runtime.submit`'s.
         """
         if self._tg is None:
             raise RuntimeError("RayRuntime is not running; use 'async with RayRuntime(...)'")
@@ -515,7 +522,7 @@ class RayRuntime:
         chunks, planned, split = _chunks(plugin, run_id, workload, only, 1)
         if policy is None:
             policy = _Named(workload.policy)
-        handle = RunHandle(run_id, workload, policy, planned)
+        handle = RunHandle(run_id, workload, policy, planned, keep_trajectories=keep_trajectories)
         self._handles.append(handle)
         self._stats[run_id] = ScaleStats(chunks=len(chunks))
         self._tg.start_soon(self._execute, handle, plugin, chunks, split, name=f"ray run {run_id}")

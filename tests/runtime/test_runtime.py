@@ -403,6 +403,58 @@ async def test_iterating_a_handle_yields_each_trajectory_once_as_it_finishes():
     assert len({t.episode_id for t in got}) == 5
 
 
+@pytest.mark.parametrize("group_size", [None, 2])
+async def test_a_run_that_keeps_no_trajectories_still_hands_each_to_sinks_and_events(group_size):
+    # keep_trajectories=False (long runs streaming into a store): the handle holds none,
+    # every one still reaches the sinks and an EpisodeFinished event, and iterating the
+    # handle is a clear error, not a silently empty stream.
+    from gymux.config import ConfigError
+
+    class ListSink:
+        def __init__(self) -> None:
+            self.got: list = []
+
+        async def open(self) -> None:
+            return None
+
+        async def write(self, trajectory) -> None:
+            self.got.append(trajectory)
+
+        async def write_group(self, trajectories) -> None:
+            self.got.extend(trajectories)
+
+        async def flush(self) -> None:
+            return None
+
+        async def aclose(self) -> None:
+            return None
+
+    sink = ListSink()
+    finished: list[str] = []
+    reg = registry_with(E.plugin(E.AsyncProbe, max_instances=4))
+    async with Runtime(config(), registry=reg, sinks=[sink]) as rt:
+        rt.subscribe(
+            lambda e: (
+                finished.append(e.trajectory.episode_id) if isinstance(e, EpisodeFinished) else None
+            )
+        )
+        work = Workload(env="probe", tasks=[0, 1, 2], samples=2, group_size=group_size)
+        handle = await rt.submit(work, policy=E.SaysGo(), keep_trajectories=False)
+        with pytest.raises(ConfigError, match="keep_trajectories=False"):
+            async for _ in handle:
+                pass
+        result = await handle.wait()
+        kept = await rt.submit(work, policy=E.SaysGo())  # the default keeps them
+        assert len((await kept.wait()).trajectories) == result.planned
+    assert result.planned == (12 if group_size else 6)
+    assert handle.trajectories == [] and result.trajectories == []
+    assert result.summary.episodes == result.planned
+    mine = [t for t in sink.got if t.run_id == result.run_id]
+    assert len({t.episode_id for t in mine}) == result.planned
+    assert sorted(finished).count(mine[0].episode_id) == 1
+    assert {t.episode_id for t in mine} <= set(finished)
+
+
 async def test_two_runs_share_the_runtime_and_the_global_cap():
     plugin = E.plugin(E.AsyncProbe, max_instances=10)
     reg = registry_with(plugin)

@@ -163,6 +163,32 @@ class Piece:
         return self.n
 
 
+class Frame:
+    """What :meth:`PieceEncoder.frame` keeps of the text around a varying part: the cut
+    token before it (``lead``), the text between that token and the part (``before``),
+    the text after the part up to and including the first cut token there
+    (``head_of_after``, that token: ``last``), and the pieces of the rest of it (``tail``).
+    """
+
+    __slots__ = ("after", "before", "head_of_after", "last", "lead", "tail")
+
+    def __init__(
+        self,
+        lead: str | None,
+        before: str,
+        after: str,
+        head_of_after: str,
+        last: str | None,
+        tail: tuple[Piece, ...],
+    ) -> None:
+        self.lead = lead
+        self.before = before
+        self.after = after
+        self.head_of_after = head_of_after
+        self.last = last
+        self.tail = tail
+
+
 class PieceEncoder:
     """Tokenizes chat-template text piece by piece, caching each piece's ids by its text.
 
@@ -290,6 +316,40 @@ class PieceEncoder:
                 cache.popitem(last=False)
         return made
 
+    def frame(self, lead: str | None, before: str, after: str) -> Frame | None:
+        """The fixed parts around texts that stand right after the cut token ``lead``
+        (``None``: at the start) as ``before + content + after``, for :meth:`framed`.
+
+        ``before`` must hold no cut token. ``None`` when the encoder no longer cuts or a
+        piece of ``after`` fails its check."""
+        cut = self._cut
+        if cut is None or cut.search(before) is not None:
+            return None
+        match = cut.search(after)
+        if match is None:
+            return Frame(lead, before, after, after, None, ())
+        last = match.group()
+        tail = self.pieces_after(last, after[match.end() :])
+        if tail is None:
+            return None
+        return Frame(lead, before, after, after[: match.end()], last, tuple(tail))
+
+    def framed(self, frame: Frame, content: str) -> list[Piece] | None:
+        """The pieces of ``frame.before + content + frame.after`` after ``frame.lead``, with
+        one piece looked up or tokenized (the one holding ``content``) and the others
+        made once. ``None`` as :meth:`pieces_after`.
+
+        The ids are those of :meth:`pieces_after`; only where ``content`` itself holds cut
+        tokens are its pieces coarser (one piece up to the frame's cut): a stretch is
+        tokenized whole, so it is exact wherever it is cut, as long as it is tokenized
+        behind the same lead and ends with the token it is cut after (both checked)."""
+        if self._cut is None:
+            return None
+        piece = self._piece(frame.lead, frame.before + content + frame.head_of_after, frame.last)
+        if piece is None:
+            return None
+        return [piece, *frame.tail]
+
     def _give_up(self, text: str) -> Piece:
         _log.warning(
             "tokenizer_pieces_disabled",
@@ -388,6 +448,15 @@ class ChatTokenizer:
         self.pieces = PieceEncoder(tokenizer, self._template_specials())
         # prompt_pieces: per distinct start of a turn-0 prompt, its fixed part (or None).
         self._heads: dict[tuple[tuple[str, str], ...], Any] = {}
+        # user_turn_pieces: the user turn's fixed pieces before its content, and the frame
+        # around the content (None: the text is cut whole each time).
+        self._turn: tuple[tuple[Piece, ...], Frame] | None = None
+        split = self.pieces.split_head(self._user_prefix)
+        if split is not None:
+            prefix, lead, rest = split
+            frame = self.pieces.frame(lead, rest, self._user_suffix)
+            if frame is not None:
+                self._turn = (tuple(prefix), frame)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ChatTokenizer:
@@ -491,19 +560,20 @@ class ChatTokenizer:
             self._heads[key] = head
         content = messages[-1].content
         if head is not None:
-            pieces, lead, before, after = head
-            tail = self.pieces.pieces_after(lead, before + content + after)
+            pieces, frame = head
+            tail = self.pieces.framed(frame, content)
+            if tail is None:
+                text = frame.before + content + frame.after
+                tail = self.pieces.pieces_after(frame.lead, text)
             if tail is not None:
                 return [*pieces, *tail]
         return self.encode_prompt_pieces(self.render(messages, add_generation_prompt=True))
 
-    def _head_for(
-        self, messages: Sequence[Message]
-    ) -> tuple[tuple[Piece, ...], str | None, str, str] | None:
+    def _head_for(self, messages: Sequence[Message]) -> tuple[tuple[Piece, ...], Frame] | None:
         """What :meth:`prompt_pieces` keeps for the start ``messages[:-1]``: the pieces up to
-        the rendering's last cut before the last message, that cut's token, and the text
-        before and after the last message's content; ``None`` when the template does not
-        carry the content verbatim."""
+        the rendering's last cut before the last message, and the :class:`Frame` around the
+        last message's content; ``None`` when the template does not carry the content
+        verbatim."""
         probe = f" \n{_PROBE}\t "  # surrounding whitespace: a template that trims shows it
         start = [*messages[:-1], Message(role="user", content=probe)]
         text = self.render(start, add_generation_prompt=True)
@@ -517,7 +587,10 @@ class ChatTokenizer:
         if split is None:
             return None
         pieces, lead, rest = split
-        return tuple(pieces), lead, rest, after
+        frame = self.pieces.frame(lead, rest, after)
+        if frame is None:
+            return None
+        return tuple(pieces), frame
 
     def _template_specials(self) -> list[str]:
         """The added tokens the chat template writes (in a rendering of every role)."""
@@ -537,13 +610,30 @@ class ChatTokenizer:
 
     def user_turn_suffix(self, content: str, *, after_generated: Sequence[int]) -> list[int]:
         """Ids to append after the model's output ``after_generated`` for a new user turn."""
+        closing, pieces = self.user_turn_pieces(content, after_generated=after_generated)
+        out = list(closing)
+        for piece in pieces:
+            out.extend(piece.ids)
+        return out
+
+    def user_turn_pieces(
+        self, content: str, *, after_generated: Sequence[int]
+    ) -> tuple[tuple[int, ...], list[Piece]]:
+        """:meth:`user_turn_suffix` as the ids closing the model's turn (those it did not
+        emit itself) and the :class:`Piece` objects of the new user turn."""
         closing = self._closing_ids
         if closing and after_generated and after_generated[-1] == closing[0]:
             closing = closing[1:]  # the model already emitted it (stopped on EOS)
-        # In pieces (see PieceEncoder): the template's fixed parts come from the cache and
-        # only the piece holding ``content`` is tokenized, one stretch of text instead of
-        # three (measured: ~20% of a rollout turn's client CPU, most of it in malloc).
-        return [*closing, *self.pieces.encode(self._user_prefix + content + self._user_suffix)]
+        # In pieces (see PieceEncoder): the template's fixed parts are made once and only
+        # the piece holding ``content`` is looked up or tokenized, one stretch of text
+        # instead of three (measured: ~20% of a rollout turn's client CPU, most of it in
+        # malloc), with no scan for cuts over the fixed parts.
+        turn = self._turn
+        if turn is not None:
+            framed = self.pieces.framed(turn[1], content)
+            if framed is not None:
+                return closing, [*turn[0], *framed]
+        return closing, self.pieces.encode_pieces(self._user_prefix + content + self._user_suffix)
 
 
 def load_tokenizer(
@@ -706,6 +796,18 @@ class TokenLedger:
             self._json += b","
         self._json += _JSON.encode(ids)[1:-1]
 
+    def _extend_piece(self, piece: Piece) -> None:
+        """:meth:`_extend_prompt` with a piece's ids, whose JSON the piece already holds."""
+        n = piece.n
+        if not n:
+            return
+        self._ids.extend(piece.ids)
+        if self._json:
+            self._json += b","
+        self._json += piece.json
+        self._logprobs.extend(_zeros_f(n))
+        self._mask.extend(_zeros_b(n))
+
     def _extend_prompt(self, ids: Sequence[int]) -> None:
         n = len(ids)
         self._extend_ids(ids)
@@ -746,9 +848,12 @@ class TokenLedger:
         for message in new[1:]:
             if message.role != "user":
                 raise PolicyError(f"token ledger: unexpected {message.role!r} message mid-episode")
-            self._extend_prompt(
-                self.tokenizer.user_turn_suffix(message.content, after_generated=after)
+            closing, pieces = self.tokenizer.user_turn_pieces(
+                message.content, after_generated=after
             )
+            self._extend_prompt(closing)
+            for piece in pieces:
+                self._extend_piece(piece)
             after = []
         self._consumed = len(messages)
         self._last_generated = None

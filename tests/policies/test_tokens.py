@@ -154,6 +154,17 @@ def _assert_pieces_exact(tok: ChatTokenizer, episodes: int = 300, envs: int = 6)
         assert tok.encode_prompt(text) == whole, (i, text)
         # Turn 0 from the per-start cache (ChatTokenizer.prompt_pieces) too.
         assert [t for piece in tok.prompt_pieces(messages) for t in piece.ids] == whole, (i, text)
+        # A later turn with the same observation, from the user turn's frame: the plain
+        # encoding of the template's next-turn text, whether the model emitted its closing
+        # token or not.
+        obs = messages[-1].content
+        for out in ([5, 6], [5, *tok._closing_ids[:1]]):
+            closing = tok._closing_ids[1:] if out[-1:] == list(tok._closing_ids[:1]) else None
+            expected = [
+                *(tok._closing_ids if closing is None else closing),
+                *tok.encode(tok._user_prefix + obs + tok._user_suffix),
+            ]
+            assert tok.user_turn_suffix(obs, after_generated=out) == expected, (i, obs)
     for text in AWKWARD:
         assert tok.encode_prompt(text) == tok.encode(text)
 

@@ -796,15 +796,18 @@ class TokenLedger:
             self._json += b","
         self._json += _JSON.encode(ids)[1:-1]
 
-    def _extend_piece(self, piece: Piece) -> None:
-        """:meth:`_extend_prompt` with a piece's ids, whose JSON the piece already holds."""
-        n = piece.n
-        if not n:
-            return
-        self._ids.extend(piece.ids)
-        if self._json:
-            self._json += b","
-        self._json += piece.json
+    def _extend_pieces(self, pieces: Sequence[Piece]) -> None:
+        """:meth:`_extend_prompt` with pieces' ids, whose JSON the pieces already hold."""
+        ids = self._ids
+        json = self._json
+        n = 0
+        for piece in pieces:
+            if piece.n:
+                ids.extend(piece.ids)
+                if json:
+                    json += b","
+                json += piece.json
+                n += piece.n
         self._logprobs.extend(_zeros_f(n))
         self._mask.extend(_zeros_b(n))
 
@@ -852,8 +855,7 @@ class TokenLedger:
                 message.content, after_generated=after
             )
             self._extend_prompt(closing)
-            for piece in pieces:
-                self._extend_piece(piece)
+            self._extend_pieces(pieces)
             after = []
         self._consumed = len(messages)
         self._last_generated = None

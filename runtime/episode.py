@@ -264,6 +264,7 @@ class _Context:
         "limit_s",
         "mark",
         "oldest",
+        "passthrough",
         "plugin",
         "policy",
         "pool",
@@ -289,6 +290,9 @@ class _Context:
         self.bus = bus
         self.config = config
         self.gate = gate
+        #: What an env call lets through as it is: a transient error (retried) and the
+        #: backend's cancellation (looked up once, not per call).
+        self.passthrough = (TransientEnvError, anyio.get_cancelled_exc_class())
         #: The oldest weight step among the current attempt's turns.
         self.oldest: int | None = None
         #: Where the episode's time was last attributed to a turn (queue, policy, env).
@@ -619,7 +623,7 @@ async def _env_call(
         what=what,
         limit_s=ctx.config.step_timeout_s,
         failure=FinishReason.ENV_ERROR,
-        passthrough=(TransientEnvError, anyio.get_cancelled_exc_class()),
+        passthrough=ctx.passthrough,
     )
 
 

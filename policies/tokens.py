@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 import threading
 from array import array
 from collections import OrderedDict
@@ -705,6 +706,11 @@ class PromptIds:
 _ZEROS_N = 4096
 _ZEROS_F = array("f", bytes(4 * _ZEROS_N))
 _ZEROS_B = array("B", bytes(_ZEROS_N))
+#: Zero bytes to slice without copying (a memoryview), for up to _ZEROS_N float32s.
+_ZEROS_BYTES = memoryview(bytes(4 * _ZEROS_N))
+#: Whether the ledger's typed arrays already hold TokenData's packing: little-endian,
+#: 4-byte int32 and float32.
+_NATIVE_LE = sys.byteorder == "little" and array("i").itemsize == 4 and array("f").itemsize == 4
 
 
 def _zeros_f(n: int) -> array[float]:
@@ -873,6 +879,18 @@ class TokenLedger:
         return len(self) + max_new_tokens <= context_length
 
     def token_data(self) -> TokenData:
+        head_n = self._head_n
+        if _NATIVE_LE and head_n <= _ZEROS_N:
+            # The arrays' own bytes are the packed little-endian values: each field is one
+            # join (one copy) of the head pieces' and the ledger's buffers, with no array
+            # built on the way (an episode's ~2k-token record was copied three times).
+            head = [piece.ids for piece in self._head or ()]
+            return TokenData(
+                ids=b"".join([*head, self._ids]),
+                loss_mask=b"".join([_ZEROS_BYTES[:head_n], self._mask]),
+                logprobs=b"".join([_ZEROS_BYTES[: 4 * head_n], self._logprobs]),
+                tokenizer=self.tokenizer.name,
+            )
         return TokenData(
             ids=pack_int32(self._joined(self._head_ids(), self._ids)),
             loss_mask=pack_uint8(self._joined(_zeros_b(self._head_n), self._mask)),

@@ -436,11 +436,11 @@ class Scheduler:
                         if complete.is_set():
                             self._slots.release()
                             break
+                        coro = member(job)
                         try:
-                            handles[job.episode_id] = tg.start_soon(
-                                member, job, name=job.episode_id
-                            )
+                            handles[job.episode_id] = tg.create_task(coro, name=job.episode_id)
                         except BaseException:
+                            coro.close()  # never started
                             self._slots.release()
                             raise
                         started += 1

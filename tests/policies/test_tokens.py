@@ -452,3 +452,36 @@ def test_no_cutting_when_the_tokenizer_truncates_or_pads(tmp_path: Path) -> None
         assert tok.pieces.boundaries == {}
         text = tok.render(first_messages(), add_generation_prompt=True)
         assert tok.encode_prompt(text) == tok.encode(text)
+
+
+def test_token_data_joins_the_buffers_as_the_generic_packing_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a little-endian host TokenData's fields are joined straight from the pieces' and
+    the ledger's buffers; the generic packing (any host) gives the same bytes."""
+    import gymux.policies.tokens as tokens_module
+    from gymux.stores.codec import pack_float32
+
+    tok = ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path / "tok"))
+    ledger = TokenLedger(tok)
+    msgs = [
+        Message(role="user", content="Solve the maze. " * 80),
+        Message(role="assistant", content="OK"),
+        Message(role="user", content="You are at (1, 2)."),
+    ]
+    ledger.prompt_for(msgs)
+    out = [*tok.encode("Thought: x\nAction: move up"), tok.eos_id]
+    ledger.append_generated(out, [-0.5 - i / 8 for i in range(len(out))])
+    ledger.prompt_for(
+        [*msgs, Message(role="assistant", content="x"), Message(role="user", content="Moved.")]
+    )
+    import sys
+
+    assert tokens_module._NATIVE_LE is (sys.byteorder == "little")  # the joined path here
+    fast = ledger.token_data()
+    monkeypatch.setattr(tokens_module, "_NATIVE_LE", False)
+    generic = ledger.token_data()
+    assert fast == generic
+    assert fast.ids == pack_int32(ledger.ids) and fast.loss_mask == pack_uint8(ledger.loss_mask)
+    assert fast.logprobs == pack_float32(ledger.logprobs)
+    assert all(type(v) is bytes for v in (fast.ids, fast.loss_mask, fast.logprobs))

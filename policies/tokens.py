@@ -713,6 +713,16 @@ _ZEROS_BYTES = memoryview(bytes(4 * _ZEROS_N))
 _NATIVE_LE = sys.byteorder == "little" and array("i").itemsize == 4 and array("f").itemsize == 4
 
 
+def _extend(out: array[Any], values: Sequence[Any]) -> None:
+    """``out.extend(values)``; from a list (what a decoded answer holds) through
+    ``fromlist``, which converts the same way at ~2x the speed (256 ids and logprobs:
+    5.4 vs 12.5 us)."""
+    if type(values) is list:
+        out.fromlist(values)
+    else:
+        out.extend(values)
+
+
 def _zeros_f(n: int) -> array[float]:
     return _ZEROS_F[:n] if n <= _ZEROS_N else array("f", bytes(4 * n))
 
@@ -797,7 +807,7 @@ class TokenLedger:
     def _extend_ids(self, ids: Sequence[int]) -> None:
         if not ids:
             return
-        self._ids.extend(ids)
+        _extend(self._ids, ids)
         if self._json:
             self._json += b","
         self._json += _JSON.encode(ids)[1:-1]
@@ -871,8 +881,11 @@ class TokenLedger:
         if logprobs is not None and len(logprobs) != len(ids):
             raise PolicyError(f"{len(ids)} output ids but {len(logprobs)} logprobs")
         self._extend_ids(ids)
-        self._logprobs.extend(logprobs if logprobs is not None else _zeros_f(len(ids)))
-        self._mask.extend(array("B", b"\x01" * len(ids)))
+        if logprobs is not None:
+            _extend(self._logprobs, logprobs)
+        else:
+            self._logprobs.extend(_zeros_f(len(ids)))
+        self._mask.frombytes(b"\x01" * len(ids))
         self._last_generated = (ids[-1],) if ids else ()
 
     def fits(self, max_new_tokens: int, context_length: int) -> bool:

@@ -166,7 +166,8 @@ class Piece:
 
 class Frame:
     """What :meth:`PieceEncoder.frame` keeps of the text around a varying part: the cut
-    token before it (``lead``), the text between that token and the part (``before``),
+    token before it (``lead``), the text between that token and the part (``before``, no
+    cut token in it),
     the text after the part up to and including the first cut token there
     (``head_of_after``, that token: ``last``), and the pieces of the rest of it (``tail``).
     """
@@ -275,22 +276,6 @@ class PieceEncoder:
             out.append(piece)
         return out
 
-    def split_head(self, text: str) -> tuple[list[Piece], str | None, str] | None:
-        """``text`` (the start of longer texts) as the pieces up to its last cut, that cut's
-        token and the text after it: what every text that starts with ``text`` shares.
-        ``None`` when a piece fails its check or the encoder no longer cuts."""
-        cut = self._cut
-        if cut is None:
-            return None
-        matches = list(cut.finditer(text))
-        if not matches:
-            return [], None, text
-        last = matches[-1]
-        pieces = self.pieces_after(None, text[: last.end()])
-        if pieces is None:
-            return None
-        return pieces, last.group(), text[last.end() :]
-
     def _piece(self, lead: str | None, piece: str, last: str | None) -> Piece | None:
         key = (lead, piece)
         cache = self._cache
@@ -317,23 +302,32 @@ class PieceEncoder:
                 cache.popitem(last=False)
         return made
 
-    def frame(self, lead: str | None, before: str, after: str) -> Frame | None:
-        """The fixed parts around texts that stand right after the cut token ``lead``
-        (``None``: at the start) as ``before + content + after``, for :meth:`framed`.
-
-        ``before`` must hold no cut token. ``None`` when the encoder no longer cuts or a
-        piece of ``after`` fails its check."""
+    def frame(self, before: str, after: str) -> tuple[tuple[Piece, ...], Frame] | None:
+        """What texts ``before + content + after`` (starting the input) share, for
+        :meth:`framed`: the pieces of ``before`` up to its last cut, and the :class:`Frame`
+        around ``content``. ``None`` when the encoder no longer cuts or a fixed piece fails
+        its check."""
         cut = self._cut
-        if cut is None or cut.search(before) is not None:
+        if cut is None:
             return None
+        matches = list(cut.finditer(before))
+        lead: str | None = None
+        head: list[Piece] = []
+        if matches:
+            lead = matches[-1].group()
+            end = matches[-1].end()
+            got = self.pieces_after(None, before[:end])
+            if got is None:
+                return None
+            head, before = got, before[end:]
         match = cut.search(after)
         if match is None:
-            return Frame(lead, before, after, after, None, ())
+            return tuple(head), Frame(lead, before, after, after, None, ())
         last = match.group()
         tail = self.pieces_after(last, after[match.end() :])
         if tail is None:
             return None
-        return Frame(lead, before, after, after[: match.end()], last, tuple(tail))
+        return tuple(head), Frame(lead, before, after, after[: match.end()], last, tuple(tail))
 
     def framed(self, frame: Frame, content: str) -> list[Piece] | None:
         """The pieces of ``frame.before + content + frame.after`` after ``frame.lead``, with
@@ -450,14 +444,10 @@ class ChatTokenizer:
         # prompt_pieces: per distinct start of a turn-0 prompt, its fixed part (or None).
         self._heads: dict[tuple[tuple[str, str], ...], Any] = {}
         # user_turn_pieces: the user turn's fixed pieces before its content, and the frame
-        # around the content (None: the text is cut whole each time).
-        self._turn: tuple[tuple[Piece, ...], Frame] | None = None
-        split = self.pieces.split_head(self._user_prefix)
-        if split is not None:
-            prefix, lead, rest = split
-            frame = self.pieces.frame(lead, rest, self._user_suffix)
-            if frame is not None:
-                self._turn = (tuple(prefix), frame)
+        # around the content (None: the text is cut whole each time); the closing ids as a
+        # piece, whole and without the first id (the model's own EOS).
+        self._turn = self.pieces.frame(self._user_prefix, self._user_suffix)
+        self._closing = (Piece(self._closing_ids), Piece(self._closing_ids[1:]))
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ChatTokenizer:
@@ -584,14 +574,7 @@ class ChatTokenizer:
         real = self.render(messages, add_generation_prompt=True)
         if real != before + messages[-1].content + after:
             return None
-        split = self.pieces.split_head(before)
-        if split is None:
-            return None
-        pieces, lead, rest = split
-        frame = self.pieces.frame(lead, rest, after)
-        if frame is None:
-            return None
-        return tuple(pieces), frame
+        return self.pieces.frame(before, after)
 
     def _template_specials(self) -> list[str]:
         """The added tokens the chat template writes (in a rendering of every role)."""
@@ -611,20 +594,17 @@ class ChatTokenizer:
 
     def user_turn_suffix(self, content: str, *, after_generated: Sequence[int]) -> list[int]:
         """Ids to append after the model's output ``after_generated`` for a new user turn."""
-        closing, pieces = self.user_turn_pieces(content, after_generated=after_generated)
-        out = list(closing)
-        for piece in pieces:
+        out: list[int] = []
+        for piece in self.user_turn_pieces(content, after_generated=after_generated):
             out.extend(piece.ids)
         return out
 
-    def user_turn_pieces(
-        self, content: str, *, after_generated: Sequence[int]
-    ) -> tuple[tuple[int, ...], list[Piece]]:
-        """:meth:`user_turn_suffix` as the ids closing the model's turn (those it did not
-        emit itself) and the :class:`Piece` objects of the new user turn."""
-        closing = self._closing_ids
-        if closing and after_generated and after_generated[-1] == closing[0]:
-            closing = closing[1:]  # the model already emitted it (stopped on EOS)
+    def user_turn_pieces(self, content: str, *, after_generated: Sequence[int]) -> list[Piece]:
+        """:meth:`user_turn_suffix` as :class:`Piece` objects: the ids closing the model's
+        turn (those it did not emit itself), then the new user turn's pieces."""
+        closing_ids = self._closing_ids
+        emitted = bool(closing_ids and after_generated and after_generated[-1] == closing_ids[0])
+        closing = self._closing[1] if emitted else self._closing[0]  # stopped on EOS: not again
         # In pieces (see PieceEncoder): the template's fixed parts are made once and only
         # the piece holding ``content`` is looked up or tokenized, one stretch of text
         # instead of three (measured: ~20% of a rollout turn's client CPU, most of it in
@@ -633,8 +613,9 @@ class ChatTokenizer:
         if turn is not None:
             framed = self.pieces.framed(turn[1], content)
             if framed is not None:
-                return closing, [*turn[0], *framed]
-        return closing, self.pieces.encode_pieces(self._user_prefix + content + self._user_suffix)
+                return [closing, *turn[0], *framed]
+        text = self._user_prefix + content + self._user_suffix
+        return [closing, *self.pieces.encode_pieces(text)]
 
 
 def load_tokenizer(
@@ -804,32 +785,27 @@ class TokenLedger:
         """1 on generated ids, 0 elsewhere (a copy)."""
         return self._joined(_zeros_b(self._head_n), self._mask).tolist()
 
+    def _add_json(self, part: bytes) -> None:
+        """Append ids' JSON without brackets (``1,2``) to the prompt's JSON."""
+        if self._json:
+            self._json += b","
+        self._json += part
+
     def _extend_ids(self, ids: Sequence[int]) -> None:
         if not ids:
             return
         _extend(self._ids, ids)
-        if self._json:
-            self._json += b","
-        self._json += _JSON.encode(ids)[1:-1]
+        self._add_json(_JSON.encode(ids)[1:-1])
 
     def _extend_pieces(self, pieces: Sequence[Piece]) -> None:
-        """:meth:`_extend_prompt` with pieces' ids, whose JSON the pieces already hold."""
-        ids = self._ids
-        json = self._json
+        """Append prompt ids (no logprob, no loss) given as pieces, whose JSON the pieces
+        already hold."""
         n = 0
         for piece in pieces:
             if piece.n:
-                ids.extend(piece.ids)
-                if json:
-                    json += b","
-                json += piece.json
+                self._ids.extend(piece.ids)
+                self._add_json(piece.json)
                 n += piece.n
-        self._logprobs.extend(_zeros_f(n))
-        self._mask.extend(_zeros_b(n))
-
-    def _extend_prompt(self, ids: Sequence[int]) -> None:
-        n = len(ids)
-        self._extend_ids(ids)
         self._logprobs.extend(_zeros_f(n))
         self._mask.extend(_zeros_b(n))
 
@@ -867,11 +843,9 @@ class TokenLedger:
         for message in new[1:]:
             if message.role != "user":
                 raise PolicyError(f"token ledger: unexpected {message.role!r} message mid-episode")
-            closing, pieces = self.tokenizer.user_turn_pieces(
-                message.content, after_generated=after
+            self._extend_pieces(
+                self.tokenizer.user_turn_pieces(message.content, after_generated=after)
             )
-            self._extend_prompt(closing)
-            self._extend_pieces(pieces)
             after = []
         self._consumed = len(messages)
         self._last_generated = None

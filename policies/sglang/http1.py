@@ -373,7 +373,7 @@ class _Connection(asyncio.Protocol):
     def finish(self) -> None:
         """The request is over: stop watching its deadline; close the connection unless
         the answer was read completely and the server keeps it alive."""
-        self.origin.inflight.pop(self, None)
+        self.origin.unwatch(self)
         if not (self.complete and self.keep and self.error is None) and not self.closed:
             self.keep = False
             if self.transport is not None:
@@ -436,6 +436,11 @@ class _Origin:
         self.inflight[conn] = deadline
         if deadline < self._watch_at:
             self._arm(deadline)
+
+    def unwatch(self, conn: _Connection) -> None:
+        """``conn``'s request is over: its deadline no longer applies (the timer stays set
+        for the earliest deadline seen, and finds nothing due if that one is gone)."""
+        self.inflight.pop(conn, None)
 
     def _arm(self, at: float) -> None:
         if self._watch is not None:

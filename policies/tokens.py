@@ -61,7 +61,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 import structlog
@@ -164,31 +164,19 @@ class Piece:
         return self.n
 
 
-class Frame:
+class Frame(NamedTuple):
     """What :meth:`PieceEncoder.frame` keeps of the text around a varying part: the cut
     token before it (``lead``), the text between that token and the part (``before``, no
-    cut token in it),
-    the text after the part up to and including the first cut token there
-    (``head_of_after``, that token: ``last``), and the pieces of the rest of it (``tail``).
-    """
+    cut token in it), the text after the part (``after``), that text up to and including
+    its first cut token (``head_of_after``, that token: ``last``), and the pieces of the
+    rest of it (``tail``)."""
 
-    __slots__ = ("after", "before", "head_of_after", "last", "lead", "tail")
-
-    def __init__(
-        self,
-        lead: str | None,
-        before: str,
-        after: str,
-        head_of_after: str,
-        last: str | None,
-        tail: tuple[Piece, ...],
-    ) -> None:
-        self.lead = lead
-        self.before = before
-        self.after = after
-        self.head_of_after = head_of_after
-        self.last = last
-        self.tail = tail
+    lead: str | None
+    before: str
+    after: str
+    head_of_after: str
+    last: str | None
+    tail: tuple[Piece, ...]
 
 
 class PieceEncoder:

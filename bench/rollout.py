@@ -38,11 +38,18 @@ CPU per turn (user, system, GC) in every S seconds since it started.
 
 Clients: ``naive`` is the BASELINE (``single`` strategy over a fresh TCP connection per
 request and per abort, no keep-alive pool); ``single`` (the default strategy) and
-``batch_stream`` are the real client as configured in production.
+``batch_stream`` are the real client as configured in production. ``floor`` (``scale`` only)
+is a reference, not gymux: the same traffic from a bare asyncio loop doing only the work no
+client can skip (the same request bytes over a keep-alive connection, the answer decoded
+into the same types, one ``tokenizers`` call per observation, ids and logprobs kept as
+typed arrays and joined once per episode); ``policy_only`` (``scale`` only) is the real
+``SGLangPolicy`` driven from plain anyio tasks without the Runtime. ``single`` minus
+``floor`` is what gymux adds: the policy client's share up to ``policy_only``, the Runtime's
+above it.
 
 Usage::
 
-    python bench/rollout.py            # full sizes (4,096 episodes; ~4 min)
+    python bench/rollout.py            # full sizes (4,096 episodes; ~5 min)
     python bench/rollout.py --quick    # shorter windows, same sizes
     python bench/rollout.py --json out.json
     python bench/rollout.py --only single --scenarios scale --profile DIR  # + cProfile
@@ -92,7 +99,9 @@ from gymux.policies.sglang.client import SGLangPolicy  # noqa: E402
 from gymux.runtime import Runtime  # noqa: E402
 from gymux.trajectory import Trajectory  # noqa: E402
 
-CLIENTS = ("naive", "single", "batch_stream")
+CLIENTS = ("naive", "floor", "policy_only", "single", "batch_stream")
+#: Reference clients (not gymux as a user runs it): where a turn's CPU goes.
+_REFERENCES = ("floor", "policy_only")
 EPISODES = 4096
 GROUP = 8
 OVERSAMPLE = 4
@@ -338,7 +347,7 @@ def _group_of(episode_id: str, size: int) -> tuple[str, int]:
 
 
 async def _sample_curve(
-    policy: _BenchPolicy, gc_clock: GCClock, every_s: float, out: list[dict[str, float]]
+    policy: Any, gc_clock: GCClock, every_s: float, out: list[dict[str, float]]
 ) -> None:
     """Every ``every_s`` seconds from the start: the client's CPU per turn (user, system,
     GC) in that interval, turns counted as requests sent."""
@@ -473,6 +482,271 @@ async def _client(args: argparse.Namespace) -> None:
         os._exit(0)  # skip tearing down thousands of in-flight episodes
 
 
+# -- the floor: the same traffic with nothing but the wire work ------------------------------
+
+
+class _FloorConn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of the floor client: a request written whole, an
+    answer framed by its Content-Length (all the double sends)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.need = -1  # bytes of head + body, once the head is in
+        self.start = 0
+        self.waiter: asyncio.Future[bytes] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if self.need < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            low = bytes(buf[:end]).lower()
+            at = low.index(b"content-length:") + 15
+            eol = low.find(b"\r\n", at)
+            self.start = end + 4
+            self.need = self.start + int(low[at : eol if eol >= 0 else len(low)])
+        if len(buf) >= self.need and self.waiter is not None:
+            self.waiter.set_result(bytes(buf[self.start : self.need]))
+            del buf[:]
+            self.need = -1
+
+    async def post(self, head: bytes, parts: list[bytes]) -> bytes:
+        """Send ``head`` (up to ``Content-Length: ``) and the body ``parts`` in one write
+        (one copy of them), and wait for the answer's body."""
+        assert self.transport is not None
+        n = sum(map(len, parts))
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(b"".join([head, b"%d\r\n\r\n" % n, *parts]))
+        return await self.waiter
+
+
+class _Tally:
+    """What a reference client counts: requests sent (``--curve`` counts turns by them), and
+    while the window is measured its turns and their prompt tokens."""
+
+    def __init__(self) -> None:
+        self.http_requests = 0
+        self.turns = 0
+        self.prompt_tokens = 0
+        self.measuring = False
+
+    def turn(self, prompt_tokens: int) -> None:
+        if self.measuring:
+            self.turns += 1
+            self.prompt_tokens += prompt_tokens
+
+
+def _runtime_gc_threshold() -> None:
+    """The young-generation threshold a Runtime sets by default (``gc_threshold``), so a
+    reference client's collector runs as often as gymux's."""
+    import gc
+
+    gc.set_threshold(RuntimeConfig().gc_threshold or 700, *gc.get_threshold()[1:])
+
+
+async def _measure_reference(args: argparse.Namespace, tally: _Tally) -> dict[str, Any]:
+    """The ``scale`` row of a reference client whose episodes already run: warm-up, the
+    double's stats reset, the window, as :func:`_client` measures gymux."""
+    gc_clock = GCClock()
+    curve: list[dict[str, float]] = []
+    async with aiohttp.ClientSession() as ctl, anyio.create_task_group() as tg:
+        if args.curve:
+            tg.start_soon(_sample_curve, tally, gc_clock, args.curve, curve)
+        await anyio.sleep(args.warmup)
+        async with ctl.post(args.url + "/_double/reset") as r:
+            await r.read()
+        gc0 = gc_clock.snapshot()
+        cpu0, t0 = _cpu_s(), time.perf_counter()
+        tally.measuring = True
+        await anyio.sleep(args.window)
+        tally.measuring = False
+        wall = time.perf_counter() - t0
+        cpu = _cpu_s() - cpu0
+        async with ctl.get(args.url + "/_double/stats") as r:
+            double = await r.json()
+        tg.cancel_scope.cancel()
+    turns = tally.turns
+    out: dict[str, Any] = {
+        "client": args.client,
+        "scenario": args.scenario,
+        "episodes": EPISODES,
+        "oversample": 0,
+        "window_s": wall,
+        "turns": turns,
+        "turns_per_s": turns / wall,
+        "prompt_tokens": tally.prompt_tokens / turns if turns else 0,
+        "busy": double["slots_mean"] / CAPACITY,
+        "busy_s_frac": double["busy_s"] / (CAPACITY * wall),
+        "cpu_us_per_turn": 1e6 * cpu / turns if turns else float("nan"),
+        "client_cpu_frac": cpu / wall,
+        "server_max_concurrent": double["max_concurrent"],
+        "load_avg_1m": os.getloadavg()[0],
+        **gc_clock.since(gc0, turns),
+    }
+    if curve:
+        out["curve"] = curve
+    return out
+
+
+async def _floor_client(args: argparse.Namespace) -> None:
+    """``floor``: the scale scenario's traffic from a bare asyncio loop. Per turn exactly the
+    work no client can skip: the same ``/generate`` request (the same prompt ids as JSON
+    fragments, the instruction's encoded once and shared), its answer decoded into the same
+    types (``decode_answers``), its ids and logprobs kept as typed arrays, one ``tokenizers``
+    call on the next observation's piece, and per episode its token record joined once;
+    no Runtime, env, scheduler, groups, ledger checks or events. ``single`` minus ``floor``
+    is what gymux adds on top of the wire."""
+    from array import array
+
+    import msgspec
+
+    from gymux.messages import Message
+    from gymux.policies.sglang.wire import decode_answers, generate_body_parts
+    from gymux.policies.tokens import ChatTokenizer
+
+    chat = ChatTokenizer.from_dir(Path(args.tok))
+    raw_tok = chat.tokenizer
+    enc = msgspec.json.Encoder()
+    probe = "\x00PROBE\x00"
+    text = chat.render(
+        [
+            Message(role="user", content=_instruction(args.tok)),
+            Message(role="assistant", content="OK"),
+            Message(role="user", content=probe),
+        ],
+        add_generation_prompt=True,
+    )
+    before, after = text.split(probe)
+    head_ids = raw_tok.encode(before, add_special_tokens=False).ids
+    head_json = enc.encode(head_ids)[1:-1]
+    head_arr = array("i", head_ids)  # shared by every episode, as the ledger's head pieces
+    turn_before = "<|im_end|>\n<|im_start|>user\n"
+    sampling = {"max_new_tokens": MAX_NEW_TOKENS}
+    url = args.url.split("//", 1)[1]
+    host, port = url.rsplit(":", 1)
+    req_head = (
+        f"POST /generate HTTP/1.1\r\nHost: {url}\r\nContent-Type: application/json\r\n"
+        "Content-Length: "
+    ).encode()
+    rng = random.Random()
+    tally = _Tally()
+    loop = asyncio.get_running_loop()
+    _runtime_gc_threshold()
+
+    async def slot(k: int) -> None:
+        _, conn = await loop.create_connection(_FloorConn, host, int(port))
+        episode = 0
+        while True:
+            episode += 1
+            obs = f"Maze {k}, start {rng.randrange(10**9)}."
+            first = raw_tok.encode(obs + after, add_special_tokens=False).ids
+            parts = [head_json, enc.encode(first)[1:-1]]
+            n = len(head_ids) + len(first)
+            runs = [array("i", first)]
+            logprobs = array("f")
+            for turn in range(TURNS):
+                ids_json = [b"["]
+                for part in parts:
+                    ids_json += (part, b",")
+                ids_json[-1] = b"]"
+                rid = f"floor-{k}-{episode}-{turn}"
+                body = generate_body_parts(ids_json, rid, sampling, stream=False)
+                tally.http_requests += 1
+                answer = decode_answers(await conn.post(req_head, body), where="floor")[0]
+                assert not isinstance(answer, BaseException)
+                out = answer.output_ids
+                entries = answer.meta_info.output_token_logprobs or []
+                run = array("i")
+                run.fromlist(out)
+                runs.append(run)
+                logprobs.fromlist([e.logprob for e in entries])
+                parts.append(enc.encode(out)[1:-1])
+                tally.turn(n)
+                n += len(out)
+                if turn < TURNS - 1:
+                    piece = raw_tok.encode(
+                        f"{turn_before}Moved {turn + 1}: {rng.randrange(10**6)}.{after}",
+                        add_special_tokens=False,
+                    ).ids
+                    runs.append(array("i", piece))
+                    parts.append(enc.encode(piece)[1:-1])
+                    n += len(piece)
+            record = (b"".join([head_arr, *runs]), logprobs.tobytes())  # as TokenData's
+            del record
+
+    tasks = [asyncio.ensure_future(slot(k)) for k in range(EPISODES)]
+    out = await _measure_reference(args, tally)
+    failed = [t for t in tasks if t.done()]
+    if failed:
+        failed[0].result()  # a slot died: its exception, not a figure
+    print(json.dumps(out), flush=True)
+    os._exit(0)
+
+
+async def _policy_only_client(args: argparse.Namespace) -> None:
+    """``policy_only``: the scale scenario's turns sent through the real
+    :class:`SGLangPolicy` (``single``) from plain anyio tasks, without the Runtime: the same
+    messages per turn as the env's, ``act`` per turn and ``finish_episode`` per episode
+    (the token record). ``policy_only`` minus ``floor`` is the policy client's own cost,
+    ``single`` minus ``policy_only`` the Runtime's (scheduler, groups, episode loop, env
+    calls, trajectory, events)."""
+    from gymux.messages import Message, PolicyRequest
+
+    policy = SGLangPolicy(
+        args.url,
+        tokenizer=args.tok,
+        strategy="single",
+        max_new_tokens=MAX_NEW_TOKENS,
+        max_requests_per_server=EPISODES,
+        connections_per_server=EPISODES,
+        max_tokens_per_server=TOKENS_BUDGET,
+    )
+    instruction = _instruction(args.tok)
+    rng = random.Random()
+    tally = _Tally()
+    _runtime_gc_threshold()
+
+    async def slot(k: int) -> None:
+        episode = 0
+        while True:
+            episode += 1
+            episode_id = f"policy-only:maze:{k}:{episode}"
+            messages = [
+                Message(role="user", content=instruction),
+                Message(role="assistant", content="OK"),
+                Message(role="user", content=f"Maze {k}, start {rng.randrange(10**9)}."),
+            ]
+            for turn in range(TURNS):
+                tally.http_requests += 1
+                response = await policy.act(
+                    PolicyRequest(
+                        episode_id=episode_id,
+                        env_id="maze",
+                        task_id=k,
+                        turn=turn,
+                        messages=list(messages),
+                    )
+                )
+                tally.turn(response.prompt_tokens or 0)
+                messages.append(Message(role="assistant", content=response.text, loss=True))
+                observation = f"Moved {turn + 1}: {rng.randrange(10**6)}."
+                messages.append(Message(role="user", content=observation))
+            policy.finish_episode(episode_id)
+
+    async with policy, anyio.create_task_group() as tg:
+        for k in range(EPISODES):
+            tg.start_soon(slot, k)
+        out = await _measure_reference(args, tally)
+        print(json.dumps(out), flush=True)
+        os._exit(0)
+
+
 # -- parent ------------------------------------------------------------------------------------
 
 
@@ -548,11 +822,32 @@ def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def _split(row: dict[str, Any], refs: dict[str, dict[str, Any]]) -> str:
+    """Where ``row``'s CPU per turn goes, by the reference rows measured in the same run:
+    the wire work alone (``floor``), then (for ``single``) the policy client, then the
+    Runtime."""
+    us = float(row["cpu_us_per_turn"])
+    floor, policy = refs.get("floor"), refs.get("policy_only")
+    if row["client"] != "single":
+        policy = None  # policy_only drives the single strategy: no split for another
+    parts = []
+    if floor:
+        parts.append(f"the wire work alone (floor) {floor['cpu_us_per_turn']:.0f}")
+    if policy:
+        base = float(floor["cpu_us_per_turn"]) if floor else 0.0
+        parts.append(f"the policy client +{float(policy['cpu_us_per_turn']) - base:.0f}")
+        parts.append(f"the Runtime +{us - float(policy['cpu_us_per_turn']):.0f}")
+    elif floor:
+        parts.append(f"gymux +{us - float(floor['cpu_us_per_turn']):.0f}")
+    return f"; of it: {', '.join(parts)} us" if parts else ""
+
+
 def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
     base = {r["scenario"]: r for r in rows if r["client"] == "naive"}
     out = []
+    refs = {r["client"]: r for r in rows if r["client"] in _REFERENCES}
     for r in rows:
-        if r["client"] == "naive" or "@" in r["client"]:
+        if r["client"] == "naive" or r["client"] in _REFERENCES or "@" in r["client"]:
             continue
         b = base.get(r["scenario"])
         if r["scenario"] == "scale":
@@ -565,6 +860,7 @@ def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
             )
             ok = r["cpu_us_per_turn"] < CPU_TARGET_US
             vs = f" (baseline naive {b['cpu_us_per_turn']:.0f} us)" if b else ""
+            vs += _split(r, refs)
             out.append(
                 f"{'PASS' if ok else 'FAIL'} {r['client']}: client CPU "
                 f"{r['cpu_us_per_turn']:.0f} us/turn at ~{r['prompt_tokens']:.0f}-token "
@@ -651,6 +947,12 @@ def main() -> None:
             pass
         asyncio.run(_serve(args))
         return
+    if args.client == "floor":
+        asyncio.run(_floor_client(args))
+        return
+    if args.client == "policy_only":
+        anyio.run(_policy_only_client, args)
+        return
     if args.client:
         anyio.run(_client, args, backend_options={"use_uvloop": args.loop == "uvloop"})
         return
@@ -680,6 +982,8 @@ def main() -> None:
         tok = build_tiny_tokenizer(Path(tmp) / "tok")
         for scenario in scenarios:
             for client in clients:
+                if client in _REFERENCES and scenario != "scale":
+                    continue  # no groups to over-sample: a reference for scale only
                 runs: list[dict[str, Any]] = []
                 before: list[dict[str, Any]] = []
                 for _ in range(args.repeat):  # taking turns with the older tree, if any

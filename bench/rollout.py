@@ -371,6 +371,43 @@ async def _sample_curve(
         last = now
 
 
+def _window_row(
+    args: argparse.Namespace,
+    *,
+    episodes: int,
+    oversample: int,
+    wall: float,
+    cpu: float,
+    turns: int,
+    prompt_tokens: int,
+    double: dict[str, Any],
+    gc: dict[str, Any],
+    curve: list[dict[str, float]],
+) -> dict[str, Any]:
+    """A client's row for one window: ``turns`` answered (with ``prompt_tokens`` in all)
+    in ``wall`` seconds of which the client took ``cpu``, and the double's stats."""
+    out: dict[str, Any] = {
+        "client": args.client,
+        "scenario": args.scenario,
+        "episodes": episodes,
+        "oversample": oversample,
+        "window_s": wall,
+        "turns": turns,
+        "turns_per_s": turns / wall,
+        "prompt_tokens": prompt_tokens / turns if turns else 0,
+        "busy": double["slots_mean"] / CAPACITY,
+        "busy_s_frac": double["busy_s"] / (CAPACITY * wall),
+        "cpu_us_per_turn": 1e6 * cpu / turns if turns else float("nan"),
+        "client_cpu_frac": cpu / wall,
+        "server_max_concurrent": double["max_concurrent"],
+        "load_avg_1m": os.getloadavg()[0],
+        **gc,
+    }
+    if curve:
+        out["curve"] = curve
+    return out
+
+
 async def _client(args: argparse.Namespace) -> None:
     oversample = args.scenario == "oversample"
     k = OVERSAMPLE if oversample else 0
@@ -436,25 +473,18 @@ async def _client(args: argparse.Namespace) -> None:
             profiler.dump_stats(args.profile)
         async with ctl.get(args.url + "/_double/stats") as r:
             stats = await r.json()
-        out: dict[str, Any] = {
-            "client": args.client,
-            "scenario": args.scenario,
-            "episodes": concurrent,
-            "oversample": k,
-            "window_s": wall,
-            "turns": policy.turns,
-            "turns_per_s": policy.turns / wall,
-            "prompt_tokens": policy.prompt_tokens / policy.turns if policy.turns else 0,
-            "busy": stats["slots_mean"] / CAPACITY,
-            "busy_s_frac": stats["busy_s"] / (CAPACITY * wall),
-            "cpu_us_per_turn": 1e6 * cpu / policy.turns if policy.turns else float("nan"),
-            "client_cpu_frac": cpu / wall,
-            "server_max_concurrent": stats["max_concurrent"],
-            "load_avg_1m": os.getloadavg()[0],
-            **gc_clock.since(gc0, policy.turns),
-        }
-        if curve:
-            out["curve"] = curve
+        out = _window_row(
+            args,
+            episodes=concurrent,
+            oversample=k,
+            wall=wall,
+            cpu=cpu,
+            turns=policy.turns,
+            prompt_tokens=policy.prompt_tokens,
+            double=stats,
+            gc=gc_clock.since(gc0, policy.turns),
+            curve=curve,
+        )
         if oversample:
             size = GROUP + k
             ends: dict[tuple[str, int], list[float]] = {}
@@ -547,7 +577,9 @@ def _runtime_gc_threshold() -> None:
     reference client's collector runs as often as gymux's."""
     import gc
 
-    gc.set_threshold(RuntimeConfig().gc_threshold or 700, *gc.get_threshold()[1:])
+    threshold = RuntimeConfig().gc_threshold
+    if threshold is not None:  # None: a Runtime leaves the collector as it is
+        gc.set_threshold(threshold, *gc.get_threshold()[1:])
 
 
 async def _measure_reference(args: argparse.Namespace, tally: _Tally) -> dict[str, Any]:
@@ -571,27 +603,18 @@ async def _measure_reference(args: argparse.Namespace, tally: _Tally) -> dict[st
         async with ctl.get(args.url + "/_double/stats") as r:
             double = await r.json()
         tg.cancel_scope.cancel()
-    turns = tally.turns
-    out: dict[str, Any] = {
-        "client": args.client,
-        "scenario": args.scenario,
-        "episodes": EPISODES,
-        "oversample": 0,
-        "window_s": wall,
-        "turns": turns,
-        "turns_per_s": turns / wall,
-        "prompt_tokens": tally.prompt_tokens / turns if turns else 0,
-        "busy": double["slots_mean"] / CAPACITY,
-        "busy_s_frac": double["busy_s"] / (CAPACITY * wall),
-        "cpu_us_per_turn": 1e6 * cpu / turns if turns else float("nan"),
-        "client_cpu_frac": cpu / wall,
-        "server_max_concurrent": double["max_concurrent"],
-        "load_avg_1m": os.getloadavg()[0],
-        **gc_clock.since(gc0, turns),
-    }
-    if curve:
-        out["curve"] = curve
-    return out
+    return _window_row(
+        args,
+        episodes=EPISODES,
+        oversample=0,
+        wall=wall,
+        cpu=cpu,
+        turns=tally.turns,
+        prompt_tokens=tally.prompt_tokens,
+        double=double,
+        gc=gc_clock.since(gc0, tally.turns),
+        curve=curve,
+    )
 
 
 async def _floor_client(args: argparse.Namespace) -> None:

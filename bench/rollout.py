@@ -371,21 +371,43 @@ async def _sample_curve(
         last = now
 
 
-def _window_row(
-    args: argparse.Namespace,
-    *,
-    episodes: int,
-    oversample: int,
-    wall: float,
-    cpu: float,
-    turns: int,
-    prompt_tokens: int,
-    double: dict[str, Any],
-    gc: dict[str, Any],
-    curve: list[dict[str, float]],
-) -> dict[str, Any]:
-    """A client's row for one window: ``turns`` answered (with ``prompt_tokens`` in all)
-    in ``wall`` seconds of which the client took ``cpu``, and the double's stats."""
+async def _measure_window(
+    args: argparse.Namespace, counter: Any, *, episodes: int, oversample: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The row of a client whose episodes already run, and the double's stats: warm-up, the
+    double's stats reset, the window (cProfiled with ``--profile``). ``counter`` counts
+    ``http_requests`` (``--curve`` counts turns by them) and, while ``measuring``, the
+    window's ``turns`` and their ``prompt_tokens``."""
+    gc_clock = GCClock()
+    curve: list[dict[str, float]] = []
+    async with aiohttp.ClientSession() as ctl, anyio.create_task_group() as tg:
+        if args.curve:
+            tg.start_soon(_sample_curve, counter, gc_clock, args.curve, curve)
+        await anyio.sleep(args.warmup)
+        async with ctl.post(args.url + "/_double/reset") as r:
+            await r.read()
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)  # CPU time, not wall time
+        gc0 = gc_clock.snapshot()
+        cpu0, t0 = _cpu_s(), time.perf_counter()
+        counter.measuring = True
+        if profiler is not None:
+            profiler.enable()
+        await anyio.sleep(args.window)
+        if profiler is not None:
+            profiler.disable()
+        counter.measuring = False
+        wall = time.perf_counter() - t0
+        cpu = _cpu_s() - cpu0
+        if profiler is not None:
+            profiler.dump_stats(args.profile)
+        async with ctl.get(args.url + "/_double/stats") as r:
+            double: dict[str, Any] = await r.json()
+        tg.cancel_scope.cancel()
+    turns = counter.turns
     out: dict[str, Any] = {
         "client": args.client,
         "scenario": args.scenario,
@@ -394,18 +416,18 @@ def _window_row(
         "window_s": wall,
         "turns": turns,
         "turns_per_s": turns / wall,
-        "prompt_tokens": prompt_tokens / turns if turns else 0,
+        "prompt_tokens": counter.prompt_tokens / turns if turns else 0,
         "busy": double["slots_mean"] / CAPACITY,
         "busy_s_frac": double["busy_s"] / (CAPACITY * wall),
         "cpu_us_per_turn": 1e6 * cpu / turns if turns else float("nan"),
         "client_cpu_frac": cpu / wall,
         "server_max_concurrent": double["max_concurrent"],
         "load_avg_1m": os.getloadavg()[0],
-        **gc,
+        **gc_clock.since(gc0, turns),
     }
     if curve:
         out["curve"] = curve
-    return out
+    return out, double
 
 
 async def _client(args: argparse.Namespace) -> None:
@@ -438,53 +460,10 @@ async def _client(args: argparse.Namespace) -> None:
         oversample=k,
     )
     reg = _registry(args.tok, concurrent)
-    gc_clock = GCClock()
-    curve: list[dict[str, float]] = []
-    async with (
-        policy,
-        aiohttp.ClientSession() as ctl,
-        Runtime(config, registry=reg, sinks=[_NullSink()]) as rt,
-        anyio.create_task_group() as tg,
-    ):
+    async with policy, Runtime(config, registry=reg, sinks=[_NullSink()]) as rt:
         rt.subscribe(policy.on_event)
         await rt.submit(workload, policy=policy, keep_trajectories=False)
-        if args.curve:
-            tg.start_soon(_sample_curve, policy, gc_clock, args.curve, curve)
-        await anyio.sleep(args.warmup)
-        async with ctl.post(args.url + "/_double/reset") as r:
-            await r.read()
-        profiler = None
-        if args.profile:
-            import cProfile
-
-            profiler = cProfile.Profile(time.process_time)  # CPU time, not wall time
-        gc0 = gc_clock.snapshot()
-        cpu0, t0 = _cpu_s(), time.perf_counter()
-        policy.measuring = True
-        if profiler is not None:
-            profiler.enable()
-        await anyio.sleep(args.window)
-        if profiler is not None:
-            profiler.disable()
-        policy.measuring = False
-        wall = time.perf_counter() - t0
-        cpu = _cpu_s() - cpu0
-        if profiler is not None:
-            profiler.dump_stats(args.profile)
-        async with ctl.get(args.url + "/_double/stats") as r:
-            stats = await r.json()
-        out = _window_row(
-            args,
-            episodes=concurrent,
-            oversample=k,
-            wall=wall,
-            cpu=cpu,
-            turns=policy.turns,
-            prompt_tokens=policy.prompt_tokens,
-            double=stats,
-            gc=gc_clock.since(gc0, policy.turns),
-            curve=curve,
-        )
+        out, stats = await _measure_window(args, policy, episodes=concurrent, oversample=k)
         if oversample:
             size = GROUP + k
             ends: dict[tuple[str, int], list[float]] = {}
@@ -582,41 +561,6 @@ def _runtime_gc_threshold() -> None:
         gc.set_threshold(threshold, *gc.get_threshold()[1:])
 
 
-async def _measure_reference(args: argparse.Namespace, tally: _Tally) -> dict[str, Any]:
-    """The ``scale`` row of a reference client whose episodes already run: warm-up, the
-    double's stats reset, the window, as :func:`_client` measures gymux."""
-    gc_clock = GCClock()
-    curve: list[dict[str, float]] = []
-    async with aiohttp.ClientSession() as ctl, anyio.create_task_group() as tg:
-        if args.curve:
-            tg.start_soon(_sample_curve, tally, gc_clock, args.curve, curve)
-        await anyio.sleep(args.warmup)
-        async with ctl.post(args.url + "/_double/reset") as r:
-            await r.read()
-        gc0 = gc_clock.snapshot()
-        cpu0, t0 = _cpu_s(), time.perf_counter()
-        tally.measuring = True
-        await anyio.sleep(args.window)
-        tally.measuring = False
-        wall = time.perf_counter() - t0
-        cpu = _cpu_s() - cpu0
-        async with ctl.get(args.url + "/_double/stats") as r:
-            double = await r.json()
-        tg.cancel_scope.cancel()
-    return _window_row(
-        args,
-        episodes=EPISODES,
-        oversample=0,
-        wall=wall,
-        cpu=cpu,
-        turns=tally.turns,
-        prompt_tokens=tally.prompt_tokens,
-        double=double,
-        gc=gc_clock.since(gc0, tally.turns),
-        curve=curve,
-    )
-
-
 async def _floor_client(args: argparse.Namespace) -> None:
     """``floor``: the scale scenario's traffic from a bare asyncio loop. Per turn exactly the
     work no client can skip: the same ``/generate`` request (the same prompt ids as JSON
@@ -704,7 +648,7 @@ async def _floor_client(args: argparse.Namespace) -> None:
             del record
 
     tasks = [asyncio.ensure_future(slot(k)) for k in range(EPISODES)]
-    out = await _measure_reference(args, tally)
+    out, _ = await _measure_window(args, tally, episodes=EPISODES, oversample=0)
     failed = [t for t in tasks if t.done()]
     if failed:
         failed[0].result()  # a slot died: its exception, not a figure
@@ -765,7 +709,7 @@ async def _policy_only_client(args: argparse.Namespace) -> None:
     async with policy, anyio.create_task_group() as tg:
         for k in range(EPISODES):
             tg.start_soon(slot, k)
-        out = await _measure_reference(args, tally)
+        out, _ = await _measure_window(args, tally, episodes=EPISODES, oversample=0)
         print(json.dumps(out), flush=True)
         os._exit(0)
 

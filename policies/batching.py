@@ -21,6 +21,7 @@ before deciding), so a burst of simultaneous calls still forms one batch.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -39,14 +40,45 @@ OnResult = Callable[[int, "PolicyResponse | BaseException"], None]
 
 
 class _Pending:
-    __slots__ = ("cancelled", "done", "error", "request", "response")
+    """One queued call: its request, and its answer once :meth:`answer` is called.
 
-    def __init__(self, request: PolicyRequest) -> None:
+    Under asyncio the caller waits on a bare future (what an anyio ``Event`` wraps, less
+    the ``Event`` objects around it: with thousands of calls queued or in flight, each
+    object a call holds is one more the collector walks and one more cache miss when it
+    is woken); under another backend on an anyio ``Event``."""
+
+    __slots__ = ("_event", "_future", "answered", "cancelled", "error", "request", "response")
+
+    def __init__(self, request: PolicyRequest, loop: asyncio.AbstractEventLoop | None) -> None:
         self.request = request
-        self.done = anyio.Event()
         self.response: PolicyResponse | None = None
         self.error: BaseException | None = None
         self.cancelled = False
+        self.answered = False
+        self._future: asyncio.Future[None] | None = None
+        self._event: anyio.Event | None = None
+        if loop is not None:
+            self._future = loop.create_future()
+        else:
+            self._event = anyio.Event()
+
+    def answer(self) -> None:
+        """Wake the caller (``response`` or ``error`` is set)."""
+        self.answered = True
+        future = self._future
+        if future is not None:
+            if not future.done():  # (cancelled with its caller)
+                future.set_result(None)
+        else:
+            assert self._event is not None
+            self._event.set()
+
+    async def wait(self) -> None:
+        if self._future is not None:
+            await self._future
+        else:
+            assert self._event is not None
+            await self._event.wait()
 
 
 class BatchingPolicy(BasePolicy):
@@ -65,6 +97,7 @@ class BatchingPolicy(BasePolicy):
         self.window_s = window_s
         self.max_inflight_batches = max_inflight_batches
         self._queue: deque[_Pending] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._slots = anyio.Semaphore(max_inflight_batches)
@@ -82,11 +115,11 @@ class BatchingPolicy(BasePolicy):
     async def act(self, request: PolicyRequest) -> PolicyResponse:
         if self._tg is None:
             raise PolicyError(f"policy {self.name!r} is not running (use 'async with policy')")
-        pending = _Pending(request)
+        pending = _Pending(request, self._loop)
         self._queue.append(pending)
         self._wakeup.set()
         try:
-            await pending.done.wait()
+            await pending.wait()
         except BaseException:
             pending.cancelled = True
             raise
@@ -97,6 +130,10 @@ class BatchingPolicy(BasePolicy):
 
     async def aopen(self) -> None:
         """Start the dispatcher in the policy's own task group."""
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # another backend (trio): calls wait on anyio Events
+            self._loop = None
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -112,7 +149,7 @@ class BatchingPolicy(BasePolicy):
         while self._queue:
             pending = self._queue.popleft()
             pending.error = PolicyError(f"policy {self.name!r} shut down")
-            pending.done.set()
+            pending.answer()
 
     def _inflight_batches(self) -> int:
         return self.max_inflight_batches - self._slots.value
@@ -166,7 +203,7 @@ class BatchingPolicy(BasePolicy):
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         def deliver(pending: _Pending, result: object) -> None:
-            if pending.done.is_set():
+            if pending.answered:
                 return  # answered early
             if isinstance(result, PolicyResponse):
                 pending.response = result
@@ -176,7 +213,7 @@ class BatchingPolicy(BasePolicy):
                 pending.error = PolicyError(
                     f"{self.name}: act_batch returned {type(result).__name__}"
                 )
-            pending.done.set()
+            pending.answer()
 
         try:
             self.batches += 1
@@ -196,7 +233,7 @@ class BatchingPolicy(BasePolicy):
                 deliver(pending, result)
         finally:
             for pending in batch:
-                if not pending.done.is_set():
+                if not pending.answered:
                     pending.error = PolicyError(f"policy {self.name!r} shut down mid-batch")
-                    pending.done.set()
+                    pending.answer()
             self._slots.release()

@@ -23,7 +23,6 @@ microseconds of bookkeeping (and the turns of a failed attempt, which are not ke
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -54,6 +53,7 @@ __all__ = ["EpisodeJob", "PolicyGate", "Watchdog", "run_episode"]
 
 _log = structlog.get_logger("gymux.episode")
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 _clock = time.perf_counter
 
 
@@ -578,53 +578,36 @@ async def _attempt(ctx: _Context, traj: Trajectory) -> FinishReason:
             ctx.mark = now
 
 
-async def _bounded(
+async def _env_call(
     ctx: _Context,
-    call: Callable[[], Awaitable[object]],
+    call: Callable[[_A], Awaitable[object]],
+    arg: _A,
     expected: type[_T],
-    *,
     what: str,
-    limit_s: float,
-    failure: FinishReason,
-    passthrough: tuple[type[BaseException], ...],
 ) -> _T:
-    """Await ``call()`` within ``limit_s``; any failure becomes an :class:`_End`.
+    """Await ``call(arg)`` (an env call) within the step time limit; any failure becomes an
+    :class:`_End` (``env_error``).
 
-    Exceptions in ``passthrough`` (cancellation, transient env errors) propagate as they
-    are; other exceptions and a result that is not ``expected`` end the episode with
-    ``failure``. Running out of time is the watchdog's: it cancels the episode's scope,
-    which ends the episode as ``timeout`` ("``what`` exceeded ``limit_s``s").
+    A transient env error and the backend's cancellation (``ctx.passthrough``) propagate as
+    they are; another exception, and a result that is not ``expected``, end the episode.
+    Running out of time is the watchdog's: it cancels the episode's scope, which ends the
+    episode as ``timeout`` ("``what`` exceeded ``limit``s").
     """
-    ctx.arm(what, limit_s)
+    ctx.arm(what, ctx.config.step_timeout_s)
     try:
-        result = await call()
-    except passthrough:
+        result = await call(arg)
+    except ctx.passthrough:
         raise
     except Exception as exc:
-        raise _End(failure, f"{what} failed: {_describe(exc)}") from None
+        raise _End(FinishReason.ENV_ERROR, f"{what} failed: {_describe(exc)}") from None
     finally:
         ctx.deadline = _NEVER
     if not isinstance(result, expected):
         raise _End(
-            failure,
+            FinishReason.ENV_ERROR,
             f"protocol violation: {what} returned {type(result).__name__}, not {expected.__name__}",
         )
     return result
-
-
-async def _env_call(
-    ctx: _Context, call: Callable[[], Awaitable[object]], kind: type[_T], what: str
-) -> _T:
-    """One env call under the step time limit; a transient failure or a cancel passes through."""
-    return await _bounded(
-        ctx,
-        call,
-        kind,
-        what=what,
-        limit_s=ctx.config.step_timeout_s,
-        failure=FinishReason.ENV_ERROR,
-        passthrough=ctx.passthrough,
-    )
 
 
 class _Progress:
@@ -735,7 +718,7 @@ def _versions(
 async def _loop(ctx: _Context, traj: Trajectory, lease: Lease, begun: float) -> FinishReason:
     t = _clock()
     task = Task(id=ctx.job.task_id, split=ctx.job.split)
-    observation = await _env_call(ctx, lambda: lease.env.reset(task), Observation, "env reset")
+    observation = await _env_call(ctx, lease.env.reset, task, Observation, "env reset")
     mark = ctx.mark = _clock()
     messages = traj.messages
     messages.append(Message(role="user", content=ctx.plugin.spec.instruction))
@@ -833,9 +816,7 @@ async def _turns(
             raise _End(FinishReason.ENV_ERROR, f"action parser crashed: {_describe(exc)}") from None
         turn.action = action
         try:
-            result = await _env_call(
-                ctx, functools.partial(lease.env.step, action), StepResult, "env step"
-            )
+            result = await _env_call(ctx, lease.env.step, action, StepResult, "env step")
         finally:
             mark = ctx.mark = _clock()
             turn.env_s += mark - answered

@@ -18,9 +18,13 @@ Dispatch strategies (``strategy=``):
   ``max_new_tokens``, so SGLang sends each item's first token and then only its final
   chunk: about what a non-streamed batch costs, but with each item's own outcome (a
   non-streamed batch has none: SGLang 0.5.23 answers it with one HTTP 503 when one item
-  is retracted and aborts the others, so all of them would be generated again). The
-  answers are handed out together when the batch's *longest* generation finishes, so
-  short turns wait for long ones.
+  is retracted and aborts the others, so all of them would be generated again). A batch's
+  new observations are tokenized in one call before its prompts are built
+  (:meth:`EpisodeLedgers.prefetch`). The answers are handed out together when the batch's
+  *longest* generation finishes, so short turns wait for long ones, and the batch's
+  episodes come back together (the next batches stay large; a group's members keep pace,
+  so an over-sampled group rarely has a surplus request left to abort). The strategy for
+  rollouts with thousands of episodes: the least client CPU per turn (docs/policies.md).
 * ``"batch_stream"``: as ``"batch"``, but streamed at the server's own ``stream_interval``
   (cumulative chunks every few tokens), and each item's answer is handed to its episode as
   soon as its final chunk arrives.
@@ -136,7 +140,7 @@ from gymux.policies.sglang.wire import (
     decode_model_list,
     decode_server_info,
     error_message,
-    generate_body,
+    generate_batch_body_parts,
     generate_body_parts,
     is_context_error,
 )
@@ -396,6 +400,8 @@ class SGLangPolicy(BatchingPolicy):
         ``on_result(index, result)``, when given, is called as soon as each answer is known
         (with ``batch_stream``, before the rest of its batch has finished).
         """
+        # The batch's observation pieces tokenized in one call, then looked up one by one.
+        self._ledgers.prefetch(requests)
         out, prompts = prepare_all(requests, self._prepare)
         groups: dict[int, list[tuple[int, PolicyRequest, PromptIds]]] = {}
         for i, ids in prompts:
@@ -622,15 +628,17 @@ class SGLangPolicy(BatchingPolicy):
         # Both batch strategies stream: only a stream tells each item's outcome (a
         # non-streamed batch is answered 503 as a whole when one item is retracted).
         batched = stream = self.strategy != "single"
-        body: dict[str, Any] | transport.Parts
+        # Written as fragments: the prompts' shared pieces are copied once, by http1.
         if batched:
-            body = generate_body(
-                [ids.json for _, ids in items],
-                rids,
-                self._batch_sampling if self.strategy == "batch" else self.sampling,
-                stream=stream,
+            body = transport.Parts(
+                generate_batch_body_parts(
+                    [ids.json_parts() for _, ids in items],
+                    rids,
+                    self._batch_sampling if self.strategy == "batch" else self.sampling,
+                    stream=stream,
+                )
             )
-        else:  # written as fragments: the prompt's shared pieces are copied once, by http1
+        else:
             body = transport.Parts(
                 generate_body_parts(items[0][1].json_parts(), rids[0], self.sampling, stream=False)
             )
@@ -758,12 +766,12 @@ class SGLangPolicy(BatchingPolicy):
     def _to_response(
         self, server: Server, request: PolicyRequest, answer: GenerateAnswer
     ) -> _Result | _Retry:
-        where = f"{_LABEL} {server.url}"
         ids = answer.output_ids
         meta = answer.meta_info
         entries = meta.output_token_logprobs
         self.server_s += meta.e2e_latency or 0.0
         if meta.finish_type == "abort":
+            where = f"{_LABEL} {server.url}"
             finish = meta.finish_reason
             why = finish.message if isinstance(finish, FinishReason) and finish.message else ""
             if isinstance(finish, FinishReason) and finish.status_code == _RETRY_STATUS:
@@ -773,12 +781,14 @@ class SGLangPolicy(BatchingPolicy):
         if entries is not None:
             if [e.token_id for e in entries] != ids:
                 return PolicyError(
-                    f"{where}: unexpected answer shape: output_token_logprobs do not match "
-                    "output_ids"
+                    f"{_LABEL} {server.url}: unexpected answer shape: output_token_logprobs "
+                    "do not match output_ids"
                 )
             got = [e.logprob for e in entries]
             if None in got:
-                return PolicyError(f"{where}: unexpected answer shape: a null output logprob")
+                return PolicyError(
+                    f"{_LABEL} {server.url}: unexpected answer shape: a null output logprob"
+                )
             logprobs = cast(list[float], got)
         text = answer.text if answer.text is not None else self.tokenizer.decode(ids)
         try:

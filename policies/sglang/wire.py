@@ -47,6 +47,7 @@ __all__ = [
     "decode_model_list",
     "decode_server_info",
     "error_message",
+    "generate_batch_body_parts",
     "generate_body",
     "generate_body_parts",
     "is_context_error",
@@ -198,6 +199,32 @@ def generate_body_parts(
         _ENCODER.encode(rid),
         b',"stream":true}' if stream else b',"stream":false}',
     ]
+
+
+def generate_batch_body_parts(
+    input_ids: Sequence[Sequence[bytes]],
+    rids: Sequence[str],
+    sampling: dict[str, Any],
+    *,
+    stream: bool,
+) -> list[bytes]:
+    """:func:`generate_body` for a batch, as JSON fragments whose concatenation is the body:
+    ``input_ids`` holds each sequence's fragments of its JSON array
+    (:meth:`gymux.policies.tokens.PromptIds.json_parts`), so the prompts are copied once,
+    when the request is written, not joined and encoded again first."""
+    out = [b'{"input_ids":[']
+    for i, parts in enumerate(input_ids):
+        if i:
+            out.append(b",")
+        out += parts
+    out += (
+        b'],"sampling_params":',
+        _ENCODER.encode(sampling),
+        b',"return_logprob":true,"rid":',
+        _ENCODER.encode(list(rids)),
+        b',"stream":true}' if stream else b',"stream":false}',
+    )
+    return out
 
 
 _ANSWER_DECODER = msgspec.json.Decoder(GenerateAnswer)

@@ -62,6 +62,35 @@ async def test_batching_policy_sees_concurrent_requests_together():
     assert len(policy.sizes) <= 4  # 40 concurrent calls -> a handful of batches, not 40
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_batching_policy_answers_and_cancels_under_either_backend(backend: str) -> None:
+    """Under asyncio a queued call waits on a bare future, under trio on an anyio Event:
+    either way every caller gets its own answer, and a caller cancelled while its batch is
+    out is skipped without disturbing the others."""
+    if backend == "trio":
+        pytest.importorskip("trio")
+
+    async def main() -> None:
+        policy = Recording(max_batch=8, window_s=0.005)
+        async with policy:
+            results: dict[int, str] = {}
+
+            async def one(i: int) -> None:
+                results[i] = (await policy.act(request(i))).text
+
+            async with anyio.create_task_group() as tg:
+                for i in range(20):
+                    tg.start_soon(one, i)
+                with anyio.move_on_after(0.001):  # cancelled while queued or batched
+                    await policy.act(request(99))
+            assert sorted(results) == list(range(20))
+            assert set(results.values()) == {react("go", "go")}
+            assert (await policy.act(request(100))).text == react("go", "go")
+            assert (policy._loop is not None) == (backend == "asyncio")
+
+    anyio.run(main, backend=backend)
+
+
 async def test_batching_policy_in_the_runtime_batches_across_episodes():
     policy = Recording(max_batch=64, window_s=0.002)
     reg = Registry(entry_points_group=None)

@@ -167,6 +167,110 @@ def _assert_pieces_exact(tok: ChatTokenizer, episodes: int = 300, envs: int = 6)
             assert tok.user_turn_suffix(obs, after_generated=out) == expected, (i, obs)
     for text in AWKWARD:
         assert tok.encode_prompt(text) == tok.encode(text)
+    _assert_prefetch_exact(tok, rng, instructions)
+
+
+def _assert_prefetch_exact(tok: ChatTokenizer, rng: Any, instructions: list[str]) -> None:
+    """Pieces tokenized ahead in one call (``PieceEncoder.prefetch``: a batch's new
+    observations, and turn-0 prompts of starts seen before) are the pieces a lookup one by
+    one makes: the same ids, and the lookups then tokenize nothing."""
+    observations = [f"Batch {n}: " + _episode_messages(rng, "")[-1].content for n in range(40)]
+    prompts = [
+        [
+            Message(role="user", content=instructions[n % len(instructions)]),
+            Message(role="assistant", content="OK"),
+            Message(role="user", content=f"Start {n}: {observations[n]}"),
+        ]
+        for n in range(20)
+    ]
+    keys = tok.turn_piece_keys(prompts, observations)
+    made = tok.pieces.prefetch(keys)
+    if tok.pieces._cut is None:  # not cutting: nothing to prefetch, lookups as before
+        assert made == 0
+    else:
+        assert made == len({(lead, text) for lead, text, _ in keys}) > 0
+    misses, prefetched = tok.pieces.misses, tok.pieces.prefetched
+    for obs in observations:
+        expected = [*tok._closing_ids, *tok.encode(tok._user_prefix + obs + tok._user_suffix)]
+        assert tok.user_turn_suffix(obs, after_generated=[5, 6]) == expected, obs
+    if tok.pieces._cut is not None:
+        assert tok.pieces.misses == misses  # every observation's piece came from the prefetch
+    for messages in prompts:  # (a template that trims content has no key: rendered whole)
+        whole = tok.encode(tok.render(messages, add_generation_prompt=True))
+        assert [t for piece in tok.prompt_pieces(messages) for t in piece.ids] == whole
+    if tok.pieces._cut is not None and len(keys) > len(observations):
+        assert tok.pieces.misses == misses  # and every known start's observation piece
+    assert tok.pieces.prefetched == prefetched
+    assert tok.pieces.prefetch(keys) == 0  # all cached now (or nothing to cut)
+
+
+def test_a_prefetched_piece_that_fails_its_check_is_not_cached(tok: ChatTokenizer) -> None:
+    """A piece whose ids do not end with the cut token it names is not cached by the
+    prefetch: looking it up tokenizes it again and fails the same way."""
+    wrong = (None, "no cut token at its end", "<|im_end|>")
+    assert tok.pieces.prefetch([wrong]) == 1
+    assert (None, wrong[1]) not in tok.pieces._cache
+    assert tok.pieces._piece(*wrong) is None
+
+
+def test_ledgers_prefetch_a_batch_and_prepare_the_same_prompts(tmp_path: Path) -> None:
+    """``EpisodeLedgers.prefetch`` (what the SGLang policy's batch strategies call before
+    preparing a batch) tokenizes the batch's new pieces in one call; the prompts are then
+    exactly those of ledgers that tokenize one by one, and nothing else is tokenized."""
+    import random
+
+    from gymux.messages import PolicyRequest
+    from gymux.policies.tokens import EpisodeLedgers, PromptIds
+
+    plain = EpisodeLedgers(ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path / "a")))
+    ahead = EpisodeLedgers(ChatTokenizer.from_dir(build_tiny_tokenizer(tmp_path / "b")))
+    rng = random.Random(7)
+    instruction = "Solve the maze. " * 30
+    history = {
+        f"e{i}": [
+            Message(role="user", content=instruction),
+            Message(role="assistant", content="OK"),
+            Message(role="user", content=f"Maze {i}, start {rng.randrange(10**6)}."),
+        ]
+        for i in range(12)
+    }
+
+    def prompts(ledgers: EpisodeLedgers, turn: int) -> list[list[int]]:
+        out = []
+        for episode, messages in history.items():
+            got = ledgers.prompt_ids(
+                PolicyRequest(
+                    episode_id=episode, env_id="m", task_id=0, turn=turn, messages=messages
+                ),
+                max_new_tokens=8,
+                context_length=None,
+            )
+            assert isinstance(got, PromptIds)
+            out.append(got.ids())
+        return out
+
+    for turn in range(3):
+        requests = [
+            PolicyRequest(episode_id=e, env_id="m", task_id=0, turn=turn, messages=list(m))
+            for e, m in history.items()
+        ]
+        misses = ahead.tokenizer.pieces.misses
+        made = ahead.prefetch(requests)
+        # Turn 0 of the first batch: the env's start is not known yet, so nothing ahead.
+        assert made == (0 if turn == 0 else len(history))
+        assert prompts(ahead, turn) == prompts(plain, turn)
+        if turn:
+            assert ahead.tokenizer.pieces.misses == misses
+        for episode, messages in history.items():
+            answer = [rng.randrange(50, 90) for _ in range(rng.randrange(1, 6))]
+            for ledgers in (plain, ahead):
+                ledgers.record(episode, answer, None)
+            messages.append(Message(role="assistant", content="x", loss=True))
+            messages.append(Message(role="user", content=f"Moved {turn}: {rng.randrange(10**6)}."))
+    # A new episode of the same env: its turn-0 piece is known ahead now.
+    new = [*history["e0"][:2], Message(role="user", content="Maze 99, start 5.")]
+    request = PolicyRequest(episode_id="new", env_id="m", task_id=0, turn=0, messages=new)
+    assert ahead.prefetch([request]) == 1
 
 
 def test_pieces_equal_whole_text_chatml(tok: ChatTokenizer) -> None:

@@ -156,6 +156,45 @@ async def test_short_does_not_wait_for_long(tok: ChatTokenizer, strategy: str) -
         await d.stop()
 
 
+@pytest.mark.parametrize("strategy", ["batch", "batch_stream"])
+async def test_a_batch_tokenizes_its_observations_ahead_and_stays_token_exact(
+    tmp_path: Path, strategy: str
+) -> None:
+    """The batch strategies tokenize a batch's new observation pieces in one call before
+    preparing its prompts (``EpisodeLedgers.prefetch``): every episode's token record is
+    the one ``single`` makes turn by turn, ids, mask and logprobs."""
+    from doubles.sglang_double import build_tiny_tokenizer
+
+    folder = build_tiny_tokenizer(tmp_path / "tok")
+    records = {}
+    prefetched = 0
+    for mode in ("single", strategy):
+        tok = ChatTokenizer.from_dir(folder)  # its own piece cache
+        d = await make_double(tok, cost=CostModel(per_token_s=0.001, capacity=64))
+        try:
+            async with SGLangPolicy(d.url, tokenizer=tok, strategy=mode, window_s=0.05) as p:
+
+                async def episode(i: int, p: SGLangPolicy = p) -> None:
+                    messages = start_messages(f"obs {i}")
+                    for turn in range(3):
+                        resp = await p.act(req(f"e{i}", turn, messages))
+                        messages.append(Message(role="assistant", content=resp.text, loss=True))
+                        messages.append(Message(role="user", content=f"moved {i}: {turn}"))
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(8):
+                        tg.start_soon(episode, i)
+                records[mode] = {f"e{i}": p.finish_episode(f"e{i}") for i in range(8)}
+            if mode != "single":
+                assert d.stats.batch_requests > 0
+                prefetched = tok.pieces.prefetched
+        finally:
+            await d.stop()
+    assert prefetched >= 8 * 2  # at least the later turns' observations
+    assert records[strategy] == records["single"]
+    assert all(r is not None and r.loss_mask.count(1) > 0 for r in records["single"].values())
+
+
 async def test_affinity_failover_readmission(tok: ChatTokenizer) -> None:
     a, b = await make_double(tok), await make_double(tok)
     try:

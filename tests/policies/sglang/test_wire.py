@@ -94,6 +94,24 @@ def test_generate_body_parts_is_generate_body_for_one_sequence(stream: bool) -> 
     )
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_generate_batch_body_parts_is_generate_body_for_a_batch(stream: bool) -> None:
+    import msgspec
+
+    from gymux.policies.sglang.wire import generate_batch_body_parts
+    from gymux.policies.tokens import PromptIds
+
+    sampling = {"max_new_tokens": 4, "stream_interval": 4}
+    prompts = [PromptIds.of_parts([b"1,2", b"3000"], 3), PromptIds([7]), PromptIds([5, 6])]
+    rids = ["a.", 'b"x.', "c."]
+    parts = generate_batch_body_parts(
+        [p.json_parts() for p in prompts], rids, sampling, stream=stream
+    )
+    assert msgspec.json.decode(b"".join(parts)) == generate_body(
+        [[1, 2, 3000], [7], [5, 6]], rids, sampling, stream=stream
+    )
+
+
 def test_error_bodies_and_context_refusals():
     from gymux.policies.sglang.wire import (
         StreamError,

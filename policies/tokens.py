@@ -85,6 +85,14 @@ __all__ = [
 _P = TypeVar("_P")
 _PROBE = "\x00GYMUX-PROBE\x00"
 _UNSEEN = object()
+
+
+def _start_key(messages: Sequence[Message]) -> tuple[tuple[str, str], ...]:
+    """What turn-0 prompts of one start share (the messages before the last): the key of
+    :meth:`ChatTokenizer.prompt_pieces`' per-start cache."""
+    return tuple((m.role, m.content) for m in messages[:-1])
+
+
 _HEADS = 256  # distinct turn-0 starts kept by ChatTokenizer.prompt_pieces (then cleared)
 _log = structlog.get_logger("gymux.policies.tokens")
 
@@ -286,13 +294,19 @@ class PieceEncoder:
                 return found
             self.misses += 1
         made = self._checked(lead, last, self._plain(piece if lead is None else lead + piece))
-        if made is None:
-            return None
-        with self._lock:
-            cache[key] = made
-            if len(cache) > self.capacity:
-                cache.popitem(last=False)
+        if made is not None:
+            self._store([(key, made)])
         return made
+
+    def _store(self, made: Iterable[tuple[tuple[str | None, str], Piece]]) -> None:
+        """Cache the pieces ``made`` by their keys, dropping the least recently used beyond
+        ``capacity``."""
+        cache = self._cache
+        with self._lock:
+            for key, piece in made:
+                cache[key] = piece
+            while len(cache) > self.capacity:
+                cache.popitem(last=False)
 
     def _checked(self, lead: str | None, last: str | None, got: list[int]) -> Piece | None:
         """The piece of the ids ``got`` of ``lead + text``: without the lead token's id,
@@ -331,19 +345,13 @@ class PieceEncoder:
             return 0
         texts = [piece if lead is None else lead + piece for lead, piece in todo]
         encodings = encode(texts, add_special_tokens=False)
-        made = [
+        checked = [
             (key, self._checked(key[0], last, list(enc.ids)))
             for (key, last), enc in zip(todo.items(), encodings, strict=True)
         ]
-        cache = self._cache
-        with self._lock:
-            for key, found in made:
-                if found is not None:
-                    cache[key] = found
-            while len(cache) > self.capacity:
-                cache.popitem(last=False)
-        self.prefetched += len(made)
-        return len(made)
+        self._store((key, piece) for key, piece in checked if piece is not None)
+        self.prefetched += len(checked)
+        return len(checked)
 
     def frame(self, before: str, after: str) -> tuple[tuple[Piece, ...], Frame] | None:
         """What texts ``before + content + after`` (starting the input) share, for
@@ -585,7 +593,7 @@ class ChatTokenizer:
         """
         if not messages or messages[-1].role != "user":
             return self.encode_prompt_pieces(self.render(messages, add_generation_prompt=True))
-        key = tuple((m.role, m.content) for m in messages[:-1])
+        key = _start_key(messages)
         head = self._heads.get(key, _UNSEEN)
         if head is _UNSEEN:
             head = self._head_for(messages)
@@ -652,8 +660,8 @@ class ChatTokenizer:
         keys: list[PieceKey] = []
         for messages in prompts:
             if messages and messages[-1].role == "user":
-                head = self._heads.get(tuple((m.role, m.content) for m in messages[:-1]))
-                if head is not None and head is not _UNSEEN:
+                head = self._heads.get(_start_key(messages))  # None: unseen or rendered whole
+                if head is not None:
                     keys.append(head[1].key(messages[-1].content))
         turn = self._turn
         if turn is not None:

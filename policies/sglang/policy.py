@@ -766,12 +766,12 @@ class SGLangPolicy(BatchingPolicy):
     def _to_response(
         self, server: Server, request: PolicyRequest, answer: GenerateAnswer
     ) -> _Result | _Retry:
+        where = f"{_LABEL} {server.url}"
         ids = answer.output_ids
         meta = answer.meta_info
         entries = meta.output_token_logprobs
         self.server_s += meta.e2e_latency or 0.0
         if meta.finish_type == "abort":
-            where = f"{_LABEL} {server.url}"
             finish = meta.finish_reason
             why = finish.message if isinstance(finish, FinishReason) and finish.message else ""
             if isinstance(finish, FinishReason) and finish.status_code == _RETRY_STATUS:
@@ -781,14 +781,12 @@ class SGLangPolicy(BatchingPolicy):
         if entries is not None:
             if [e.token_id for e in entries] != ids:
                 return PolicyError(
-                    f"{_LABEL} {server.url}: unexpected answer shape: output_token_logprobs "
-                    "do not match output_ids"
+                    f"{where}: unexpected answer shape: output_token_logprobs do not match "
+                    "output_ids"
                 )
             got = [e.logprob for e in entries]
             if None in got:
-                return PolicyError(
-                    f"{_LABEL} {server.url}: unexpected answer shape: a null output logprob"
-                )
+                return PolicyError(f"{where}: unexpected answer shape: a null output logprob")
             logprobs = cast(list[float], got)
         text = answer.text if answer.text is not None else self.tokenizer.decode(ids)
         try:
